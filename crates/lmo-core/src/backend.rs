@@ -1,0 +1,103 @@
+//! The backend traits: the seam through which all optimizer logic is written
+//! once and run on ndarray, libtorch or CUDA tensors.
+//!
+//! A backend supplies a tensor type and the handful of operations the LMOs of
+//! SPEC §1 need. All operations are associated functions (no backend value):
+//! device or stream context, if any, lives in the tensor handle.
+//!
+//! A backend implements each operation natively (BLAS, libtorch, a CUDA
+//! kernel); the LMOs in [`crate::norms`] are composed of these operations, so
+//! a backend that makes an operation faster makes every LMO using it faster.
+//! The polar factor (spectral LMO) is pluggable separately through
+//! [`crate::Orthogonalizer`].
+
+use crate::{LmoError, Scalar, Shape};
+
+/// Transposition flag of a [`Backend::gemm`] operand.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Trans {
+    /// Use the operand as it is.
+    No,
+    /// Use the transpose of the operand.
+    Yes,
+}
+
+/// Tensors and the operations on them that the LMOs need.
+///
+/// Conventions: tensors are read in logical row-major order (flat index
+/// `i·n + j` for a matrix entry `(i, j)`). Callers check shapes before
+/// calling an operation; operations may panic on mismatched shapes (they are
+/// internal, not user-facing). Reductions over empty tensors return zero.
+pub trait Backend: 'static {
+    /// The scalar the backend computes in.
+    type Scalar: Scalar;
+    /// The backend's tensor handle (owned).
+    type Tensor;
+
+    /// The tensor's shape.
+    fn shape(t: &Self::Tensor) -> Shape;
+    /// A zero tensor with the shape (and device) of `t`.
+    fn zeros_like(t: &Self::Tensor) -> Self::Tensor;
+    /// `true` if no entry is NaN or ±Inf.
+    fn all_finite(t: &Self::Tensor) -> bool;
+
+    /// Trace inner product `<x, y> = Σ x_k y_k`.
+    fn dot(x: &Self::Tensor, y: &Self::Tensor) -> Self::Scalar;
+    /// `(k, x_k)` for the first entry of largest magnitude `|x_k| = max_j |x_j|`
+    /// (flat row-major index and signed value); `(0, 0)` for an empty tensor.
+    fn argmax_abs(x: &Self::Tensor) -> (usize, Self::Scalar);
+    /// `Σ_k |x_k|`.
+    fn sum_abs(x: &Self::Tensor) -> Self::Scalar;
+    /// Euclidean (Frobenius) norm `√(Σ_k x_k²)`, computed without overflow or
+    /// underflow for any finite input (scaled as in BLAS `nrm2`).
+    fn norm2(x: &Self::Tensor) -> Self::Scalar;
+    /// Euclidean norms of the columns of a matrix into `out` (`out.len() == n`).
+    fn col_norms(x: &Self::Tensor, out: &mut [Self::Scalar]);
+    /// Euclidean norms of the rows of a matrix into `out` (`out.len() == m`).
+    fn row_norms(x: &Self::Tensor, out: &mut [Self::Scalar]);
+
+    /// Sets every entry of `x` to `v`.
+    fn fill(x: &mut Self::Tensor, v: Self::Scalar);
+    /// Sets the entry at flat row-major index `k` to `v`.
+    fn set(x: &mut Self::Tensor, k: usize, v: Self::Scalar);
+    /// `out = a·x`.
+    fn scale(a: Self::Scalar, x: &Self::Tensor, out: &mut Self::Tensor);
+    /// `out = a·sign(x)` with `sign(0) = 0`.
+    fn sign(a: Self::Scalar, x: &Self::Tensor, out: &mut Self::Tensor);
+    /// `x = a·x` in place.
+    fn scale_mut(a: Self::Scalar, x: &mut Self::Tensor);
+    /// `y = a·x + b·y`.
+    fn axpby(a: Self::Scalar, x: &Self::Tensor, b: Self::Scalar, y: &mut Self::Tensor);
+    /// `out[:, k] = s[k]·x[:, k]` for a matrix (`s.len() == n`).
+    fn scale_cols(x: &Self::Tensor, s: &[Self::Scalar], out: &mut Self::Tensor);
+    /// `out[j, :] = s[j]·x[j, :]` for a matrix (`s.len() == m`).
+    fn scale_rows(x: &Self::Tensor, s: &[Self::Scalar], out: &mut Self::Tensor);
+
+    /// `c = α·op(a)·op(b) + β·c` for matrices, `op` given by the [`Trans`]
+    /// flags (a GEMM through the backend's tuned library).
+    fn gemm(
+        alpha: Self::Scalar,
+        a: &Self::Tensor,
+        ta: Trans,
+        b: &Self::Tensor,
+        tb: Trans,
+        beta: Self::Scalar,
+        c: &mut Self::Tensor,
+    );
+
+    /// Copies `x` into `out` in row-major order (`out.len() == numel`). With
+    /// [`Backend::copy_from_slice`] this is the fallback path for exact
+    /// (host) reference computations such as the SVD.
+    fn copy_to_slice(x: &Self::Tensor, out: &mut [Self::Scalar]);
+    /// Overwrites `out` with the row-major data of `src` (`src.len() == numel`).
+    fn copy_from_slice(src: &[Self::Scalar], out: &mut Self::Tensor);
+
+    /// Checks that `t` is finite, else [`LmoError::NonFinite`].
+    fn check_finite(t: &Self::Tensor) -> Result<(), LmoError> {
+        if Self::all_finite(t) {
+            Ok(())
+        } else {
+            Err(LmoError::NonFinite)
+        }
+    }
+}
