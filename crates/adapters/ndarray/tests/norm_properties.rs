@@ -17,8 +17,11 @@ use lmo_ndarray::{NdBackend, NdScalar};
 use ndarray::{ArrayD, IxDyn};
 use proptest::prelude::*;
 
-/// The norms under test, as (is_matrix_norm, norm), each with scale `s`.
-fn all_norms<S: NdScalar>(s: f64) -> Vec<(bool, Box<dyn Norm<NdBackend<S>>>)> {
+/// A norm under test, flagged `true` if it is a matrix (rank-2 only) norm.
+type Flagged<S> = (bool, Box<dyn Norm<NdBackend<S>>>);
+
+/// The norms under test, each with scale `s`.
+fn all_norms<S: NdScalar>(s: f64) -> Vec<Flagged<S>> {
     vec![
         (false, Box::new(Frobenius::new().with_scale(s).unwrap())),
         (true, Box::new(Spectral::new().with_scale(s).unwrap())),
