@@ -85,6 +85,24 @@ pub trait Backend: 'static {
         c: &mut Self::Tensor,
     );
 
+    /// `c = α·x·xᵀ + β·c` for a `k × l` matrix `x` and a `k × k` matrix `c`
+    /// (a symmetric rank-k update, BLAS `syrk`). The result is written in
+    /// full (both triangles). The default is one [`Backend::gemm`]
+    /// (`2k²l` flops); a backend that computes one triangle and mirrors it
+    /// does `k²l`. `c` must itself be symmetric when `β ≠ 0`. Because
+    /// `A·Aᵀ = A·A` for a symmetric `A`, this also squares symmetric
+    /// matrices (the `A·A` of Newton–Schulz, SPEC §2).
+    fn syrk(alpha: Self::Scalar, x: &Self::Tensor, beta: Self::Scalar, c: &mut Self::Tensor) {
+        Self::gemm(alpha, x, Trans::No, x, Trans::Yes, beta, c);
+    }
+
+    /// `out = a·xᵀ` for a matrix `x` (`out` has the transposed shape).
+    fn transpose_into(a: Self::Scalar, x: &Self::Tensor, out: &mut Self::Tensor);
+
+    /// A zero tensor of shape `shape` on the device of `like` (workspace
+    /// allocation; never called per step once workspaces are sized).
+    fn zeros(like: &Self::Tensor, shape: Shape) -> Self::Tensor;
+
     /// Copies `x` into `out` in row-major order (`out.len() == numel`). With
     /// [`Backend::copy_from_slice`] this is the fallback path for exact
     /// (host) reference computations such as the SVD.

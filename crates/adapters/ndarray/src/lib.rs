@@ -2,9 +2,12 @@
 //!
 //! The [`Backend`] of `lmo-core` for [`ndarray`] arrays on the CPU, in `f32`
 //! and `f64`. Tensors are [`ndarray::ArrayD`] (any rank up to 4; build them
-//! with `.into_dyn()`), GEMMs go through ndarray's `general_mat_mul`
-//! (the `matrixmultiply` crate's tuned kernels), and no operation allocates
-//! except [`Backend::zeros_like`].
+//! with `.into_dyn()`). GEMMs go through faer's tuned kernels (AVX2/FMA, and
+//! AVX-512 when the CPU has it, chosen at run time), parallel over the
+//! current rayon pool, on the arrays in place (any strides, no copies);
+//! [`Backend::syrk`] computes one triangle (recursive blocking) and mirrors
+//! it. No operation allocates except [`Backend::zeros_like`] and
+//! [`Backend::zeros`].
 //!
 //! ```
 //! use lmo_core::{Norm, SignInf};
@@ -21,8 +24,10 @@
 
 use core::marker::PhantomData;
 
+use faer::linalg::matmul::triangular::{self, BlockStructure};
+use faer::{Accum, MatMut, MatRef, Par};
 use lmo_core::{Backend, Scalar, Shape, Trans};
-use ndarray::{ArrayD, ArrayView2, ArrayViewMut2, Ix2, LinalgScalar, Zip, linalg::general_mat_mul};
+use ndarray::{ArrayD, ArrayView2, ArrayViewMut2, Ix2, IxDyn, LinalgScalar, Zip};
 
 /// The ndarray backend for scalar `S` (`f32` or `f64`); a zero-sized marker.
 #[derive(Clone, Copy, Debug, Default)]
@@ -34,7 +39,7 @@ pub type Nd32 = NdBackend<f32>;
 pub type Nd64 = NdBackend<f64>;
 
 /// A scalar the ndarray backend supports: `f32` and `f64`.
-pub trait NdScalar: Scalar + LinalgScalar {}
+pub trait NdScalar: Scalar + LinalgScalar + faer::traits::RealField {}
 impl NdScalar for f32 {}
 impl NdScalar for f64 {}
 
@@ -50,6 +55,92 @@ fn mat_mut<S>(x: &mut ArrayD<S>) -> ArrayViewMut2<'_, S> {
     x.view_mut()
         .into_dimensionality::<Ix2>()
         .expect("rank-2 tensor required")
+}
+
+/// A faer view of a 2-D ndarray view (same memory, any strides).
+fn fview<'a, S: NdScalar>(x: ArrayView2<'a, S>) -> MatRef<'a, S> {
+    let (m, n) = x.dim();
+    let st = x.strides();
+    // SAFETY: the view covers m×n elements at these element strides and
+    // lives for 'a; faer reads exactly those elements.
+    unsafe { MatRef::from_raw_parts(x.as_ptr(), m, n, st[0], st[1]) }
+}
+
+fn fview_mut<'a, S: NdScalar>(mut x: ArrayViewMut2<'a, S>) -> MatMut<'a, S> {
+    let (m, n) = x.dim();
+    let (rs, cs) = (x.strides()[0], x.strides()[1]);
+    // SAFETY: as in `fview`, and the view is unique.
+    unsafe { MatMut::from_raw_parts_mut(x.as_mut_ptr(), m, n, rs, cs) }
+}
+
+fn par() -> Par {
+    Par::rayon(0)
+}
+
+/// Leaf size of the recursive lower-triangular `x·xᵀ`: below it faer's
+/// triangular product runs directly.
+const SYRK_LEAF: usize = 256;
+
+/// `lower(c) (+)= α·x·xᵀ`, recursing on row halves so that most of the work
+/// is full GEMM blocks `c21 = α·x2·x1ᵀ` (≈ half the flops of a full GEMM).
+fn syrk_lower<S: NdScalar>(c: MatMut<'_, S>, x: MatRef<'_, S>, alpha: S, acc: Accum) {
+    let k = c.nrows();
+    if k <= SYRK_LEAF {
+        triangular::matmul(
+            c,
+            BlockStructure::TriangularLower,
+            acc,
+            x,
+            BlockStructure::Rectangular,
+            x.transpose(),
+            BlockStructure::Rectangular,
+            alpha,
+            par(),
+        );
+        return;
+    }
+    let h = (k / 2).div_ceil(64) * 64;
+    let (x1, x2) = x.split_at_row(h);
+    let (c11, _c12, c21, c22) = c.split_at_mut(h, h);
+    syrk_lower(c11, x1, alpha, acc);
+    faer::linalg::matmul::matmul(c21, acc, x2, x1.transpose(), alpha, par());
+    syrk_lower(c22, x2, alpha, acc);
+}
+
+/// Copies the strict lower triangle onto the upper one, in cache blocks.
+fn mirror_lower<S: NdScalar>(c: &mut ArrayViewMut2<'_, S>) {
+    const B: usize = 64;
+    let k = c.nrows();
+    for ib in (0..k).step_by(B) {
+        for jb in (0..=ib).step_by(B) {
+            for i in ib..(ib + B).min(k) {
+                for j in jb..(jb + B).min(i) {
+                    c[[j, i]] = c[[i, j]];
+                }
+            }
+        }
+    }
+}
+
+/// Applies `c ← β·c` and returns how the product is to be accumulated into
+/// `c`; `None` when the inner dimension is 0 (the product is zero, and `c`
+/// has been finalized).
+fn prepare_accumulator<S: NdScalar>(beta: S, inner: usize, c: &mut ArrayD<S>) -> Option<Accum> {
+    let acc = if beta == S::zero() {
+        Accum::Replace
+    } else {
+        if beta != S::one() {
+            c.map_inplace(|v| *v = beta * *v);
+        }
+        Accum::Add
+    };
+    if inner == 0 {
+        if acc == Accum::Replace {
+            c.fill(S::zero());
+        }
+        return None;
+    }
+    Some(acc)
 }
 
 /// Overflow- and underflow-safe Euclidean norm of a sequence (two passes,
@@ -210,7 +301,44 @@ impl<S: NdScalar> Backend for NdBackend<S> {
         } else {
             b
         };
-        general_mat_mul(alpha, &a, &b, beta, &mut mat_mut(c));
+        assert!(
+            a.ncols() == b.nrows() && c.shape() == [a.nrows(), b.ncols()],
+            "gemm: shape mismatch"
+        );
+        let Some(acc) = prepare_accumulator(beta, a.ncols(), c) else {
+            return;
+        };
+        faer::linalg::matmul::matmul(fview_mut(mat_mut(c)), acc, fview(a), fview(b), alpha, par());
+    }
+
+    fn syrk(alpha: S, x: &ArrayD<S>, beta: S, c: &mut ArrayD<S>) {
+        let xv = mat(x);
+        assert!(
+            c.shape() == [xv.nrows(), xv.nrows()],
+            "syrk: shape mismatch"
+        );
+        let Some(acc) = prepare_accumulator(beta, xv.ncols(), c) else {
+            return;
+        };
+        let mut cv = mat_mut(c);
+        syrk_lower(fview_mut(cv.view_mut()), fview(xv), alpha, acc);
+        mirror_lower(&mut cv);
+    }
+
+    fn transpose_into(a: S, x: &ArrayD<S>, out: &mut ArrayD<S>) {
+        let x = mat(x);
+        let mut o = mat_mut(out);
+        assert!(
+            o.dim() == (x.ncols(), x.nrows()),
+            "transpose_into: shape mismatch"
+        );
+        Zip::from(&mut o)
+            .and(&x.t())
+            .for_each(|ov, &xv| *ov = a * xv);
+    }
+
+    fn zeros(_like: &ArrayD<S>, shape: Shape) -> ArrayD<S> {
+        ArrayD::zeros(IxDyn(shape.dims()))
     }
 
     fn copy_to_slice(x: &ArrayD<S>, out: &mut [S]) {
