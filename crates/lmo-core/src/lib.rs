@@ -37,6 +37,8 @@ pub mod svd;
 pub use backend::{Backend, Trans};
 pub use error::LmoError;
 pub use norms::{ColNorm, ColRowNorm, Frobenius, L1, Norm, RowNorm, SignInf, Spectral, VectorRms};
+/// Re-export of `num-traits` (the `Float`, `Zero`, `One` traits behind [`Scalar`]).
+pub use num_traits;
 pub use orth::{ExactPolar, Orthogonalizer};
 pub use scalar::Scalar;
 pub use shape::Shape;

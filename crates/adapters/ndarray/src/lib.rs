@@ -24,6 +24,9 @@
 
 use core::marker::PhantomData;
 
+mod bf16;
+pub use bf16::{NdBf16, round_bf16};
+
 use faer::linalg::matmul::triangular::{self, BlockStructure};
 use faer::{Accum, MatMut, MatRef, Par};
 use lmo_core::{Backend, Scalar, Shape, Trans};

@@ -3,7 +3,7 @@
 //! transpose combination, β ∈ {0, 1, other}, non-contiguous inputs, and
 //! sizes on both sides of the recursive syrk's leaf size.
 
-use lmo_core::{Backend, Scalar, Shape, Trans};
+use lmo_core::{Backend, Shape, Trans};
 use lmo_ndarray::{NdBackend, NdScalar};
 use ndarray::{ArrayD, IxDyn};
 use proptest::prelude::*;

@@ -1,0 +1,37 @@
+//! # orthogonalize
+//!
+//! The polar factor `polar(G) = U·Vᵀ` of `G = U·Σ·Vᵀ`, the expensive part of
+//! the spectral-norm LMO behind Muon, Scion and Gluon (SPEC §2):
+//!
+//! - [`NewtonSchulz`]: odd polynomial iterations with every coefficient set
+//!   of SPEC §2 ([`CoefficientSet`]: Muon quintic, classical cubic, Polar
+//!   Express, modded-nanogpt per-step, user coefficients), any number of
+//!   steps, Frobenius normalization with margin δ and guard ε, the
+//!   transpose for tall matrices. Written once against lmo-core's
+//!   [`lmo_core::Backend`]; on the ndarray backend its Gram products compute
+//!   one triangle and every GEMM runs through faer.
+//! - [`FaerPolar`]: the exact polar factor through faer's SVD (reference and
+//!   small-matrix option, no system library).
+//! - [`BatchPolar`]: many matrices at once, in parallel with rayon,
+//!   allocation-free after the first call.
+//!
+//! Both plug into lmo-core's spectral LMO:
+//! `lmo_core::Spectral::with_orthogonalizer(NewtonSchulz::muon())`.
+//!
+//! Precision: the backend's scalar (f32 or f64); bf16 storage with f32
+//! accumulation through `lmo_ndarray::NdBf16`. `docs/orthogonalize.md` has
+//! the accuracy and speed tables.
+#![warn(missing_docs)]
+
+mod batch;
+mod coeffs;
+mod exact;
+mod ns;
+
+pub use batch::BatchPolar;
+pub use coeffs::{
+    CUBIC, CoefficientSet, MODDED_NANOGPT, MUON_QUINTIC, Normalization, NsConfig, POLAR_EXPRESS,
+    POLAR_EXPRESS_SAFETY,
+};
+pub use exact::FaerPolar;
+pub use ns::NewtonSchulz;
