@@ -110,17 +110,42 @@ fn syrk_lower<S: NdScalar>(c: MatMut<'_, S>, x: MatRef<'_, S>, alpha: S, acc: Ac
     syrk_lower(c22, x2, alpha, acc);
 }
 
-/// Copies the strict lower triangle onto the upper one, in cache blocks.
+/// Copies the strict lower triangle onto the upper one. Contiguous fast
+/// path: each 32×32 tile is read row by row into a local buffer and written
+/// back transposed row by row, so no access strides down a column (with a
+/// power-of-two leading dimension a column walk thrashes one cache set).
 fn mirror_lower<S: NdScalar>(c: &mut ArrayViewMut2<'_, S>) {
-    const B: usize = 64;
+    const B: usize = 32;
     let k = c.nrows();
-    for ib in (0..k).step_by(B) {
-        for jb in (0..=ib).step_by(B) {
-            for i in ib..(ib + B).min(k) {
-                for j in jb..(jb + B).min(i) {
-                    c[[j, i]] = c[[i, j]];
+    if let Some(s) = c.as_slice_mut() {
+        let mut tile = [S::zero(); B * B];
+        for ib in (0..k).step_by(B) {
+            let iend = (ib + B).min(k);
+            for jb in (0..=ib).step_by(B) {
+                let jend = (jb + B).min(k);
+                // tile[(j-jb)*B + (i-ib)] = s[i][j] for the lower part.
+                for i in ib..iend {
+                    let row = &s[i * k + jb..i * k + jend.min(i)];
+                    for (jj, &v) in row.iter().enumerate() {
+                        tile[jj * B + (i - ib)] = v;
+                    }
+                }
+                for j in jb..jend.min(iend) {
+                    let jj = j - jb;
+                    let lo = ib.max(j + 1);
+                    if lo >= iend {
+                        continue;
+                    }
+                    let dst = &mut s[j * k + lo..j * k + iend];
+                    dst.copy_from_slice(&tile[jj * B + (lo - ib)..jj * B + (iend - ib)]);
                 }
             }
+        }
+        return;
+    }
+    for i in 0..k {
+        for j in 0..i {
+            c[[j, i]] = c[[i, j]];
         }
     }
 }

@@ -1,0 +1,176 @@
+//! `lmo-bench SUITE [options]`: runs one benchmark suite of this project and
+//! prints one JSON object per line (`{"suite":…, "case":…, "impl":…,
+//! "samples_s":[…], "flops":…}`), read by `cargo xtask bench`.
+//!
+//! Suites: `gemm` (sgemm/dgemm roofline), `orth` (polar factors).
+//! Options: `--shapes 768x768,2048x2048`, `--reps N`, `--sets muon,…`,
+//! `--precisions f32,bf16,f64`.
+
+use std::time::Instant;
+
+use lmo_core::{Backend, Trans};
+use lmo_ndarray::{Nd32, Nd64, NdBf16, NdScalar, round_bf16};
+use ndarray::{ArrayD, IxDyn};
+use orthogonalize::{CoefficientSet, NewtonSchulz, NsConfig};
+use rand::{SeedableRng, rngs::StdRng};
+use rand_distr::{Distribution, StandardNormal};
+
+struct Opts {
+    shapes: Vec<(usize, usize)>,
+    reps: usize,
+    sets: Vec<String>,
+    precisions: Vec<String>,
+}
+
+fn parse_shapes(s: &str) -> Result<Vec<(usize, usize)>, String> {
+    s.split(',')
+        .map(|p| {
+            let (a, b) = p.split_once('x').ok_or_else(|| format!("bad shape {p:?}, want MxN"))?;
+            let m = a.parse().map_err(|_| format!("bad shape {p:?}"))?;
+            let n = b.parse().map_err(|_| format!("bad shape {p:?}"))?;
+            if m == 0 || n == 0 {
+                return Err(format!("empty shape {p:?}"));
+            }
+            Ok((m, n))
+        })
+        .collect()
+}
+
+fn opts(args: &[String]) -> Result<Opts, String> {
+    let mut o = Opts {
+        shapes: vec![(768, 768), (768, 3072), (1024, 1024), (2048, 2048), (4096, 4096)],
+        reps: 5,
+        sets: vec!["muon".into()],
+        precisions: vec!["f32".into()],
+    };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut val = || it.next().ok_or_else(|| format!("{a} needs a value"));
+        match a.as_str() {
+            "--shapes" => o.shapes = parse_shapes(val()?)?,
+            "--reps" => o.reps = val()?.parse().map_err(|_| "--reps: integer".to_string())?,
+            "--sets" => o.sets = val()?.split(',').map(String::from).collect(),
+            "--precisions" => o.precisions = val()?.split(',').map(String::from).collect(),
+            other => return Err(format!("unknown option {other}")),
+        }
+    }
+    if o.reps == 0 {
+        return Err("--reps must be ≥ 1".into());
+    }
+    Ok(o)
+}
+
+fn gaussian<S: NdScalar>(seed: u64, m: usize, n: usize) -> ArrayD<S> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    ArrayD::from_shape_fn(IxDyn(&[m, n]), |_| S::of(StandardNormal.sample(&mut rng)))
+}
+
+fn time_reps(reps: usize, mut f: impl FnMut()) -> Vec<f64> {
+    f(); // warm-up (sizes buffers, faults pages)
+    (0..reps)
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            t.elapsed().as_secs_f64()
+        })
+        .collect()
+}
+
+fn emit(suite: &str, case: &str, imp: &str, flops: f64, samples: &[f64]) {
+    let s: Vec<String> = samples.iter().map(|x| format!("{x:.6e}")).collect();
+    println!(
+        "{{\"suite\":\"{suite}\",\"case\":\"{case}\",\"impl\":\"{imp}\",\"flops\":{flops:.6e},\"samples_s\":[{}]}}",
+        s.join(",")
+    );
+}
+
+fn gemm_suite(o: &Opts) {
+    for &(m, n) in &o.shapes {
+        let k = n;
+        let flops = 2.0 * (m * n * k) as f64;
+        let case = format!("{m}x{k}x{n}");
+        let a32 = gaussian::<f32>(1, m, k);
+        let b32 = gaussian::<f32>(2, k, n);
+        let mut c32 = ArrayD::<f32>::zeros(IxDyn(&[m, n]));
+        let s = time_reps(o.reps, || Nd32::gemm(1.0, &a32, Trans::No, &b32, Trans::No, 0.0, &mut c32));
+        emit("gemm", &case, "ours-sgemm", flops, &s);
+        let a64 = gaussian::<f64>(1, m, k);
+        let b64 = gaussian::<f64>(2, k, n);
+        let mut c64 = ArrayD::<f64>::zeros(IxDyn(&[m, n]));
+        let s = time_reps(o.reps, || Nd64::gemm(1.0, &a64, Trans::No, &b64, Trans::No, 0.0, &mut c64));
+        emit("gemm", &case, "ours-dgemm", flops, &s);
+    }
+}
+
+fn set_of(name: &str) -> Result<CoefficientSet, String> {
+    Ok(match name {
+        "muon" => CoefficientSet::MuonQuintic,
+        "cubic" => CoefficientSet::Cubic,
+        "polar-express" => CoefficientSet::PolarExpress,
+        "nanogpt" => CoefficientSet::ModdedNanogpt,
+        other => return Err(format!("unknown coefficient set {other:?}")),
+    })
+}
+
+/// Flops of the plain-GEMM formulation (what numpy/PyTorch do): per step
+/// `2k²l + 2k³ + 2k²l` (the `A·A` term is skipped when c = 0).
+fn ns_flops(cfg: &NsConfig, m: usize, n: usize) -> f64 {
+    let (k, l) = (m.min(n) as f64, m.max(n) as f64);
+    (0..cfg.steps)
+        .map(|i| {
+            let c = cfg.coefficients.step(i)[2];
+            4.0 * k * k * l + if c != 0.0 { 2.0 * k * k * k } else { 0.0 }
+        })
+        .sum()
+}
+
+fn orth_case<B>(cfg: &NsConfig, g: &ArrayD<B::Scalar>, reps: usize) -> Vec<f64>
+where
+    B: Backend<Tensor = ArrayD<<B as Backend>::Scalar>>,
+{
+    let mut ns = NewtonSchulz::<B>::new(cfg.clone()).expect("valid config");
+    let mut out = g.clone();
+    time_reps(reps, || ns.run(g, &mut out).expect("finite input"))
+}
+
+fn orth_suite(o: &Opts) -> Result<(), String> {
+    for set in &o.sets {
+        let cfg = NsConfig::new(set_of(set)?);
+        for &(m, n) in &o.shapes {
+            let flops = ns_flops(&cfg, m, n);
+            for p in &o.precisions {
+                let case = format!("{set}/{p}/{m}x{n}");
+                let s = match p.as_str() {
+                    "f32" => orth_case::<Nd32>(&cfg, &gaussian(7, m, n), o.reps),
+                    "f64" => orth_case::<Nd64>(&cfg, &gaussian(7, m, n), o.reps),
+                    "bf16" => {
+                        let mut g = gaussian::<f32>(7, m, n);
+                        round_bf16(&mut g);
+                        orth_case::<NdBf16>(&cfg, &g, o.reps)
+                    }
+                    other => return Err(format!("unknown precision {other:?}")),
+                };
+                emit("orth", &case, "ours", flops, &s);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let run = || -> Result<(), String> {
+        let suite = args.first().ok_or("usage: lmo-bench <gemm|orth> [options]")?;
+        let o = opts(&args[1..])?;
+        match suite.as_str() {
+            "gemm" => gemm_suite(&o),
+            "orth" => orth_suite(&o)?,
+            other => return Err(format!("unknown suite {other:?}")),
+        }
+        Ok(())
+    };
+    if let Err(e) = run() {
+        eprintln!("lmo-bench: {e}");
+        std::process::exit(2);
+    }
+}
