@@ -5,7 +5,17 @@ fn syrk(c: MatMut<f32>, x: MatRef<f32>, leaf: usize, tri_ms: &mut f64, gemm_ms: 
     let k = c.nrows();
     if k <= leaf {
         let t = Instant::now();
-        triangular::matmul(c, BlockStructure::TriangularLower, Accum::Replace, x, BlockStructure::Rectangular, x.transpose(), BlockStructure::Rectangular, 1.0, Par::rayon(0));
+        triangular::matmul(
+            c,
+            BlockStructure::TriangularLower,
+            Accum::Replace,
+            x,
+            BlockStructure::Rectangular,
+            x.transpose(),
+            BlockStructure::Rectangular,
+            1.0,
+            Par::rayon(0),
+        );
         *tri_ms += t.elapsed().as_secs_f64() * 1e3;
         return;
     }
@@ -29,10 +39,26 @@ fn main() {
         syrk(ct.as_mut().transpose_mut(), x, leaf, &mut a, &mut b);
         let (mut a, mut b) = (0.0, 0.0);
         let t = Instant::now();
-        for _ in 0..3 { syrk(ct.as_mut().transpose_mut(), x, leaf, &mut a, &mut b); }
-        println!("n={n} leaf={leaf}: total {:.1} ms (tri {:.1}, gemm {:.1})", t.elapsed().as_secs_f64()*1e3/3.0, a/3.0, b/3.0);
+        for _ in 0..3 {
+            syrk(ct.as_mut().transpose_mut(), x, leaf, &mut a, &mut b);
+        }
+        println!(
+            "n={n} leaf={leaf}: total {:.1} ms (tri {:.1}, gemm {:.1})",
+            t.elapsed().as_secs_f64() * 1e3 / 3.0,
+            a / 3.0,
+            b / 3.0
+        );
     }
     let t = Instant::now();
-    for _ in 0..3 { faer::linalg::matmul::matmul(ct.as_mut().transpose_mut(), Accum::Replace, x, x.transpose(), 1.0, Par::rayon(0)); }
-    println!("full gemm: {:.1} ms", t.elapsed().as_secs_f64()*1e3/3.0);
+    for _ in 0..3 {
+        faer::linalg::matmul::matmul(
+            ct.as_mut().transpose_mut(),
+            Accum::Replace,
+            x,
+            x.transpose(),
+            1.0,
+            Par::rayon(0),
+        );
+    }
+    println!("full gemm: {:.1} ms", t.elapsed().as_secs_f64() * 1e3 / 3.0);
 }

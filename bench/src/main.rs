@@ -25,7 +25,9 @@ struct Opts {
 fn parse_shapes(s: &str) -> Result<Vec<(usize, usize)>, String> {
     s.split(',')
         .map(|p| {
-            let (a, b) = p.split_once('x').ok_or_else(|| format!("bad shape {p:?}, want MxN"))?;
+            let (a, b) = p
+                .split_once('x')
+                .ok_or_else(|| format!("bad shape {p:?}, want MxN"))?;
             let m = a.parse().map_err(|_| format!("bad shape {p:?}"))?;
             let n = b.parse().map_err(|_| format!("bad shape {p:?}"))?;
             if m == 0 || n == 0 {
@@ -38,7 +40,13 @@ fn parse_shapes(s: &str) -> Result<Vec<(usize, usize)>, String> {
 
 fn opts(args: &[String]) -> Result<Opts, String> {
     let mut o = Opts {
-        shapes: vec![(768, 768), (768, 3072), (1024, 1024), (2048, 2048), (4096, 4096)],
+        shapes: vec![
+            (768, 768),
+            (768, 3072),
+            (1024, 1024),
+            (2048, 2048),
+            (4096, 4096),
+        ],
         reps: 5,
         sets: vec!["muon".into()],
         precisions: vec!["f32".into()],
@@ -92,12 +100,16 @@ fn gemm_suite(o: &Opts) {
         let a32 = gaussian::<f32>(1, m, k);
         let b32 = gaussian::<f32>(2, k, n);
         let mut c32 = ArrayD::<f32>::zeros(IxDyn(&[m, n]));
-        let s = time_reps(o.reps, || Nd32::gemm(1.0, &a32, Trans::No, &b32, Trans::No, 0.0, &mut c32));
+        let s = time_reps(o.reps, || {
+            Nd32::gemm(1.0, &a32, Trans::No, &b32, Trans::No, 0.0, &mut c32)
+        });
         emit("gemm", &case, "ours-sgemm", flops, &s);
         let a64 = gaussian::<f64>(1, m, k);
         let b64 = gaussian::<f64>(2, k, n);
         let mut c64 = ArrayD::<f64>::zeros(IxDyn(&[m, n]));
-        let s = time_reps(o.reps, || Nd64::gemm(1.0, &a64, Trans::No, &b64, Trans::No, 0.0, &mut c64));
+        let s = time_reps(o.reps, || {
+            Nd64::gemm(1.0, &a64, Trans::No, &b64, Trans::No, 0.0, &mut c64)
+        });
         emit("gemm", &case, "ours-dgemm", flops, &s);
     }
 }
@@ -160,7 +172,9 @@ fn orth_suite(o: &Opts) -> Result<(), String> {
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let run = || -> Result<(), String> {
-        let suite = args.first().ok_or("usage: lmo-bench <gemm|orth> [options]")?;
+        let suite = args
+            .first()
+            .ok_or("usage: lmo-bench <gemm|orth> [options]")?;
         let o = opts(&args[1..])?;
         match suite.as_str() {
             "gemm" => gemm_suite(&o),

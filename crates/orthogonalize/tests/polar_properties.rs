@@ -245,8 +245,16 @@ where
             let dir = up(&g) / fro(&up(&g));
             let alpha: f64 = (&up(&o) * &dir).sum();
             let off = fro(&(&up(&o) - &(&dir * alpha)));
-            assert!(off < tol, "{} {m}x{n}: not parallel to g ({off})", set.name());
-            assert!((alpha - want).abs() < mag_tol, "{} {m}x{n}: {alpha} vs {want}", set.name());
+            assert!(
+                off < tol,
+                "{} {m}x{n}: not parallel to g ({off})",
+                set.name()
+            );
+            assert!(
+                (alpha - want).abs() < mag_tol,
+                "{} {m}x{n}: {alpha} vs {want}",
+                set.name()
+            );
         }
         // Non-finite → error, output untouched.
         let mut bad = ArrayD::from_elem(IxDyn(&[4, 4]), B::Scalar::of(1.0));
@@ -281,7 +289,11 @@ where
             let g: ArrayD<B::Scalar> = cast(&(&base * mag));
             let mut o = g.clone();
             ns.run(&g, &mut o).unwrap();
-            assert!(o.iter().all(|v| v.as_f64().is_finite()), "{} {mag}", set.name());
+            assert!(
+                o.iter().all(|v| v.as_f64().is_finite()),
+                "{} {mag}",
+                set.name()
+            );
             ns0.run(&g, &mut o).unwrap();
             let err = fro(&(&up(&o) - &up(&ob))) / fro(&up(&ob));
             assert!(err < tol, "{} scale {mag}: {err}", set.name());

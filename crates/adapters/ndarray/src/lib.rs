@@ -31,6 +31,7 @@ use faer::linalg::matmul::triangular::{self, BlockStructure};
 use faer::{Accum, MatMut, MatRef, Par};
 use lmo_core::{Backend, Scalar, Shape, Trans};
 use ndarray::{ArrayD, ArrayView2, ArrayViewMut2, Ix2, IxDyn, LinalgScalar, Zip};
+use rayon::prelude::*;
 
 /// The ndarray backend for scalar `S` (`f32` or `f64`); a zero-sized marker.
 #[derive(Clone, Copy, Debug, Default)]
@@ -113,34 +114,42 @@ fn syrk_lower<S: NdScalar>(c: MatMut<'_, S>, x: MatRef<'_, S>, alpha: S, acc: Ac
 /// Copies the strict lower triangle onto the upper one. Contiguous fast
 /// path: each 32×32 tile is read row by row into a local buffer and written
 /// back transposed row by row, so no access strides down a column (with a
-/// power-of-two leading dimension a column walk thrashes one cache set).
+/// power-of-two leading dimension a column walk thrashes one cache set);
+/// tile rows of the upper triangle are filled in parallel (rayon).
 fn mirror_lower<S: NdScalar>(c: &mut ArrayViewMut2<'_, S>) {
     const B: usize = 32;
     let k = c.nrows();
     if let Some(s) = c.as_slice_mut() {
-        let mut tile = [S::zero(); B * B];
-        for ib in (0..k).step_by(B) {
-            let iend = (ib + B).min(k);
-            for jb in (0..=ib).step_by(B) {
-                let jend = (jb + B).min(k);
-                // tile[(j-jb)*B + (i-ib)] = s[i][j] for the lower part.
+        // Upper-triangle tile row jb (rows jb..jb+B) is written from the
+        // lower-triangle tile column jb (rows ≥ jb): split the matrix at
+        // row jb+B into the tile row (written) and the rows below (read).
+        let ptr = SyncPtr(s.as_mut_ptr());
+        let tiles = k.div_ceil(B);
+        (0..tiles).into_par_iter().for_each(|t| {
+            let p = &ptr;
+            let jb = t * B;
+            let jend = (jb + B).min(k);
+            let mut tile = [S::zero(); B * B];
+            for ib in (jb..k).step_by(B) {
+                let iend = (ib + B).min(k);
+                // tile[(j-jb)*B + (i-ib)] = s[i][j] for j < i.
                 for i in ib..iend {
-                    let row = &s[i * k + jb..i * k + jend.min(i)];
-                    for (jj, &v) in row.iter().enumerate() {
-                        tile[jj * B + (i - ib)] = v;
+                    for j in jb..jend.min(i) {
+                        // SAFETY: reads s[i][j] with i > j, in the strict lower
+                        // triangle, which no task writes.
+                        tile[(j - jb) * B + (i - ib)] = unsafe { *p.0.add(i * k + j) };
                     }
                 }
-                for j in jb..jend.min(iend) {
-                    let jj = j - jb;
+                for j in jb..jend {
                     let lo = ib.max(j + 1);
-                    if lo >= iend {
-                        continue;
+                    for i in lo..iend {
+                        // SAFETY: writes s[j][i] with i > j, in the strict
+                        // upper triangle of tile row t, owned by this task.
+                        unsafe { *p.0.add(j * k + i) = tile[(j - jb) * B + (i - ib)] };
                     }
-                    let dst = &mut s[j * k + lo..j * k + iend];
-                    dst.copy_from_slice(&tile[jj * B + (lo - ib)..jj * B + (iend - ib)]);
                 }
             }
-        }
+        });
         return;
     }
     for i in 0..k {
@@ -149,6 +158,12 @@ fn mirror_lower<S: NdScalar>(c: &mut ArrayViewMut2<'_, S>) {
         }
     }
 }
+
+/// A raw pointer shared by the mirror's tasks, which touch disjoint entries.
+struct SyncPtr<T>(*mut T);
+// SAFETY: used only by `mirror_lower`, whose tasks write disjoint entries
+// and read entries no task writes.
+unsafe impl<T> Sync for SyncPtr<T> {}
 
 /// Applies `c ← β·c` and returns how the product is to be accumulated into
 /// `c`; `None` when the inner dimension is 0 (the product is zero, and `c`

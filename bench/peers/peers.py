@@ -1,0 +1,152 @@
+"""Peer implementations for `cargo xtask bench`, run in the same session as
+ours: numpy (OpenBLAS) and PyTorch CPU, same algorithm, same coefficients,
+same thread count. Prints one JSON object per line, like lmo-bench.
+
+usage: python peers.py SUITE --shapes 768x768,... --reps N --threads T
+       [--sets muon,...] [--precisions f32,bf16,f64]
+Suites: gemm, orth. Missing packages are reported as {"skip": ...} lines.
+"""
+import argparse
+import json
+import os
+import sys
+import time
+
+MUON = (3.4445, -4.7750, 2.0315)
+CUBIC = (1.5, -0.5, 0.0)
+PE = [(8.28721, -23.59589, 17.30039), (4.10706, -2.94785, 0.54484),
+      (3.94869, -2.90890, 0.55182), (3.31842, -2.48849, 0.51005),
+      (2.30065, -1.66890, 0.41881), (1.89130, -1.26800, 0.37680),
+      (1.87500, -1.25000, 0.37500)]
+PE = [(a / 1.01, b / 1.01**3, c / 1.01**5) for (a, b, c) in PE[:-1]] + [PE[-1]]
+NANOGPT = [(4.0848, -6.8946, 2.9270), (3.9505, -6.3029, 2.6377),
+           (3.7418, -5.5913, 2.3037), (2.8769, -3.1427, 1.2046),
+           (2.8366, -3.0525, 1.2012)]
+
+
+def schedule(name):
+    """(coefficients per step, delta) exactly as the Rust side's defaults."""
+    if name == "muon":
+        return [MUON] * 5, 0.0
+    if name == "cubic":
+        return [CUBIC] * 24, 0.0
+    if name == "polar-express":
+        return [PE[min(i, len(PE) - 1)] for i in range(5)], 0.01
+    if name == "nanogpt":
+        return NANOGPT, 0.0
+    raise SystemExit(f"unknown set {name}")
+
+
+def emit(suite, case, impl, flops, samples, **extra):
+    d = {"suite": suite, "case": case, "impl": impl, "flops": flops,
+         "samples_s": samples}
+    d.update(extra)
+    print(json.dumps(d), flush=True)
+
+
+def timeit(fn, reps):
+    fn()
+    out = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t)
+    return out
+
+
+def ns_numpy(np, G, coeffs, delta):
+    # K. Jordan's reference NS iteration, numpy transcription.
+    X = G / (np.linalg.norm(G) * (1 + delta) + 1e-7)
+    tall = G.shape[0] > G.shape[1]
+    if tall:
+        X = X.T
+    for a, b, c in coeffs:
+        A = X @ X.T
+        B = b * A + c * A @ A
+        X = a * X + B @ X
+    return X.T if tall else X
+
+
+def ns_torch(torch, G, coeffs, delta):
+    # K. Jordan's reference zeropower_via_newtonschulz5, any coefficients.
+    X = G / (G.norm() * (1 + delta) + 1e-7)
+    tall = G.size(0) > G.size(1)
+    if tall:
+        X = X.mT
+    for a, b, c in coeffs:
+        A = X @ X.mT
+        B = b * A + c * A @ A
+        X = a * X + B @ X
+    return X.mT if tall else X
+
+
+def ns_flops(coeffs, m, n):
+    k, l = min(m, n), max(m, n)
+    return sum(4.0 * k * k * l + (2.0 * k**3 if c != 0 else 0.0) for (_, _, c) in coeffs)
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("suite")
+    p.add_argument("--shapes", required=True)
+    p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--sets", default="muon")
+    p.add_argument("--precisions", default="f32")
+    p.add_argument("--impls", default="numpy,torch")
+    a = p.parse_args()
+    shapes = [tuple(int(v) for v in s.split("x")) for s in a.shapes.split(",")]
+    impls = a.impls.split(",")
+    np = torch = None
+    try:
+        import numpy as np  # noqa: F811
+    except ImportError as e:
+        print(json.dumps({"skip": "numpy", "why": str(e)}), flush=True)
+    if "torch" in impls:
+        try:
+            import torch  # noqa: F811
+            torch.set_num_threads(a.threads)
+        except ImportError as e:
+            print(json.dumps({"skip": "torch", "why": str(e)}), flush=True)
+    versions = {"python": sys.version.split()[0]}
+    if np is not None:
+        versions["numpy"] = np.__version__
+    if torch is not None:
+        versions["torch"] = torch.__version__
+        versions["torch_cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+    print(json.dumps({"versions": versions}), flush=True)
+    rng = None if np is None else np.random.default_rng(7)
+    for (m, n) in shapes:
+        if a.suite == "gemm":
+            if np is None:
+                continue
+            A = rng.standard_normal((m, n), dtype=np.float32)
+            B = rng.standard_normal((n, n), dtype=np.float32)
+            emit("gemm", f"{m}x{n}x{n}", "numpy-sgemm", 2.0 * m * n * n, timeit(lambda: A @ B, a.reps))
+            if torch is not None:
+                tA, tB = torch.from_numpy(A), torch.from_numpy(B)
+                emit("gemm", f"{m}x{n}x{n}", "torch-sgemm", 2.0 * m * n * n, timeit(lambda: tA @ tB, a.reps))
+        elif a.suite == "orth":
+            if np is None:
+                continue
+            G = rng.standard_normal((m, n))
+            for set_name in a.sets.split(","):
+                coeffs, delta = schedule(set_name)
+                fl = ns_flops(coeffs, m, n)
+                for prec in a.precisions.split(","):
+                    case = f"{set_name}/{prec}/{m}x{n}"
+                    if "numpy" in impls and prec in ("f32", "f64"):
+                        Gp = G.astype(np.float32 if prec == "f32" else np.float64)
+                        emit("orth", case, "numpy", fl, timeit(lambda: ns_numpy(np, Gp, coeffs, delta), a.reps))
+                    if torch is not None:
+                        dt = {"f32": torch.float32, "f64": torch.float64, "bf16": torch.bfloat16}[prec]
+                        tG = torch.from_numpy(G).to(dt)
+                        with torch.no_grad():
+                            emit("orth", case, "torch", fl, timeit(lambda: ns_torch(torch, tG, coeffs, delta), a.reps))
+        else:
+            raise SystemExit(f"unknown suite {a.suite}")
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("OMP_NUM_THREADS", "2")
+    main()
