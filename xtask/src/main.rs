@@ -3,7 +3,10 @@
 //! - `cargo xtask test`  — the test suite (what README.md tells users to run).
 //! - `cargo xtask nostd` — proves lmo-core builds without std.
 //! - `cargo xtask ci`    — everything `.ci/run` checks: fmt, clippy, no_std,
-//!   rustdoc with warnings denied, the tests, the demo.
+//!   rustdoc with warnings denied, the tests, the demo, the quick bench.
+//! - `cargo xtask bench` — side-by-side benchmarks (see `bench/mod.rs`).
+
+mod bench;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -87,13 +90,16 @@ fn ci() -> Result<(), String> {
     test()?;
     let mut c = cargo();
     c.args(["run", "--release", "--example", "lmo_tour"]);
-    step("README demo (cargo run --release --example lmo_tour)", c)
+    step("README demo (cargo run --release --example lmo_tour)", c)?;
+    bench::run(&["--quick".to_string()])
 }
 
-const USAGE: &str = "usage: cargo xtask <test | nostd | ci>
+const USAGE: &str = "usage: cargo xtask <test | nostd | ci | bench>
   test   run the test suite (unit, property, doc tests)
   nostd  build lmo-core without std and link-check a #![no_std] staticlib
-  ci     fmt, clippy -D warnings, nostd, rustdoc -D warnings, tests, demo";
+  ci     fmt, clippy -D warnings, nostd, rustdoc -D warnings, tests, demo,
+         cargo xtask bench --quick
+  bench  side-by-side benchmarks against numpy/PyTorch (cargo xtask bench --help)";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -102,6 +108,7 @@ fn main() -> ExitCode {
         Some("test") => test(),
         Some("nostd") => nostd(),
         Some("ci") => ci(),
+        Some("bench") => bench::run(&args[1..]),
         Some("-h" | "--help" | "help") => {
             println!("{USAGE}");
             return ExitCode::SUCCESS;

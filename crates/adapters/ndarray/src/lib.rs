@@ -77,8 +77,16 @@ fn fview_mut<'a, S: NdScalar>(mut x: ArrayViewMut2<'a, S>) -> MatMut<'a, S> {
     unsafe { MatMut::from_raw_parts_mut(x.as_mut_ptr(), m, n, rs, cs) }
 }
 
-fn par() -> Par {
-    Par::rayon(0)
+/// Products below this many multiply-adds run on one thread: spreading
+/// them over the pool costs more than it saves.
+const PAR_MIN_WORK: usize = 96 * 96 * 96;
+
+fn par(work: usize) -> Par {
+    if work < PAR_MIN_WORK {
+        Par::Seq
+    } else {
+        Par::rayon(0)
+    }
 }
 
 /// Leaf size of the recursive lower-triangular `x·xᵀ`: below it faer's
@@ -99,7 +107,7 @@ fn syrk_lower<S: NdScalar>(c: MatMut<'_, S>, x: MatRef<'_, S>, alpha: S, acc: Ac
             x.transpose(),
             BlockStructure::Rectangular,
             alpha,
-            par(),
+            par(k * k * x.ncols() / 2),
         );
         return;
     }
@@ -107,7 +115,8 @@ fn syrk_lower<S: NdScalar>(c: MatMut<'_, S>, x: MatRef<'_, S>, alpha: S, acc: Ac
     let (x1, x2) = x.split_at_row(h);
     let (c11, _c12, c21, c22) = c.split_at_mut(h, h);
     syrk_lower(c11, x1, alpha, acc);
-    faer::linalg::matmul::matmul(c21, acc, x2, x1.transpose(), alpha, par());
+    let work = c21.nrows() * c21.ncols() * x.ncols();
+    faer::linalg::matmul::matmul(c21, acc, x2, x1.transpose(), alpha, par(work));
     syrk_lower(c22, x2, alpha, acc);
 }
 
@@ -125,7 +134,7 @@ fn mirror_lower<S: NdScalar>(c: &mut ArrayViewMut2<'_, S>) {
         // row jb+B into the tile row (written) and the rows below (read).
         let ptr = SyncPtr(s.as_mut_ptr());
         let tiles = k.div_ceil(B);
-        (0..tiles).into_par_iter().for_each(|t| {
+        let task = |t: usize| {
             let p = &ptr;
             let jb = t * B;
             let jend = (jb + B).min(k);
@@ -149,7 +158,12 @@ fn mirror_lower<S: NdScalar>(c: &mut ArrayViewMut2<'_, S>) {
                     }
                 }
             }
-        });
+        };
+        if k >= 512 {
+            (0..tiles).into_par_iter().for_each(task);
+        } else {
+            (0..tiles).for_each(task);
+        }
         return;
     }
     for i in 0..k {
@@ -351,7 +365,15 @@ impl<S: NdScalar> Backend for NdBackend<S> {
         let Some(acc) = prepare_accumulator(beta, a.ncols(), c) else {
             return;
         };
-        faer::linalg::matmul::matmul(fview_mut(mat_mut(c)), acc, fview(a), fview(b), alpha, par());
+        let work = a.nrows() * a.ncols() * b.ncols();
+        faer::linalg::matmul::matmul(
+            fview_mut(mat_mut(c)),
+            acc,
+            fview(a),
+            fview(b),
+            alpha,
+            par(work),
+        );
     }
 
     fn syrk(alpha: S, x: &ArrayD<S>, beta: S, c: &mut ArrayD<S>) {

@@ -1,0 +1,554 @@
+//! `cargo xtask bench [SUITE…] [--quick] [--reps N] [--threads T]
+//! [--peers numpy,torch|none] [--json PATH] [--compare OLD.json]`
+//!
+//! Runs our side (the `lmo-bench` binary, release build) and the peers
+//! (`bench/peers/peers.py` in a venv with pinned numpy/PyTorch, installed on
+//! first use under `target/bench/venv`) case by case in the same run, with
+//! the same thread count, then prints a table of medians, spreads, ratios
+//! and % of the measured sgemm roofline, writes a JSON file with raw
+//! samples and machine facts, and SVG/PNG plots under `target/bench/`.
+
+mod plot;
+mod suites;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::{Deserialize, Serialize};
+
+use crate::{cargo, root, step};
+
+/// One measurement: a case run by one implementation.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct Record {
+    pub suite: String,
+    pub case: String,
+    #[serde(rename = "impl")]
+    pub imp: String,
+    pub flops: f64,
+    pub samples_s: Vec<f64>,
+}
+
+impl Record {
+    pub fn median(&self) -> f64 {
+        let mut v = self.samples_s.clone();
+        v.sort_by(f64::total_cmp);
+        let n = v.len();
+        if n % 2 == 1 {
+            v[n / 2]
+        } else {
+            0.5 * (v[n / 2 - 1] + v[n / 2])
+        }
+    }
+    /// (max − min) / median.
+    pub fn spread(&self) -> f64 {
+        let lo = self.samples_s.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = self.samples_s.iter().copied().fold(0.0, f64::max);
+        (hi - lo) / self.median()
+    }
+    pub fn gflops(&self) -> f64 {
+        self.flops / self.median() / 1e9
+    }
+}
+
+#[derive(Serialize, Deserialize, Debug, Default)]
+pub struct Report {
+    pub command: String,
+    pub machine: BTreeMap<String, String>,
+    pub versions: BTreeMap<String, String>,
+    pub roofline_sgemm_gflops: Option<f64>,
+    pub skipped: Vec<String>,
+    pub results: Vec<Record>,
+}
+
+struct Opts {
+    suites: Vec<String>,
+    quick: bool,
+    reps: usize,
+    threads: usize,
+    peers: Vec<String>,
+    json: PathBuf,
+    compare: Option<PathBuf>,
+}
+
+const USAGE: &str = "usage: cargo xtask bench [SUITE…] [--quick] [--reps N] [--threads T]
+                         [--peers numpy,torch|none] [--json PATH] [--compare OLD.json]
+suites: gemm orth (default: all). Output: target/bench/{bench.json,*.svg,*.png}";
+
+fn parse(args: &[String]) -> Result<Opts, String> {
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let mut o = Opts {
+        suites: vec![],
+        quick: false,
+        reps: 0,
+        threads: cores,
+        peers: vec![],
+        json: root().join("target/bench/bench.json"),
+        compare: None,
+    };
+    let mut peers_set = false;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut val = || {
+            it.next()
+                .cloned()
+                .ok_or_else(|| format!("{a} needs a value\n{USAGE}"))
+        };
+        match a.as_str() {
+            "--quick" => o.quick = true,
+            "--reps" => o.reps = val()?.parse().map_err(|_| "--reps: a positive integer")?,
+            "--threads" => {
+                o.threads = val()?
+                    .parse()
+                    .map_err(|_| "--threads: a positive integer")?
+            }
+            "--peers" => {
+                peers_set = true;
+                o.peers = val()?
+                    .split(',')
+                    .filter(|p| *p != "none")
+                    .map(String::from)
+                    .collect();
+            }
+            "--json" => o.json = PathBuf::from(val()?),
+            "--compare" => o.compare = Some(PathBuf::from(val()?)),
+            "-h" | "--help" => {
+                let list: Vec<String> = suites::all()
+                    .iter()
+                    .map(|s| format!("  {:<6} {}", s.name, s.about))
+                    .collect();
+                return Err(format!("{USAGE}\n{}", list.join("\n")));
+            }
+            x if x.starts_with('-') => return Err(format!("unknown option {x}\n{USAGE}")),
+            x => o.suites.push(x.to_string()),
+        }
+    }
+    let known: Vec<&str> = suites::all().iter().map(|s| s.name).collect();
+    for s in &o.suites {
+        if !known.contains(&s.as_str()) {
+            return Err(format!("unknown suite {s:?}; known: {}", known.join(", ")));
+        }
+    }
+    if o.suites.is_empty() {
+        o.suites = known.iter().map(|s| s.to_string()).collect();
+    }
+    if o.reps == 0 {
+        o.reps = if o.quick { 2 } else { 5 };
+    }
+    if o.threads == 0 {
+        return Err("--threads must be ≥ 1".into());
+    }
+    if !peers_set {
+        // The quick run (CI) exercises the numpy peer only: PyTorch's wheel
+        // and its CUDA dependencies are ~5 GB.
+        o.peers = if o.quick {
+            vec!["numpy".into()]
+        } else {
+            vec!["numpy".into(), "torch".into()]
+        };
+    }
+    Ok(o)
+}
+
+fn cpuinfo() -> BTreeMap<String, String> {
+    let mut m = BTreeMap::new();
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    if let Some(l) = info.lines().find(|l| l.starts_with("model name")) {
+        m.insert(
+            "cpu".into(),
+            l.split(':').nth(1).unwrap_or("").trim().to_string(),
+        );
+    }
+    let flags: Vec<&str> = info
+        .lines()
+        .find(|l| l.starts_with("flags"))
+        .map(|l| l.split_whitespace().collect())
+        .unwrap_or_default();
+    for f in ["avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16"] {
+        m.insert(f.into(), flags.contains(&f).to_string());
+    }
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    m.insert("cores".into(), cores.to_string());
+    m
+}
+
+fn capture(cmd: &mut Command) -> Option<String> {
+    let o = cmd.output().ok()?;
+    o.status
+        .success()
+        .then(|| String::from_utf8_lossy(&o.stdout).trim().to_string())
+}
+
+/// Makes sure `target/bench/venv` has the requested peers; returns the
+/// venv's python, or why it cannot.
+fn peers_python(peers: &[String]) -> Result<PathBuf, String> {
+    let venv = root().join("target/bench/venv");
+    let py = venv.join("bin/python");
+    let modules: Vec<&str> = peers.iter().map(String::as_str).collect();
+    let check = format!("import {}", modules.join(", "));
+    if py.exists()
+        && Command::new(&py)
+            .args(["-c", &check])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    {
+        return Ok(py);
+    }
+    eprintln!(
+        "==> installing peers ({}) into {} (first use)",
+        modules.join(", "),
+        venv.display()
+    );
+    if !py.exists() {
+        let ok = Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&venv)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            return Err("python3 -m venv failed (is python3 with venv installed?)".into());
+        }
+    }
+    let reqs = std::fs::read_to_string(root().join("bench/peers/requirements.txt"))
+        .map_err(|e| format!("bench/peers/requirements.txt: {e}"))?;
+    let pins: Vec<&str> = reqs
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .filter(|l| modules.iter().any(|m| l.starts_with(&format!("{m}=="))))
+        .collect();
+    let status = Command::new(&py)
+        .args(["-m", "pip", "install", "--quiet", "--no-cache-dir"])
+        .args(&pins)
+        .status()
+        .map_err(|e| format!("pip: {e}"))?;
+    if !status.success() {
+        return Err(format!("pip install {} failed", pins.join(" ")));
+    }
+    Ok(py)
+}
+
+fn parse_lines(out: &str, report: &mut Report, source: &str) -> Vec<Record> {
+    let mut recs = vec![];
+    for line in out.lines().filter(|l| l.starts_with('{')) {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        if let Some(vs) = v.get("versions").and_then(|v| v.as_object()) {
+            for (k, val) in vs {
+                report
+                    .versions
+                    .insert(k.clone(), val.as_str().unwrap_or("").to_string());
+            }
+        } else if let Some(what) = v.get("skip") {
+            let why = v.get("why").and_then(|w| w.as_str()).unwrap_or("");
+            let msg = format!("{source}: {} skipped: {why}", what.as_str().unwrap_or("?"));
+            if !report.skipped.contains(&msg) {
+                report.skipped.push(msg);
+            }
+        } else if let Ok(r) = serde_json::from_value::<Record>(v) {
+            recs.push(r);
+        }
+    }
+    recs
+}
+
+pub fn run(args: &[String]) -> Result<(), String> {
+    let o = parse(args)?;
+    let t0 = Instant::now();
+    let mut c = cargo();
+    c.args(["build", "--release", "--quiet", "-p", "lmo-bench"]);
+    step("build lmo-bench (release)", c)?;
+    let ours_bin = root().join("target/release/lmo-bench");
+    let mut report = Report {
+        command: format!("cargo xtask bench {}", args.join(" ")),
+        machine: cpuinfo(),
+        ..Default::default()
+    };
+    report
+        .machine
+        .insert("threads".into(), o.threads.to_string());
+    if let Some(v) = capture(Command::new("rustc").arg("--version")) {
+        report.versions.insert("rustc".into(), v);
+    }
+    if let Some(v) =
+        capture(
+            Command::new("git")
+                .current_dir(root())
+                .args(["rev-parse", "--short", "HEAD"]),
+        )
+    {
+        report.versions.insert("git".into(), v);
+    }
+    let python = if o.peers.is_empty() {
+        None
+    } else {
+        match peers_python(&o.peers) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                eprintln!("warning: peers unavailable, our side still runs: {e}");
+                report
+                    .skipped
+                    .push(format!("peers ({}): {e}", o.peers.join(",")));
+                None
+            }
+        }
+    };
+    let threads = o.threads.to_string();
+    let envs = [
+        ("RAYON_NUM_THREADS", threads.as_str()),
+        ("OMP_NUM_THREADS", threads.as_str()),
+        ("OPENBLAS_NUM_THREADS", threads.as_str()),
+        ("MKL_NUM_THREADS", threads.as_str()),
+    ];
+    // The roofline needs the gemm suite; run it first whenever asked for
+    // any suite.
+    let mut order: Vec<suites::Suite> = suites::all();
+    if !o.suites.iter().any(|s| s == "gemm") {
+        eprintln!("note: running the gemm suite too (the roofline)");
+    }
+    order.retain(|s| s.name == "gemm" || o.suites.iter().any(|x| x == s.name));
+    let cases: Vec<(String, suites::Case)> = order
+        .iter()
+        .flat_map(|s| {
+            (s.cases)(o.quick, o.reps)
+                .into_iter()
+                .map(move |c| (s.name.to_string(), c))
+        })
+        .collect();
+    let bar = ProgressBar::new(cases.len() as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} {elapsed_precise} {msg}")
+            .map_err(|e| e.to_string())?,
+    );
+    for (_, case) in &cases {
+        bar.set_message(format!("{} (ours)", case.label));
+        let out = Command::new(&ours_bin)
+            .args(&case.ours)
+            .envs(envs)
+            .output()
+            .map_err(|e| e.to_string())?;
+        if !out.status.success() {
+            return Err(format!(
+                "lmo-bench {:?} failed: {}",
+                case.ours,
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        let recs = parse_lines(&String::from_utf8_lossy(&out.stdout), &mut report, "ours");
+        report.results.extend(recs);
+        if let (Some(py), Some(pargs)) = (&python, &case.peers) {
+            bar.set_message(format!("{} (peers)", case.label));
+            let out = Command::new(py)
+                .arg(root().join("bench/peers/peers.py"))
+                .args(pargs)
+                .args(["--threads", &threads, "--impls", &o.peers.join(",")])
+                .envs(envs)
+                .output()
+                .map_err(|e| e.to_string())?;
+            if !out.status.success() {
+                report.skipped.push(format!(
+                    "peers {}: failed: {}",
+                    case.label,
+                    String::from_utf8_lossy(&out.stderr)
+                        .lines()
+                        .last()
+                        .unwrap_or("")
+                ));
+            }
+            let recs = parse_lines(&String::from_utf8_lossy(&out.stdout), &mut report, "peers");
+            report.results.extend(recs);
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    report.roofline_sgemm_gflops = report
+        .results
+        .iter()
+        .filter(|r| r.suite == "gemm" && r.imp.ends_with("sgemm"))
+        .map(Record::gflops)
+        .reduce(f64::max);
+    print_tables(&report);
+    if let Some(dir) = o.json.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    let json = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
+    std::fs::write(&o.json, json).map_err(|e| format!("{}: {e}", o.json.display()))?;
+    println!("\nraw samples and machine facts: {}", o.json.display());
+    let plot_dir = root().join("target/bench");
+    for p in plot::write_all(&report, &plot_dir)? {
+        println!("plot: {}", p.display());
+    }
+    if let Some(old) = &o.compare {
+        compare(&report, old)?;
+    }
+    eprintln!("bench done in {:.0}s", t0.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// The distinct values in first-seen order.
+pub fn unique<'a>(it: impl Iterator<Item = &'a str>) -> Vec<&'a str> {
+    let mut v: Vec<&str> = vec![];
+    for x in it {
+        if !v.contains(&x) {
+            v.push(x);
+        }
+    }
+    v
+}
+
+fn fmt_ms(s: f64) -> String {
+    if s >= 1.0 {
+        format!("{:.2} s", s)
+    } else {
+        format!("{:.2} ms", s * 1e3)
+    }
+}
+
+/// Markdown tables: per case, our median, spread, GFLOP/s-equivalent and %
+/// of the sgemm roofline, each peer's median and the speedup peer/ours.
+pub fn print_tables(r: &Report) {
+    println!(
+        "\nmachine: {}",
+        r.machine
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    println!(
+        "versions: {}",
+        r.versions
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    let roof = r.roofline_sgemm_gflops;
+    if let Some(p) = roof {
+        println!("roofline (best measured sgemm): {p:.1} GFLOP/s");
+    }
+    for s in &r.skipped {
+        println!("skipped: {s}");
+    }
+    for suite in unique(r.results.iter().map(|x| x.suite.as_str())) {
+        let recs: Vec<&Record> = r.results.iter().filter(|x| x.suite == suite).collect();
+        let cases = unique(recs.iter().map(|x| x.case.as_str()));
+        let mut impls: Vec<&str> = recs.iter().map(|x| x.imp.as_str()).collect();
+        impls.sort();
+        impls.dedup();
+        let ours: Vec<&str> = impls
+            .iter()
+            .copied()
+            .filter(|i| i.starts_with("ours"))
+            .collect();
+        let peers: Vec<&str> = impls
+            .iter()
+            .copied()
+            .filter(|i| !i.starts_with("ours"))
+            .collect();
+        println!("\n### {suite}\n");
+        let mut head = String::from("| case |");
+        let mut rule = String::from("|---|");
+        for i in &ours {
+            head += &format!(" {i} (spread) | GFLOP/s | % roof |");
+            rule += "---:|---:|---:|";
+        }
+        for p in &peers {
+            head += &format!(" {p} | {p}/ours |");
+            rule += "---:|---:|";
+        }
+        println!("{head}\n{rule}");
+        for case in cases {
+            let find = |i: &str| recs.iter().find(|x| x.case == case && x.imp == i);
+            let mut line = format!("| {case} |");
+            for i in &ours {
+                match find(i) {
+                    Some(x) => {
+                        let pct = roof
+                            .map(|p| format!("{:.0}%", 100.0 * x.gflops() / p))
+                            .unwrap_or("–".into());
+                        line += &format!(
+                            " {} (±{:.0}%) | {:.1} | {pct} |",
+                            fmt_ms(x.median()),
+                            50.0 * x.spread(),
+                            x.gflops()
+                        );
+                    }
+                    None => line += " – | – | – |",
+                }
+            }
+            for p in &peers {
+                // Like for like: numpy-sgemm against ours-sgemm, else "ours".
+                let suffix = p.split_once('-').map(|(_, s)| format!("ours-{s}"));
+                let base = suffix
+                    .as_deref()
+                    .and_then(&find)
+                    .or_else(|| ours.first().and_then(|i| find(i)));
+                match (find(p), base) {
+                    (Some(x), Some(b)) => {
+                        line += &format!(
+                            " {} | {:.2}× |",
+                            fmt_ms(x.median()),
+                            x.median() / b.median()
+                        )
+                    }
+                    (Some(x), None) => line += &format!(" {} | – |", fmt_ms(x.median())),
+                    _ => line += " n/a | – |",
+                }
+            }
+            println!("{line}");
+        }
+    }
+}
+
+/// Prints the change of every median against an earlier report and flags
+/// changes beyond the noise (the larger relative spread of the two runs, at
+/// least 5%).
+fn compare(new: &Report, old_path: &Path) -> Result<(), String> {
+    let text =
+        std::fs::read_to_string(old_path).map_err(|e| format!("{}: {e}", old_path.display()))?;
+    let old: Report =
+        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", old_path.display()))?;
+    println!("\n### change against {}\n", old_path.display());
+    println!(
+        "| suite | case | impl | old | new | new/old | verdict |\n|---|---|---|---:|---:|---:|---|"
+    );
+    let mut regressions = 0;
+    for n in &new.results {
+        let Some(o) = old
+            .results
+            .iter()
+            .find(|o| o.suite == n.suite && o.case == n.case && o.imp == n.imp)
+        else {
+            continue;
+        };
+        let ratio = n.median() / o.median();
+        let noise = (0.5 * n.spread()).max(0.5 * o.spread()).max(0.05);
+        let verdict = if ratio > 1.0 + noise {
+            regressions += 1;
+            "REGRESSION"
+        } else if ratio < 1.0 - noise {
+            "faster"
+        } else {
+            "within noise"
+        };
+        println!(
+            "| {} | {} | {} | {} | {} | {:.3} | {verdict} |",
+            n.suite,
+            n.case,
+            n.imp,
+            fmt_ms(o.median()),
+            fmt_ms(n.median()),
+            ratio
+        );
+    }
+    println!("\n{regressions} regression(s) beyond the noise");
+    Ok(())
+}

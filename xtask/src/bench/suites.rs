@@ -1,0 +1,83 @@
+//! Benchmark suites. A suite is one value of [`Suite`]: the arguments that
+//! our runner (`lmo-bench`) and the Python peers (`bench/peers/peers.py`)
+//! get for each case. Adding a suite = adding one entry to [`all`] (plus
+//! its implementation in lmo-bench and, if it has peers, in peers.py).
+
+/// One unit of work: our runner's arguments and, if the case has peers,
+/// the peers script's arguments.
+pub struct Case {
+    pub label: String,
+    pub ours: Vec<String>,
+    pub peers: Option<Vec<String>>,
+}
+
+pub struct Suite {
+    pub name: &'static str,
+    pub about: &'static str,
+    pub cases: fn(quick: bool, reps: usize) -> Vec<Case>,
+}
+
+fn s(v: &[&str]) -> Vec<String> {
+    v.iter().map(|x| x.to_string()).collect()
+}
+
+fn per_shape(suite: &str, shapes: &[&str], extra: &[&str], reps: usize, peers: bool) -> Vec<Case> {
+    shapes
+        .iter()
+        .map(|shape| {
+            let mut a = s(&[suite, "--shapes", shape, "--reps"]);
+            a.push(reps.to_string());
+            a.extend(s(extra));
+            Case {
+                label: format!("{suite} {shape}"),
+                ours: a.clone(),
+                peers: peers.then_some(a),
+            }
+        })
+        .collect()
+}
+
+fn gemm(quick: bool, reps: usize) -> Vec<Case> {
+    let shapes: &[&str] = if quick {
+        &["128x128"]
+    } else {
+        &["768x768", "2048x2048", "4096x4096"]
+    };
+    per_shape("gemm", shapes, &[], reps, true)
+}
+
+fn orth(quick: bool, reps: usize) -> Vec<Case> {
+    if quick {
+        return per_shape(
+            "orth",
+            &["64x64", "48x96"],
+            &["--precisions", "f32,bf16"],
+            reps,
+            true,
+        );
+    }
+    let shapes = ["768x768", "768x3072", "1024x1024", "2048x2048", "4096x4096"];
+    per_shape(
+        "orth",
+        &shapes,
+        &["--sets", "muon", "--precisions", "f32,bf16"],
+        reps,
+        true,
+    )
+}
+
+/// Every suite, in the order they run.
+pub fn all() -> Vec<Suite> {
+    vec![
+        Suite {
+            name: "gemm",
+            about: "sgemm/dgemm GFLOP/s (the roofline of every table)",
+            cases: gemm,
+        },
+        Suite {
+            name: "orth",
+            about: "polar factor (Newton–Schulz) per set, precision, shape",
+            cases: orth,
+        },
+    ]
+}
