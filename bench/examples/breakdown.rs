@@ -1,67 +1,69 @@
+//! Per-operation timing of one Newton–Schulz step on the ndarray backend
+//! (f32): the two Gram products (syrk), the GEMM `B·X`, a full GEMM for
+//! comparison and the elementwise passes.
+//!
+//! ```text
+//! cargo run --release -p lmo-bench --example breakdown -- 2048
+//! ```
+
+use std::time::Instant;
+
 use lmo_core::{Backend, Trans};
 use lmo_ndarray::Nd32;
 use ndarray::{ArrayD, IxDyn};
-use std::time::Instant;
-fn t(name: &str, f: &mut dyn FnMut()) {
+
+fn time(name: &str, f: &mut dyn FnMut()) {
     f();
-    let r = 5;
-    let s = Instant::now();
-    for _ in 0..r {
+    let reps = 5;
+    let t = Instant::now();
+    for _ in 0..reps {
         f();
     }
     println!(
-        "{name}: {:.2} ms",
-        s.elapsed().as_secs_f64() / r as f64 * 1e3
+        "{name:<28} {:>9.2} ms",
+        t.elapsed().as_secs_f64() / reps as f64 * 1e3
     );
 }
+
 fn main() {
-    let n: usize = std::env::args().nth(1).unwrap().parse().unwrap();
+    let n: usize = match std::env::args().nth(1).map(|s| s.parse()) {
+        None => 1024,
+        Some(Ok(n)) if n > 0 => n,
+        _ => {
+            eprintln!("usage: breakdown [N > 0]");
+            std::process::exit(2);
+        }
+    };
     let x = ArrayD::<f32>::from_shape_fn(IxDyn(&[n, n]), |ix| {
         ((ix[0] * 7 + ix[1] * 3) % 11) as f32 / 11.0 - 0.5
     });
     let mut a = ArrayD::<f32>::zeros(IxDyn(&[n, n]));
     let mut b = a.clone();
     let mut y = a.clone();
-    t("syrk X", &mut || Nd32::syrk(1.0, &x, 0.0, &mut a));
-    t("syrk A add", &mut || Nd32::syrk(0.5, &x, 1.0, &mut b));
-    t("gemm B X add", &mut || {
+    println!("one NS step on {n}×{n}, f32, {} threads", rayon_threads());
+    time("syrk A = X·Xᵀ", &mut || Nd32::syrk(1.0, &x, 0.0, &mut a));
+    time("syrk B += c·A·A", &mut || {
+        Nd32::syrk(0.5, &a, 1.0, &mut b)
+    });
+    time("gemm Y += B·X", &mut || {
         Nd32::gemm(1.0, &b, Trans::No, &x, Trans::No, 1.0, &mut y)
     });
-    t("gemm B X replace", &mut || {
-        Nd32::gemm(1.0, &b, Trans::No, &x, Trans::No, 0.0, &mut y)
+    time("gemm (reference, full)", &mut || {
+        Nd32::gemm(1.0, &x, Trans::No, &x, Trans::Yes, 0.0, &mut a)
     });
-    t("scale", &mut || Nd32::scale(0.5, &x, &mut y));
-    let mut m2 = a.clone();
-    t("mirror only (naive idx)", &mut || {
-        let k = n;
-        let mut v = m2.view_mut().into_dimensionality::<ndarray::Ix2>().unwrap();
-        let s = v.as_slice_mut().unwrap();
-        for i in 0..k {
-            for j in 0..i {
-                s[j * k + i] = s[i * k + j];
-            }
-        }
-    });
-    t("mirror tiled", &mut || {
-        let k = n;
-        let mut v = m2.view_mut().into_dimensionality::<ndarray::Ix2>().unwrap();
-        let s = v.as_slice_mut().unwrap();
-        const B: usize = 32;
-        for ib in (0..k).step_by(B) {
-            let iend = (ib + B).min(k);
-            for jb in (0..=ib).step_by(B) {
-                for i in ib..iend {
-                    let jend = (jb + B).min(i);
-                    for j in jb..jend {
-                        s[j * k + i] = s[i * k + j];
-                    }
-                }
-            }
-        }
-    });
-    t("norm2", &mut || {
+    time("scale Y = a·X", &mut || Nd32::scale(0.5, &x, &mut y));
+    time("norm2", &mut || {
         std::hint::black_box(Nd32::norm2(&x));
     });
 }
-#[allow(dead_code)]
-fn unused() {}
+
+fn rayon_threads() -> usize {
+    std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        })
+}

@@ -22,6 +22,26 @@ pub enum Trans {
     Yes,
 }
 
+/// Hyper-parameters of one fused AdamW update ([`Backend::adamw`]), with
+/// the bias corrections already folded in by the caller.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdamWStep<S> {
+    /// Learning rate η (schedule applied).
+    pub lr: S,
+    /// First-moment decay β₁.
+    pub beta1: S,
+    /// Second-moment decay β₂.
+    pub beta2: S,
+    /// ε added to `√v̂`.
+    pub eps: S,
+    /// Decoupled weight decay λ (the update multiplies `p` by `1 − η·λ`).
+    pub weight_decay: S,
+    /// `1 − β₁^k` (bias correction of the first moment at step k ≥ 1).
+    pub bias1: S,
+    /// `1 − β₂^k`.
+    pub bias2: S,
+}
+
 /// Tensors and the operations on them that the LMOs need.
 ///
 /// Conventions: tensors are read in logical row-major order (flat index
@@ -102,6 +122,18 @@ pub trait Backend: 'static {
     /// A zero tensor of shape `shape` on the device of `like` (workspace
     /// allocation; never called per step once workspaces are sized).
     fn zeros(like: &Self::Tensor, shape: Shape) -> Self::Tensor;
+
+    /// One fused AdamW update (Loshchilov & Hutter 2019, "Decoupled weight
+    /// decay regularization", Alg. 2), elementwise:
+    /// `m ← β₁m + (1−β₁)g`, `v ← β₂v + (1−β₂)g²`,
+    /// `p ← (1 − η·λ)·p − η·(m/bias1) / (√(v/bias2) + ε)`.
+    fn adamw(
+        p: &mut Self::Tensor,
+        g: &Self::Tensor,
+        m: &mut Self::Tensor,
+        v: &mut Self::Tensor,
+        h: &AdamWStep<Self::Scalar>,
+    );
 
     /// Copies `x` into `out` in row-major order (`out.len() == numel`). With
     /// [`Backend::copy_from_slice`] this is the fallback path for exact

@@ -34,7 +34,7 @@ mod scalar;
 mod shape;
 pub mod svd;
 
-pub use backend::{Backend, Trans};
+pub use backend::{AdamWStep, Backend, Trans};
 pub use error::LmoError;
 pub use norms::{ColNorm, ColRowNorm, Frobenius, L1, Norm, RowNorm, SignInf, Spectral, VectorRms};
 /// Re-export of `num-traits` (the `Float`, `Zero`, `One` traits behind [`Scalar`]).

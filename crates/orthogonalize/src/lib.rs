@@ -35,3 +35,8 @@ pub use coeffs::{
 };
 pub use exact::FaerPolar;
 pub use ns::NewtonSchulz;
+
+/// The code blocks of docs/orthogonalize.md, compiled and run as doc tests.
+#[doc = include_str!("../../../docs/orthogonalize.md")]
+#[cfg(doctest)]
+pub struct DocsDoctests;

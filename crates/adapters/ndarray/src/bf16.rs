@@ -1,7 +1,7 @@
 //! bf16 storage with f32 accumulation.
 
 use half::bf16;
-use lmo_core::{Backend, Shape, Trans};
+use lmo_core::{AdamWStep, Backend, Shape, Trans};
 use ndarray::ArrayD;
 
 use crate::Nd32;
@@ -105,6 +105,18 @@ impl Backend for NdBf16 {
     fn transpose_into(a: f32, x: &ArrayD<f32>, out: &mut ArrayD<f32>) {
         Nd32::transpose_into(a, x, out);
         round_bf16(out);
+    }
+    fn adamw(
+        p: &mut ArrayD<f32>,
+        g: &ArrayD<f32>,
+        m: &mut ArrayD<f32>,
+        v: &mut ArrayD<f32>,
+        h: &AdamWStep<f32>,
+    ) {
+        Nd32::adamw(p, g, m, v, h);
+        round_bf16(p);
+        round_bf16(m);
+        round_bf16(v);
     }
     fn copy_to_slice(x: &ArrayD<f32>, out: &mut [f32]) {
         Nd32::copy_to_slice(x, out)

@@ -29,7 +29,7 @@ pub use bf16::{NdBf16, round_bf16};
 
 use faer::linalg::matmul::triangular::{self, BlockStructure};
 use faer::{Accum, MatMut, MatRef, Par};
-use lmo_core::{Backend, Scalar, Shape, Trans};
+use lmo_core::{AdamWStep, Backend, Scalar, Shape, Trans};
 use ndarray::{ArrayD, ArrayView2, ArrayViewMut2, Ix2, IxDyn, LinalgScalar, Zip};
 use rayon::prelude::*;
 
@@ -404,6 +404,23 @@ impl<S: NdScalar> Backend for NdBackend<S> {
 
     fn zeros(_like: &ArrayD<S>, shape: Shape) -> ArrayD<S> {
         ArrayD::zeros(IxDyn(shape.dims()))
+    }
+
+    fn adamw(
+        p: &mut ArrayD<S>,
+        g: &ArrayD<S>,
+        m: &mut ArrayD<S>,
+        v: &mut ArrayD<S>,
+        h: &AdamWStep<S>,
+    ) {
+        let one = S::one();
+        let decay = one - h.lr * h.weight_decay;
+        let (c1, c2) = (one / h.bias1, one / h.bias2);
+        Zip::from(p).and(g).and(m).and(v).for_each(|p, &g, m, v| {
+            *m = h.beta1 * *m + (one - h.beta1) * g;
+            *v = h.beta2 * *v + (one - h.beta2) * g * g;
+            *p = decay * *p - h.lr * (*m * c1) / ((*v * c2).sqrt() + h.eps);
+        });
     }
 
     fn copy_to_slice(x: &ArrayD<S>, out: &mut [S]) {
