@@ -1,0 +1,429 @@
+//! Configuration: parameter labels, per-group norms, radius policies,
+//! schedules (SPEC §3).
+
+use std::collections::BTreeMap;
+
+use lmo_core::{
+    Backend, ColNorm, ExactPolar, Frobenius, L1, LmoError, Norm, RowNorm, SignInf, Spectral,
+    VectorRms,
+};
+use orthogonalize::{NewtonSchulz, NsConfig};
+
+/// What a parameter tensor is; groups are keyed by label.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Label {
+    /// 2-D hidden weight matrices (attention, MLP): the LMO step's home.
+    Hidden,
+    /// Token/position embeddings.
+    Embedding,
+    /// The output head (unembedding).
+    Head,
+    /// Vectors: biases, norm gains.
+    Vector,
+    /// A user label.
+    Other(String),
+}
+
+/// Where the spectral LMO gets its polar factor.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Orth {
+    /// Exact (one-sided Jacobi SVD, lmo-core's `ExactPolar`); small matrices.
+    Exact,
+    /// A Newton–Schulz-type iteration (orthogonalize's `NewtonSchulz`).
+    NewtonSchulz(NsConfig),
+}
+
+/// A norm of SPEC §1 for a parameter group.
+#[derive(Clone, Debug, PartialEq)]
+pub enum NormSpec {
+    /// Frobenius / Euclidean.
+    Frobenius,
+    /// Spectral (ℓ2→ℓ2), LMO = −polar.
+    Spectral(Orth),
+    /// RMS→RMS operator norm (Scion "Spectral"): spectral scaled by √(m/n).
+    RmsToRms(Orth),
+    /// Entrywise ℓ∞, LMO = −sign.
+    Sign,
+    /// Entrywise ℓ1 (one-entry update).
+    L1,
+    /// Max column ℓ2.
+    ColNorm,
+    /// Max row ℓ2.
+    RowNorm,
+    /// Vector RMS (biases, gains).
+    VectorRms,
+}
+
+/// A scale of the norm that depends on the block's shape `m × n`
+/// (multiplies [`LmoGroup::scale`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum ShapeScale {
+    /// 1.
+    None,
+    /// `max(1, m/n)^{1/2}` (K. Jordan's Muon).
+    MuonRatio,
+    /// `0.2·√max(m, n)`: matches the update RMS of AdamW (Moonlight's Muon).
+    MatchAdamRms,
+    /// `1/n` (Scion's "Sign" rescaling by 1/d_in).
+    InvFanIn,
+}
+
+impl ShapeScale {
+    /// The factor for a block of shape `dims` (matrices: `m × n`; other
+    /// ranks: 1).
+    pub fn factor(&self, dims: &[usize]) -> f64 {
+        let (m, n) = match dims {
+            [m, n] => (*m as f64, *n as f64),
+            _ => return 1.0,
+        };
+        match self {
+            ShapeScale::None => 1.0,
+            ShapeScale::MuonRatio => (m / n).max(1.0).sqrt(),
+            ShapeScale::MatchAdamRms => 0.2 * m.max(n).sqrt(),
+            ShapeScale::InvFanIn => 1.0 / n.max(1.0),
+        }
+    }
+}
+
+/// The radius `t_i^k` of the LMO step (SPEC §3), before the schedule.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Radius {
+    /// `t_i^k = t`.
+    Constant(f64),
+    /// Gluon Thm 2: `t_i^k = t0/(k+1)^{3/4}` and momentum `1−β_k = 1/(k+1)^{1/2}`
+    /// (overrides the group's β).
+    Theory {
+        /// `t0 > 0`.
+        t0: f64,
+    },
+    /// Gluon Thm 1: `t_i^k = ‖M_i‖_* / (L0_i + L1_i·‖M_i‖_*)` — with β = 0
+    /// (`M = ∇f`) exactly the theorem's deterministic radius; with momentum
+    /// the practical variant (the dual norm of the momentum). `‖M‖_*` is the
+    /// value the LMO attains (`−<M, lmo(M)>`), exact unless an inexact
+    /// orthogonalizer is used.
+    Adaptive {
+        /// `L0 ≥ 0`.
+        l0: f64,
+        /// `L1 ≥ 0`, `L0 + L1 > 0`.
+        l1: f64,
+    },
+}
+
+/// Unconstrained (trust region, Gluon/uSCG/Muon) or constrained
+/// (Frank–Wolfe, SCG) form of the step.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Mode {
+    /// `X ← X + t·D`, i.e. `argmin{<M, Z> : ‖Z − X‖ ≤ t}`.
+    Unconstrained,
+    /// `X ← (1−γ)·X + γ·ρ·D` with `γ = t_i^k` (clamped to [0, 1]): stays in
+    /// the ball `‖X‖ ≤ ρ` once inside.
+    Constrained {
+        /// The ball radius ρ > 0.
+        rho: f64,
+    },
+}
+
+/// A learning-rate (radius) schedule multiplier `s(k)` for step `k ≥ 0`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Schedule {
+    /// `s(k) = 1`.
+    Constant,
+    /// Linear warm-up: `s(k) = min(1, (k+1)/warmup)`.
+    Warmup {
+        /// Steps to reach 1.
+        warmup: u64,
+    },
+    /// Cosine decay from 1 to `floor` over `total` steps, then `floor`.
+    Cosine {
+        /// Decay length.
+        total: u64,
+        /// Final multiplier in [0, 1].
+        floor: f64,
+    },
+    /// Linear decay from 1 to `floor` over `total` steps, then `floor`.
+    LinearDecay {
+        /// Decay length.
+        total: u64,
+        /// Final multiplier in [0, 1].
+        floor: f64,
+    },
+    /// Warm-up then cosine decay (the usual LLM schedule).
+    WarmupCosine {
+        /// Warm-up steps.
+        warmup: u64,
+        /// Total steps (warm-up included).
+        total: u64,
+        /// Final multiplier.
+        floor: f64,
+    },
+}
+
+impl Schedule {
+    /// The multiplier at step `k`.
+    pub fn at(&self, k: u64) -> f64 {
+        let cosine = |k: u64, total: u64, floor: f64| {
+            let p = (k.min(total) as f64) / (total.max(1) as f64);
+            floor + (1.0 - floor) * 0.5 * (1.0 + (core::f64::consts::PI * p).cos())
+        };
+        match *self {
+            Schedule::Constant => 1.0,
+            Schedule::Warmup { warmup } => ((k + 1) as f64 / warmup.max(1) as f64).min(1.0),
+            Schedule::Cosine { total, floor } => cosine(k, total, floor),
+            Schedule::LinearDecay { total, floor } => {
+                floor + (1.0 - floor) * (1.0 - k.min(total) as f64 / total.max(1) as f64)
+            }
+            Schedule::WarmupCosine {
+                warmup,
+                total,
+                floor,
+            } => {
+                if k < warmup {
+                    (k + 1) as f64 / warmup as f64
+                } else {
+                    cosine(k - warmup, total.saturating_sub(warmup), floor)
+                }
+            }
+        }
+    }
+
+    fn validate(&self) -> Result<(), LmoError> {
+        let floor_ok = |f: f64| (0.0..=1.0).contains(&f);
+        let ok = match *self {
+            Schedule::Constant => true,
+            Schedule::Warmup { warmup } => warmup > 0,
+            Schedule::Cosine { total, floor } | Schedule::LinearDecay { total, floor } => {
+                total > 0 && floor_ok(floor)
+            }
+            Schedule::WarmupCosine {
+                warmup,
+                total,
+                floor,
+            } => warmup > 0 && total > warmup && floor_ok(floor),
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(LmoError::InvalidHyperParameter(
+                "schedule: lengths must be > 0 and floor in [0, 1]",
+            ))
+        }
+    }
+}
+
+/// A group stepped by the layer-wise LMO step of SPEC §3.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LmoGroup {
+    /// The norm (and through it the LMO).
+    pub norm: NormSpec,
+    /// Constant scale `s` of the norm (`lmo' = s·lmo`).
+    pub scale: f64,
+    /// Shape-dependent factor of the scale.
+    pub shape_scale: ShapeScale,
+    /// Radius policy.
+    pub radius: Radius,
+    /// Momentum β ∈ [0, 1) (`M ← β·M + (1−β)·G`; Scion's α = 1 − β).
+    pub beta: f64,
+    /// Nesterov: the LMO sees `(1−β)·G + β·M` (as Muon).
+    pub nesterov: bool,
+    /// Decoupled weight decay λ ≥ 0: `X ← (1 − t·λ)·X` before the step.
+    pub weight_decay: f64,
+    /// Unconstrained or constrained form.
+    pub mode: Mode,
+}
+
+/// AdamW (Loshchilov & Hutter 2019), the baseline and Muon's partner for
+/// non-hidden tensors.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdamWGroup {
+    /// Learning rate η > 0.
+    pub lr: f64,
+    /// β₁ ∈ [0, 1).
+    pub beta1: f64,
+    /// β₂ ∈ [0, 1).
+    pub beta2: f64,
+    /// ε > 0.
+    pub eps: f64,
+    /// Decoupled weight decay λ ≥ 0.
+    pub weight_decay: f64,
+}
+
+impl Default for AdamWGroup {
+    /// PyTorch's defaults: lr 1e-3, β = (0.9, 0.999), ε = 1e-8, λ = 0.01.
+    fn default() -> Self {
+        AdamWGroup {
+            lr: 1e-3,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.01,
+        }
+    }
+}
+
+/// How one group is stepped.
+#[derive(Clone, Debug, PartialEq)]
+pub enum GroupConfig {
+    /// The layer-wise LMO step.
+    Lmo(LmoGroup),
+    /// AdamW.
+    AdamW(AdamWGroup),
+}
+
+/// What a step does when a gradient has NaN/Inf.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NonFinitePolicy {
+    /// Return [`crate::OptError::NonFiniteGradient`]; nothing changes.
+    Error,
+    /// Skip the step (parameters and state unchanged), count it in
+    /// [`crate::OptState::skipped`], return a report that says so.
+    Skip,
+}
+
+/// The optimizer configuration: one [`GroupConfig`] per [`Label`], a
+/// schedule shared by all groups, the non-finite policy and whether blocks
+/// step in parallel (results are identical either way).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    /// Per-label group configuration.
+    pub groups: BTreeMap<Label, GroupConfig>,
+    /// Multiplier of every radius / learning rate.
+    pub schedule: Schedule,
+    /// Non-finite gradient policy.
+    pub non_finite: NonFinitePolicy,
+    /// Step independent blocks in parallel (rayon).
+    pub parallel: bool,
+}
+
+impl Config {
+    /// A configuration with no groups, constant schedule, `Error` policy,
+    /// parallel blocks.
+    pub fn new() -> Self {
+        Config {
+            groups: BTreeMap::new(),
+            schedule: Schedule::Constant,
+            non_finite: NonFinitePolicy::Error,
+            parallel: true,
+        }
+    }
+
+    /// Sets the group of `label`.
+    pub fn group(mut self, label: Label, g: GroupConfig) -> Self {
+        self.groups.insert(label, g);
+        self
+    }
+
+    /// Sets the schedule.
+    pub fn schedule(mut self, s: Schedule) -> Self {
+        self.schedule = s;
+        self
+    }
+
+    /// Sets the non-finite policy.
+    pub fn non_finite(mut self, p: NonFinitePolicy) -> Self {
+        self.non_finite = p;
+        self
+    }
+
+    /// Checks every hyper-parameter.
+    pub fn validate(&self) -> Result<(), LmoError> {
+        self.schedule.validate()?;
+        let pos = |x: f64| x.is_finite() && x > 0.0;
+        let nonneg = |x: f64| x.is_finite() && x >= 0.0;
+        let unit = |x: f64| x.is_finite() && (0.0..1.0).contains(&x);
+        let bad = LmoError::InvalidHyperParameter;
+        for g in self.groups.values() {
+            match g {
+                GroupConfig::Lmo(l) => {
+                    if !pos(l.scale) {
+                        return Err(bad("norm scale must be finite and > 0"));
+                    }
+                    if !unit(l.beta) {
+                        return Err(bad("momentum β must be in [0, 1)"));
+                    }
+                    if !nonneg(l.weight_decay) {
+                        return Err(bad("weight decay must be finite and ≥ 0"));
+                    }
+                    match l.radius {
+                        Radius::Constant(t) if !nonneg(t) => {
+                            return Err(bad("radius must be finite and ≥ 0"));
+                        }
+                        Radius::Theory { t0 } if !pos(t0) => {
+                            return Err(bad("theory radius t0 must be > 0"));
+                        }
+                        Radius::Adaptive { l0, l1 }
+                            if !(nonneg(l0) && nonneg(l1) && l0 + l1 > 0.0) =>
+                        {
+                            return Err(bad("adaptive radius needs L0, L1 ≥ 0 with L0 + L1 > 0"));
+                        }
+                        _ => {}
+                    }
+                    if let Mode::Constrained { rho } = l.mode
+                        && !pos(rho)
+                    {
+                        return Err(bad("constrained radius ρ must be > 0"));
+                    }
+                    if let NormSpec::Spectral(Orth::NewtonSchulz(c))
+                    | NormSpec::RmsToRms(Orth::NewtonSchulz(c)) = &l.norm
+                    {
+                        c.validate()?;
+                    }
+                }
+                GroupConfig::AdamW(a) => {
+                    if !(pos(a.lr)
+                        && unit(a.beta1)
+                        && unit(a.beta2)
+                        && pos(a.eps)
+                        && nonneg(a.weight_decay))
+                    {
+                        return Err(bad("AdamW needs lr, ε > 0, β₁, β₂ ∈ [0, 1), λ ≥ 0"));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A norm object usable from several threads.
+pub type DynNorm<B> = Box<dyn Norm<B> + Send>;
+
+impl NormSpec {
+    /// Builds the norm for a block of shape `dims` with total scale `s`.
+    pub fn build<B: Backend>(&self, s: f64) -> Result<DynNorm<B>, LmoError>
+    where
+        B::Tensor: Send,
+    {
+        fn spectral<B: Backend>(o: &Orth, s: f64, rms: bool) -> Result<DynNorm<B>, LmoError>
+        where
+            B::Tensor: Send,
+        {
+            Ok(match o {
+                Orth::Exact => {
+                    let n = Spectral::with_orthogonalizer(ExactPolar::<B>::new()).with_scale(s)?;
+                    Box::new(if rms { n.rms_to_rms() } else { n })
+                }
+                Orth::NewtonSchulz(c) => {
+                    let n = Spectral::with_orthogonalizer(NewtonSchulz::<B>::new(c.clone())?)
+                        .with_scale(s)?;
+                    Box::new(if rms { n.rms_to_rms() } else { n })
+                }
+            })
+        }
+        Ok(match self {
+            NormSpec::Frobenius => Box::new(Frobenius::new().with_scale(s)?),
+            NormSpec::Spectral(o) => spectral::<B>(o, s, false)?,
+            NormSpec::RmsToRms(o) => spectral::<B>(o, s, true)?,
+            NormSpec::Sign => Box::new(SignInf::new().with_scale(s)?),
+            NormSpec::L1 => Box::new(L1::new().with_scale(s)?),
+            NormSpec::ColNorm => Box::new(ColNorm::<B::Scalar>::new().with_scale(s)?),
+            NormSpec::RowNorm => Box::new(RowNorm::<B::Scalar>::new().with_scale(s)?),
+            NormSpec::VectorRms => Box::new(VectorRms::new().with_scale(s)?),
+        })
+    }
+}

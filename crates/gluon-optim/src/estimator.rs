@@ -1,0 +1,264 @@
+//! Estimating layer-wise (L0, L1) along a trajectory (SPEC §3).
+
+use lmo_core::{Backend, LmoError, Scalar};
+use serde::{Deserialize, Serialize};
+
+use crate::config::{Config, DynNorm, GroupConfig, Label, NormSpec};
+use crate::optimizer::OptError;
+
+/// One recorded point of block i: `g = ‖∇_i f(X^k)‖_*` and
+/// `lhat = ‖∇_i f(X^{k+1}) − ∇_i f(X^k)‖_* / ‖X_i^{k+1} − X_i^k‖`.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Point {
+    /// Step index k.
+    pub k: u64,
+    /// `‖∇_i f(X^k)‖_*`.
+    pub g: f64,
+    /// The local smoothness estimate `L̂_k`.
+    pub lhat: f64,
+}
+
+/// The fitted envelope `L̂ ≤ L0 + L1·g` of one block.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Fit {
+    /// L0 ≥ 0.
+    pub l0: f64,
+    /// L1 ≥ 0.
+    pub l1: f64,
+    /// Fraction of the points strictly above the line (0 for the exact
+    /// envelope, up to rounding).
+    pub above: f64,
+    /// Number of points.
+    pub n: usize,
+}
+
+impl Fit {
+    /// The theory radius (Gluon Thm 1) this fit implies at dual norm `g`:
+    /// `g / (L0 + L1·g)`.
+    pub fn radius(&self, g: f64) -> f64 {
+        if g == 0.0 {
+            0.0
+        } else {
+            g / (self.l0 + self.l1 * g)
+        }
+    }
+}
+
+/// Fits `L0, L1 ≥ 0` so that `L0 + L1·g` is an upper envelope of the points
+/// with the smallest mean height over them: minimize `Σ_k (L0 + L1·g_k)`
+/// subject to `L0 + L1·g_k ≥ L̂_k`. The optimum is the line through the
+/// edge of the points' upper convex hull above the mean of the g_k (or a
+/// boundary case L0 = 0 or L1 = 0). `None` without points.
+///
+/// (The Gluon paper fits a line with a penalty on points above it; this is
+/// its exact-envelope limit, which has no free penalty weight.)
+pub fn fit_envelope(points: &[Point]) -> Option<Fit> {
+    let pts: Vec<(f64, f64)> = points
+        .iter()
+        .filter(|p| p.g.is_finite() && p.lhat.is_finite())
+        .map(|p| (p.g, p.lhat))
+        .collect();
+    if pts.is_empty() {
+        return None;
+    }
+    let n = pts.len() as f64;
+    let gbar = pts.iter().map(|p| p.0).sum::<f64>() / n;
+    // Candidate lines: every pair on the hull is among all pairs; the
+    // feasible one of least height at gbar is optimal. O(n²) candidates
+    // are checked in O(n) each only for hull pairs: build the upper hull.
+    let mut sorted = pts.clone();
+    sorted.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.total_cmp(&b.1)));
+    let mut hull: Vec<(f64, f64)> = vec![];
+    for p in sorted {
+        while hull.len() >= 2 {
+            let (a, b) = (hull[hull.len() - 2], hull[hull.len() - 1]);
+            // Remove b if it lies on or below the segment a–p.
+            if (b.0 - a.0) * (p.1 - a.1) - (b.1 - a.1) * (p.0 - a.0) >= 0.0 {
+                hull.pop();
+            } else {
+                break;
+            }
+        }
+        hull.push(p);
+    }
+    let feasible = |l0: f64, l1: f64| {
+        pts.iter()
+            .all(|&(g, l)| l0 + l1 * g >= l * (1.0 - 1e-12) - 1e-300)
+    };
+    let mut best: Option<(f64, f64, f64)> = None;
+    let mut consider = |l0: f64, l1: f64| {
+        if l0 >= 0.0 && l1 >= 0.0 && feasible(l0, l1) {
+            let h = l0 + l1 * gbar;
+            if best.is_none_or(|b| h < b.2) {
+                best = Some((l0, l1, h));
+            }
+        }
+    };
+    for w in hull.windows(2) {
+        let ((g1, l1v), (g2, l2v)) = (w[0], w[1]);
+        if g2 > g1 {
+            let slope = (l2v - l1v) / (g2 - g1);
+            consider(l1v - slope * g1, slope);
+        }
+    }
+    // Boundary cases: L1 = 0 (flat line at the max) and L0 = 0 (through
+    // the origin with the steepest ratio).
+    let lmax = pts.iter().map(|p| p.1).fold(0.0, f64::max);
+    consider(lmax, 0.0);
+    let ratio = pts
+        .iter()
+        .filter(|p| p.0 > 0.0)
+        .map(|p| p.1 / p.0)
+        .fold(0.0, f64::max);
+    if pts.iter().all(|p| p.0 > 0.0 || p.1 <= 0.0) {
+        consider(0.0, ratio);
+    }
+    let (l0, l1, _) = best?;
+    let above = pts
+        .iter()
+        .filter(|&&(g, l)| l > (l0 + l1 * g) * (1.0 + 1e-9))
+        .count() as f64
+        / n;
+    Some(Fit {
+        l0,
+        l1,
+        above,
+        n: pts.len(),
+    })
+}
+
+/// Records `(‖∇_i f(X^k)‖_*, L̂_k)` per block along a trajectory: call
+/// [`LipschitzEstimator::observe`] with the parameters and gradients of
+/// every iterate, then [`LipschitzEstimator::fit`]. Each block uses its
+/// group's norm (AdamW groups: Frobenius), scale included. Spectral dual
+/// norms are exact (Jacobi SVD): meant for short probes.
+pub struct LipschitzEstimator<B: Backend> {
+    labels: Vec<Label>,
+    norms: Vec<DynNorm<B>>,
+    prev_x: Vec<B::Tensor>,
+    prev_g: Vec<B::Tensor>,
+    diff: Vec<B::Tensor>,
+    prev_dual: Vec<f64>,
+    has_prev: bool,
+    k: u64,
+    points: Vec<Vec<Point>>,
+}
+
+impl<B: Backend> LipschitzEstimator<B>
+where
+    B::Tensor: Send,
+{
+    /// An estimator for the blocks of an optimizer built from `config`,
+    /// `labels` and `params`.
+    pub fn new(config: &Config, labels: &[Label], params: &[B::Tensor]) -> Result<Self, OptError> {
+        if labels.len() != params.len() {
+            return Err(OptError::CountMismatch {
+                expected: labels.len(),
+                found: params.len(),
+            });
+        }
+        let mut norms = vec![];
+        for (i, (l, p)) in labels.iter().zip(params).enumerate() {
+            let dims = B::shape(p).dims().to_vec();
+            let norm = match config
+                .groups
+                .get(l)
+                .ok_or_else(|| OptError::NoGroup(l.clone()))?
+            {
+                GroupConfig::Lmo(g) => g.norm.build::<B>(g.scale * g.shape_scale.factor(&dims)),
+                GroupConfig::AdamW(_) => NormSpec::Frobenius.build::<B>(1.0),
+            }
+            .map_err(|error| OptError::Lmo { block: i, error })?;
+            norms.push(norm);
+        }
+        let z = |v: &[B::Tensor]| v.iter().map(B::zeros_like).collect::<Vec<_>>();
+        Ok(LipschitzEstimator {
+            labels: labels.to_vec(),
+            norms,
+            prev_x: z(params),
+            prev_g: z(params),
+            diff: z(params),
+            prev_dual: vec![0.0; params.len()],
+            has_prev: false,
+            k: 0,
+            points: vec![vec![]; params.len()],
+        })
+    }
+
+    /// Records the iterate `(params, grads)`; from the second call on, adds
+    /// one point per block (blocks that did not move are skipped).
+    pub fn observe(&mut self, params: &[B::Tensor], grads: &[B::Tensor]) -> Result<(), OptError> {
+        let n = self.norms.len();
+        if params.len() != n || grads.len() != n {
+            return Err(OptError::CountMismatch {
+                expected: n,
+                found: params.len().min(grads.len()),
+            });
+        }
+        let one = B::Scalar::of(1.0);
+        for i in 0..n {
+            let e = |error: LmoError| OptError::Lmo { block: i, error };
+            let dual_now = self.norms[i].dual_norm(&grads[i]).map_err(e)?.as_f64();
+            if self.has_prev {
+                B::scale(one, &grads[i], &mut self.diff[i]);
+                B::axpby(-one, &self.prev_g[i], one, &mut self.diff[i]);
+                let num = self.norms[i].dual_norm(&self.diff[i]).map_err(e)?.as_f64();
+                B::scale(one, &params[i], &mut self.diff[i]);
+                B::axpby(-one, &self.prev_x[i], one, &mut self.diff[i]);
+                let den = self.norms[i].norm(&self.diff[i]).map_err(e)?.as_f64();
+                if den > 0.0 {
+                    self.points[i].push(Point {
+                        k: self.k - 1,
+                        g: self.prev_dual[i],
+                        lhat: num / den,
+                    });
+                }
+            }
+            B::scale(one, &params[i], &mut self.prev_x[i]);
+            B::scale(one, &grads[i], &mut self.prev_g[i]);
+            self.prev_dual[i] = dual_now;
+        }
+        self.has_prev = true;
+        self.k += 1;
+        Ok(())
+    }
+
+    /// The recorded points of block `i`.
+    pub fn points(&self, i: usize) -> &[Point] {
+        &self.points[i]
+    }
+
+    /// The envelope fit of block `i` ([`fit_envelope`]).
+    pub fn fit(&self, i: usize) -> Option<Fit> {
+        fit_envelope(&self.points[i])
+    }
+
+    /// All points as CSV: `block,label,k,g,lhat`.
+    pub fn to_csv(&self) -> String {
+        let mut s = String::from("block,label,k,g,lhat\n");
+        for (i, pts) in self.points.iter().enumerate() {
+            for p in pts {
+                s += &format!("{i},{:?},{},{:e},{:e}\n", self.labels[i], p.k, p.g, p.lhat);
+            }
+        }
+        s
+    }
+
+    /// All points and fits as JSON.
+    pub fn to_json(&self) -> String {
+        let blocks: Vec<serde_json::Value> = self
+            .points
+            .iter()
+            .enumerate()
+            .map(|(i, pts)| {
+                serde_json::json!({
+                    "block": i,
+                    "label": format!("{:?}", self.labels[i]),
+                    "points": pts,
+                    "fit": self.fit(i),
+                })
+            })
+            .collect();
+        serde_json::to_string_pretty(&blocks).unwrap_or_default()
+    }
+}

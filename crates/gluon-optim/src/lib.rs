@@ -1,0 +1,32 @@
+//! # gluon-optim
+//!
+//! The layer-wise LMO optimizer of SPEC §3 — Gluon, with Muon, Scion
+//! (SCG/uSCG), normalized SGD and signSGD as presets and AdamW as the
+//! baseline — written once against lmo-core's [`lmo_core::Backend`].
+//!
+//! - [`Config`]: parameter groups keyed by [`Label`] (hidden, embedding,
+//!   head, vector, own labels), each with a norm ([`NormSpec`], any of SPEC
+//!   §1 with a scale), a [`Radius`] policy (constant, theory schedule,
+//!   adaptive (L0, L1)), momentum (Nesterov option), weight decay and
+//!   [`Mode`] (unconstrained / constrained); a [`Schedule`] multiplier.
+//! - [`Optimizer`]: the step, typed errors that leave everything untouched,
+//!   [`OptState`] (serde, versioned) for bit-identical resume,
+//!   allocation-free after the first step, blocks in parallel (rayon).
+//! - [`presets`]: Muon, Scion, Gluon, normalized SGD, signSGD, AdamW.
+//! - [`LipschitzEstimator`] and [`fit_envelope`]: record
+//!   `(‖∇_i f‖_*, L̂)` along a probe run and fit `(L0, L1)` per block.
+#![warn(missing_docs)]
+
+mod config;
+mod estimator;
+mod optimizer;
+pub mod presets;
+
+pub use config::{
+    AdamWGroup, Config, DynNorm, GroupConfig, Label, LmoGroup, Mode, NonFinitePolicy, NormSpec,
+    Orth, Radius, Schedule, ShapeScale,
+};
+pub use estimator::{Fit, LipschitzEstimator, Point, fit_envelope};
+pub use optimizer::{
+    BlockReport, BlockState, OptError, OptState, Optimizer, StepReport, momentum, radius,
+};

@@ -1,0 +1,225 @@
+//! Presets: thin configurations of the one step of SPEC §3.
+
+use orthogonalize::NsConfig;
+
+use crate::config::{
+    AdamWGroup, Config, GroupConfig, Label, LmoGroup, Mode, NormSpec, Orth, Radius, ShapeScale,
+};
+
+const STANDARD: [Label; 4] = [Label::Hidden, Label::Embedding, Label::Head, Label::Vector];
+
+fn lmo(norm: NormSpec, scale: f64, shape_scale: ShapeScale, radius: Radius, beta: f64) -> LmoGroup {
+    LmoGroup {
+        norm,
+        scale,
+        shape_scale,
+        radius,
+        beta,
+        nesterov: false,
+        weight_decay: 0.0,
+        mode: Mode::Unconstrained,
+    }
+}
+
+/// Muon (K. Jordan et al., "Muon: an optimizer for hidden layers in neural
+/// networks", 2024), the hybrid users expect:
+/// - `Hidden`: spectral LMO through Muon's NS5 (quintic, 5 steps), Nesterov
+///   momentum β = 0.95, learning rate `lr` (default 0.02), shape scale
+///   `max(1, m/n)^{1/2}`, no weight decay;
+/// - `Embedding`, `Head`, `Vector`: AdamW with β = (0.9, 0.95), ε = 1e-10,
+///   learning rate `adam_lr` (default 3e-4), no weight decay.
+pub fn muon(lr: f64, adam_lr: f64) -> Config {
+    let mut hidden = lmo(
+        NormSpec::Spectral(Orth::NewtonSchulz(NsConfig::muon())),
+        1.0,
+        ShapeScale::MuonRatio,
+        Radius::Constant(lr),
+        0.95,
+    );
+    hidden.nesterov = true;
+    let adam = AdamWGroup {
+        lr: adam_lr,
+        beta1: 0.9,
+        beta2: 0.95,
+        eps: 1e-10,
+        weight_decay: 0.0,
+    };
+    let mut c = Config::new().group(Label::Hidden, GroupConfig::Lmo(hidden));
+    for l in [Label::Embedding, Label::Head, Label::Vector] {
+        c = c.group(l, GroupConfig::AdamW(adam));
+    }
+    c
+}
+
+/// Scion (Pethick et al., "Training deep learning models with
+/// norm-constrained LMOs", arXiv 2502.07529): per-layer norms —
+/// `Hidden`: RMS→RMS spectral (NS5) with radius scale 50; `Embedding` and
+/// `Head`: ℓ∞/sign rescaled by `1/d_in` with radius scale 3000 (the nanogpt
+/// reference's tied embedding/head); `Vector`: vector RMS, scale 1.
+/// Momentum α = 0.1 (β = 0.9), step size `lr` (default 2⁻¹²; the update of
+/// block i is `lr·ρ_i·lmo`). `constrained = true` is SCG (Frank–Wolfe,
+/// `X ← (1−lr)·X + lr·ρ·D`), `false` is uSCG (`X ← X + lr·ρ·D`).
+pub fn scion(lr: f64, constrained: bool) -> Config {
+    scion_with(lr, constrained, ScionRadii::default())
+}
+
+/// Per-group radius scales ρ of [`scion_with`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ScionRadii {
+    /// Hidden matrices (RMS→RMS spectral).
+    pub hidden: f64,
+    /// Embedding and head (sign, rescaled by 1/d_in).
+    pub embedding_head: f64,
+    /// Vectors (RMS).
+    pub vector: f64,
+}
+
+impl Default for ScionRadii {
+    /// The nanogpt reference's values: 50, 3000, 1 (made for d_in in the
+    /// tens of thousands; small models want much smaller embedding radii).
+    fn default() -> Self {
+        ScionRadii {
+            hidden: 50.0,
+            embedding_head: 3000.0,
+            vector: 1.0,
+        }
+    }
+}
+
+/// [`scion`] with explicit per-group radii.
+pub fn scion_with(lr: f64, constrained: bool, r: ScionRadii) -> Config {
+    let mode = if constrained {
+        Mode::Constrained { rho: 1.0 }
+    } else {
+        Mode::Unconstrained
+    };
+    let ns = Orth::NewtonSchulz(NsConfig::muon());
+    let c = Radius::Constant(lr);
+    let mut groups = [
+        (
+            Label::Hidden,
+            lmo(NormSpec::RmsToRms(ns), r.hidden, ShapeScale::None, c, 0.9),
+        ),
+        (
+            Label::Embedding,
+            lmo(
+                NormSpec::Sign,
+                r.embedding_head,
+                ShapeScale::InvFanIn,
+                c,
+                0.9,
+            ),
+        ),
+        (
+            Label::Head,
+            lmo(
+                NormSpec::Sign,
+                r.embedding_head,
+                ShapeScale::InvFanIn,
+                c,
+                0.9,
+            ),
+        ),
+        (
+            Label::Vector,
+            lmo(NormSpec::VectorRms, r.vector, ShapeScale::None, c, 0.9),
+        ),
+    ];
+    let mut c = Config::new();
+    for (l, g) in groups.iter_mut() {
+        g.mode = mode;
+        c = c.group(l.clone(), GroupConfig::Lmo(g.clone()));
+    }
+    c
+}
+
+/// Gluon (Riabinin et al., "Gluon: making Muon & Scion great again!",
+/// arXiv 2505.13416): Scion's per-layer norms with the adaptive (L0, L1)
+/// radius `t_i = ‖M_i‖_*/(L0_i + L1_i·‖M_i‖_*)`, momentum `beta`.
+/// `hidden` = (L0, L1) of the hidden blocks, `other` = of embeddings, head
+/// and vectors (second-hand NanoGPT-124M values: L0 ≈ 0, hidden L1 ≈ 70,
+/// embedding/head L1 ≈ 1.3; fit your own with [`crate::LipschitzEstimator`]).
+/// Norm scales are 1 (the radius carries the step length).
+pub fn gluon(hidden: (f64, f64), other: (f64, f64), beta: f64) -> Config {
+    let ad = |(l0, l1): (f64, f64)| Radius::Adaptive { l0, l1 };
+    let ns = Orth::NewtonSchulz(NsConfig::muon());
+    Config::new()
+        .group(
+            Label::Hidden,
+            GroupConfig::Lmo(lmo(
+                NormSpec::RmsToRms(ns),
+                1.0,
+                ShapeScale::None,
+                ad(hidden),
+                beta,
+            )),
+        )
+        .group(
+            Label::Embedding,
+            GroupConfig::Lmo(lmo(
+                NormSpec::Sign,
+                1.0,
+                ShapeScale::InvFanIn,
+                ad(other),
+                beta,
+            )),
+        )
+        .group(
+            Label::Head,
+            GroupConfig::Lmo(lmo(
+                NormSpec::Sign,
+                1.0,
+                ShapeScale::InvFanIn,
+                ad(other),
+                beta,
+            )),
+        )
+        .group(
+            Label::Vector,
+            GroupConfig::Lmo(lmo(
+                NormSpec::VectorRms,
+                1.0,
+                ShapeScale::None,
+                ad(other),
+                beta,
+            )),
+        )
+}
+
+/// Normalized SGD with momentum (Cutkosky & Mehta 2020): Frobenius LMO
+/// `−M/‖M‖_F` on every block, radius `lr`.
+pub fn normalized_sgd(lr: f64, beta: f64) -> Config {
+    let g = lmo(
+        NormSpec::Frobenius,
+        1.0,
+        ShapeScale::None,
+        Radius::Constant(lr),
+        beta,
+    );
+    STANDARD.iter().fold(Config::new(), |c, l| {
+        c.group(l.clone(), GroupConfig::Lmo(g.clone()))
+    })
+}
+
+/// signSGD / Signum (Bernstein et al. 2018): ℓ∞ LMO `−sign(M)` on every
+/// block, radius `lr` (β = 0: signSGD; β > 0: Signum).
+pub fn sign_sgd(lr: f64, beta: f64) -> Config {
+    let g = lmo(
+        NormSpec::Sign,
+        1.0,
+        ShapeScale::None,
+        Radius::Constant(lr),
+        beta,
+    );
+    STANDARD.iter().fold(Config::new(), |c, l| {
+        c.group(l.clone(), GroupConfig::Lmo(g.clone()))
+    })
+}
+
+/// AdamW (Loshchilov & Hutter, "Decoupled weight decay regularization",
+/// ICLR 2019) on every block: the baseline.
+pub fn adamw(a: AdamWGroup) -> Config {
+    STANDARD.iter().fold(Config::new(), |c, l| {
+        c.group(l.clone(), GroupConfig::AdamW(a))
+    })
+}

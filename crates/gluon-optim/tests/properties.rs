@@ -1,0 +1,409 @@
+//! Properties of SPEC §3: the unconstrained step solves the ball-constrained
+//! linear problem, the constrained step stays in the ball, radius policies
+//! match their formulas, the estimator recovers known (L0, L1), Gluon meets
+//! its deterministic rate; plus errors, state and parallelism.
+
+mod common;
+
+use gluon_optim::{
+    Config, GroupConfig, Label, LipschitzEstimator, LmoGroup, Mode, NonFinitePolicy, NormSpec,
+    OptError, OptState, Optimizer, Orth, Point, Radius, Schedule, ShapeScale, fit_envelope,
+};
+use lmo_ndarray::Nd64;
+use lmo_problems::{Mlp, Problem};
+use ndarray::{ArrayD, IxDyn};
+use proptest::prelude::*;
+
+fn norms() -> Vec<NormSpec> {
+    vec![
+        NormSpec::Frobenius,
+        NormSpec::Spectral(Orth::Exact),
+        NormSpec::RmsToRms(Orth::Exact),
+        NormSpec::Sign,
+        NormSpec::L1,
+        NormSpec::ColNorm,
+        NormSpec::RowNorm,
+        NormSpec::VectorRms,
+    ]
+}
+
+fn group(norm: NormSpec, radius: Radius, beta: f64, mode: Mode) -> LmoGroup {
+    LmoGroup {
+        norm,
+        scale: 1.0,
+        shape_scale: ShapeScale::None,
+        radius,
+        beta,
+        nesterov: false,
+        weight_decay: 0.0,
+        mode,
+    }
+}
+
+fn one_block(g: LmoGroup) -> Config {
+    let mut c = Config::new().group(Label::Hidden, GroupConfig::Lmo(g));
+    c.parallel = false;
+    c
+}
+
+fn mat(m: usize, n: usize, v: &[f64]) -> ArrayD<f64> {
+    ArrayD::from_shape_vec(IxDyn(&[m, n]), v.to_vec()).unwrap()
+}
+
+fn dot(a: &ArrayD<f64>, b: &ArrayD<f64>) -> f64 {
+    (a * b).sum()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// β = 0, constant radius t: X⁺ = argmin{<G, Z> : ‖Z − X‖ ≤ t}, checked
+    /// against random feasible Z.
+    #[test]
+    fn unconstrained_step_solves_the_ball_problem(
+        (m, n, x, g, dirs) in (1usize..6, 1usize..6).prop_flat_map(|(m, n)| (
+            Just(m), Just(n),
+            prop::collection::vec(-2.0f64..2.0, m * n),
+            prop::collection::vec(-1.0f64..1.0, m * n),
+            prop::collection::vec(prop::collection::vec(-1.0f64..1.0, m * n), 8),
+        )),
+        t in 0.01f64..2.0, which in 0usize..8,
+    ) {
+        let spec = norms()[which].clone();
+        let cfg = one_block(group(spec.clone(), Radius::Constant(t), 0.0, Mode::Unconstrained));
+        let x0 = mat(m, n, &x);
+        let gt = mat(m, n, &g);
+        let mut params = vec![x0.clone()];
+        let mut opt = Optimizer::<Nd64>::new(cfg, vec![Label::Hidden], &params).unwrap();
+        opt.step(&mut params, std::slice::from_ref(&gt)).unwrap();
+        let mut norm = spec.build::<Nd64>(1.0).unwrap();
+        let step = &params[0] - &x0;
+        prop_assert!(norm.norm(&step).unwrap() <= t * (1.0 + 1e-9));
+        let best = dot(&gt, &params[0]);
+        for d in &dirs {
+            let d = mat(m, n, d);
+            let dn = norm.norm(&d).unwrap();
+            if dn == 0.0 { continue; }
+            let z = &x0 + &(&d * (t / dn));
+            prop_assert!(best <= dot(&gt, &z) + 1e-9 * (1.0 + best.abs()), "{best} > {}", dot(&gt, &z));
+        }
+    }
+
+    /// Constrained (Frank–Wolfe) steps from inside the ball stay inside.
+    #[test]
+    fn constrained_step_stays_in_the_ball(
+        seeds in prop::collection::vec(prop::collection::vec(-3.0f64..3.0, 12), 6),
+        gamma in 0.0f64..1.0, rho in 0.1f64..5.0, which in 0usize..8,
+    ) {
+        let spec = norms()[which].clone();
+        let cfg = one_block(group(spec.clone(), Radius::Constant(gamma), 0.5, Mode::Constrained { rho }));
+        let mut norm = spec.build::<Nd64>(1.0).unwrap();
+        let x0 = mat(3, 4, &seeds[0]);
+        let x0n = norm.norm(&x0).unwrap();
+        let mut params = vec![if x0n > 0.0 { &x0 * (0.9 * rho / x0n) } else { x0 }];
+        let mut opt = Optimizer::<Nd64>::new(cfg, vec![Label::Hidden], &params).unwrap();
+        for g in &seeds[1..] {
+            opt.step(&mut params, &[mat(3, 4, g)]).unwrap();
+            prop_assert!(norm.norm(&params[0]).unwrap() <= rho * (1.0 + 1e-9));
+        }
+    }
+
+    /// The reported radius equals each policy's formula (β = 0 so M = G).
+    #[test]
+    fn radius_policies_match_their_formulas(
+        g in prop::collection::vec(-2.0f64..2.0, 6), k in 0u64..5, l0 in 0.0f64..3.0, l1 in 0.1f64..3.0,
+        t in 0.01f64..1.0, which in 0usize..8,
+    ) {
+        let spec = norms()[which].clone();
+        let gt = mat(2, 3, &g);
+        let dual = spec.build::<Nd64>(1.0).unwrap().dual_norm(&gt).unwrap();
+        let adaptive = if dual == 0.0 { 0.0 } else { dual / (l0 + l1 * dual) };
+        for (radius, want) in [
+            (Radius::Constant(t), t),
+            (Radius::Theory { t0: t }, t / ((k + 1) as f64).powf(0.75)),
+            (Radius::Adaptive { l0, l1 }, adaptive),
+        ] {
+            let beta = if matches!(radius, Radius::Theory { .. }) { 0.3 } else { 0.0 };
+            let cfg = one_block(group(spec.clone(), radius, beta, Mode::Unconstrained));
+            let mut params = vec![mat(2, 3, &[0.0; 6])];
+            let mut opt = Optimizer::<Nd64>::new(cfg, vec![Label::Hidden], &params).unwrap();
+            let mut last = 0.0;
+            for _ in 0..=k {
+                last = opt.step(&mut params, std::slice::from_ref(&gt)).unwrap().blocks[0].radius;
+            }
+            // A constant gradient keeps M = G under any β_k.
+            prop_assert!((last - want).abs() <= 1e-12 * (1.0 + want), "{radius:?}: {last} vs {want}");
+        }
+    }
+}
+
+#[test]
+fn schedules_match_their_formulas() {
+    assert_eq!(Schedule::Constant.at(7), 1.0);
+    assert_eq!(Schedule::Warmup { warmup: 4 }.at(1), 0.5);
+    assert_eq!(Schedule::Warmup { warmup: 4 }.at(9), 1.0);
+    let c = Schedule::Cosine {
+        total: 10,
+        floor: 0.1,
+    };
+    assert!(
+        (c.at(0) - 1.0).abs() < 1e-15
+            && (c.at(5) - 0.55).abs() < 1e-12
+            && (c.at(99) - 0.1).abs() < 1e-15
+    );
+    let l = Schedule::LinearDecay {
+        total: 4,
+        floor: 0.0,
+    };
+    assert_eq!((l.at(0), l.at(1), l.at(4), l.at(9)), (1.0, 0.75, 0.0, 0.0));
+    let wc = Schedule::WarmupCosine {
+        warmup: 2,
+        total: 12,
+        floor: 0.0,
+    };
+    assert_eq!(wc.at(0), 0.5);
+    assert!((wc.at(7) - 0.5).abs() < 1e-12);
+}
+
+#[test]
+fn envelope_fit_recovers_a_known_line() {
+    // Points on and below L̂ = 2 + 3g: the fit is that line, none above.
+    let pts: Vec<Point> = (0..40)
+        .map(|k| {
+            let g = 0.1 * k as f64;
+            let below = if k % 3 == 0 {
+                0.0
+            } else {
+                0.5 * ((k * 7 % 5) as f64) / 5.0
+            };
+            Point {
+                k,
+                g,
+                lhat: 2.0 + 3.0 * g - below,
+            }
+        })
+        .collect();
+    let f = fit_envelope(&pts).unwrap();
+    assert!(
+        (f.l0 - 2.0).abs() < 1e-12 && (f.l1 - 3.0).abs() < 1e-12,
+        "{f:?}"
+    );
+    assert_eq!(f.above, 0.0);
+    assert!((f.radius(1.0) - 0.2).abs() < 1e-12);
+}
+
+/// f(x) = Σ_j (e^{x_j} − x_j): ∇f = e^x − 1, ∇²f = diag(e^x) and
+/// e^{x_j} = 1 + (e^{x_j} − 1) ≤ 1 + ‖∇f‖₂: (L0, L1) = (1, 1) in the
+/// Euclidean norm, tight as x → 0⁺ along one coordinate.
+fn expsum(x: &ArrayD<f64>, g: &mut ArrayD<f64>) -> f64 {
+    g.assign(&x.mapv(|v| v.exp() - 1.0));
+    x.iter().map(|v| v.exp() - v).sum()
+}
+
+#[test]
+fn estimator_recovers_l0_l1_on_a_known_function() {
+    // A slow normalized-gradient run on a 1-D block from x = 2 down to 0:
+    // consecutive iterates give L̂ ≈ e^x = 1 + g.
+    let cfg = one_block(group(
+        NormSpec::Frobenius,
+        Radius::Constant(0.01),
+        0.0,
+        Mode::Unconstrained,
+    ));
+    let mut params = vec![ArrayD::from_elem(IxDyn(&[1, 1]), 2.0)];
+    let mut grads = params.clone();
+    let mut opt = Optimizer::<Nd64>::new(cfg.clone(), vec![Label::Hidden], &params).unwrap();
+    let mut est = LipschitzEstimator::<Nd64>::new(&cfg, &[Label::Hidden], &params).unwrap();
+    for _ in 0..190 {
+        expsum(&params[0], &mut grads[0]);
+        est.observe(&params, &grads).unwrap();
+        opt.step(&mut params, &grads).unwrap();
+    }
+    let f = est.fit(0).unwrap();
+    assert!(
+        (f.l0 - 1.0).abs() < 0.05 && (f.l1 - 1.0).abs() < 0.05,
+        "{f:?}"
+    );
+    assert!(est.to_csv().lines().count() > 100);
+    assert!(est.to_json().contains("\"fit\""));
+}
+
+#[test]
+fn deterministic_gluon_meets_the_spec_bound() {
+    // Two blocks, Euclidean norms, (L0, L1) = (1, 1) each (see `expsum`).
+    // SPEC §3: K ≥ 2Δ0(Σ L0/ε² + max L1/ε) ⇒ min_k Σ_i ‖∇_i f(X^k)‖ ≤ ε.
+    let cfg = one_block(group(
+        NormSpec::Frobenius,
+        Radius::Adaptive { l0: 1.0, l1: 1.0 },
+        0.0,
+        Mode::Unconstrained,
+    ));
+    let x0 = [mat(1, 3, &[1.5, -1.0, 0.5]), mat(1, 3, &[2.0, 0.3, -2.0])];
+    let mut params = x0.to_vec();
+    let mut grads = params.clone();
+    let fstar = 6.0;
+    let f0: f64 = params
+        .iter()
+        .zip(grads.iter_mut())
+        .map(|(x, g)| expsum(x, g))
+        .sum();
+    let eps = 0.05;
+    let k_bound = (2.0 * (f0 - fstar) * (2.0 / (eps * eps) + 1.0 / eps)).ceil() as usize;
+    let mut opt = Optimizer::<Nd64>::new(cfg, vec![Label::Hidden, Label::Hidden], &params).unwrap();
+    let mut best = f64::INFINITY;
+    for _ in 0..k_bound {
+        let total: f64 = params
+            .iter()
+            .zip(grads.iter_mut())
+            .map(|(x, g)| {
+                expsum(x, g);
+                common::fro(g)
+            })
+            .sum();
+        best = best.min(total);
+        if best <= eps {
+            break;
+        }
+        opt.step(&mut params, &grads).unwrap();
+    }
+    assert!(best <= eps, "min_k Σ‖∇f‖ = {best} > ε after K = {k_bound}");
+}
+
+fn mlp_opt(cfg: Config) -> (Mlp, Vec<Label>, Vec<ArrayD<f64>>, Optimizer<Nd64>) {
+    let p = Mlp::new(3);
+    let (labels, params) = common::setup(&p);
+    let opt = Optimizer::<Nd64>::new(cfg, labels.clone(), &params).unwrap();
+    (p, labels, params, opt)
+}
+
+#[test]
+fn non_finite_gradients_leave_everything_untouched() {
+    for (name, cfg) in common::all_presets() {
+        let (p, _, mut params, mut opt) = mlp_opt(cfg.clone());
+        let mut grads = params.clone();
+        for _ in 0..3 {
+            p.loss_grad(&params, &mut grads);
+            opt.step(&mut params, &grads).unwrap();
+        }
+        let (before_p, before_s) = (params.clone(), opt.state());
+        grads[2][[1, 1]] = f64::NAN;
+        assert_eq!(
+            opt.step(&mut params, &grads).unwrap_err(),
+            OptError::NonFiniteGradient { block: 2 },
+            "{name}"
+        );
+        assert_eq!(params, before_p, "{name}");
+        assert_eq!(opt.state(), before_s, "{name}");
+        // Skip policy: counted, nothing else changes.
+        let (_, _, mut params2, mut opt2) = mlp_opt(cfg.non_finite(NonFinitePolicy::Skip));
+        let before = params2.clone();
+        let r = opt2.step(&mut params2, &grads).unwrap();
+        assert!(r.skipped);
+        assert_eq!((opt2.skipped(), opt2.steps()), (1, 0));
+        assert_eq!(params2, before);
+    }
+}
+
+#[test]
+fn bad_input_is_rejected_before_anything_changes() {
+    let (p, labels, mut params, mut opt) = mlp_opt(common::all_presets()[1].1.clone());
+    let mut grads = params.clone();
+    p.loss_grad(&params, &mut grads);
+    let before = params.clone();
+    assert!(matches!(
+        opt.step(&mut params, &grads[..5]),
+        Err(OptError::CountMismatch { .. })
+    ));
+    let mut wrong = grads.clone();
+    wrong[2] = ArrayD::zeros(IxDyn(&[32, 31]));
+    assert!(matches!(
+        opt.step(&mut params, &wrong),
+        Err(OptError::Lmo { block: 2, .. })
+    ));
+    assert_eq!(params, before);
+    assert_eq!(opt.steps(), 0);
+    // Labels without a group, invalid hyper-parameters.
+    let only_hidden = Config::new().group(
+        Label::Hidden,
+        common::all_presets()[1].1.groups[&Label::Hidden].clone(),
+    );
+    assert!(matches!(
+        Optimizer::<Nd64>::new(only_hidden, labels.clone(), &params),
+        Err(OptError::NoGroup(_))
+    ));
+    for bad in [
+        group(
+            NormSpec::Sign,
+            Radius::Constant(-1.0),
+            0.0,
+            Mode::Unconstrained,
+        ),
+        group(
+            NormSpec::Sign,
+            Radius::Constant(0.1),
+            1.0,
+            Mode::Unconstrained,
+        ),
+        group(
+            NormSpec::Sign,
+            Radius::Adaptive { l0: 0.0, l1: 0.0 },
+            0.0,
+            Mode::Unconstrained,
+        ),
+        group(
+            NormSpec::Sign,
+            Radius::Constant(0.1),
+            0.0,
+            Mode::Constrained { rho: 0.0 },
+        ),
+    ] {
+        assert!(matches!(
+            Optimizer::<Nd64>::new(one_block(bad), vec![Label::Hidden], &params[2..3]),
+            Err(OptError::Lmo { .. })
+        ));
+    }
+}
+
+#[test]
+fn save_load_continue_is_bit_identical() {
+    for (name, cfg) in common::all_presets() {
+        let (p, labels, mut params, mut opt) = mlp_opt(cfg.clone());
+        let mut grads = params.clone();
+        for _ in 0..4 {
+            p.loss_grad(&params, &mut grads);
+            opt.step(&mut params, &grads).unwrap();
+        }
+        let saved = serde_json::to_string(&opt.state()).unwrap();
+        let saved_params = params.clone();
+        for _ in 0..4 {
+            p.loss_grad(&params, &mut grads);
+            opt.step(&mut params, &grads).unwrap();
+        }
+        let mut resumed = Optimizer::<Nd64>::new(cfg, labels, &saved_params).unwrap();
+        let state: OptState = serde_json::from_str(&saved).unwrap();
+        resumed.load_state(&state).unwrap();
+        let mut p2 = saved_params;
+        for _ in 0..4 {
+            p.loss_grad(&p2, &mut grads);
+            resumed.step(&mut p2, &grads).unwrap();
+        }
+        assert_eq!(p2, params, "{name}: resumed trajectory differs");
+        let mut bad = state.clone();
+        bad.version = 99;
+        assert!(matches!(
+            resumed.load_state(&bad),
+            Err(OptError::BadState(_))
+        ));
+    }
+}
+
+#[test]
+fn parallel_blocks_equal_sequential_bit_for_bit() {
+    for (name, cfg) in common::all_presets() {
+        let mut par = cfg.clone();
+        par.parallel = true;
+        let (a, _) = common::run(&Mlp::new(3), cfg, 8);
+        let (b, _) = common::run(&Mlp::new(3), par, 8);
+        assert_eq!(a, b, "{name}");
+    }
+}
