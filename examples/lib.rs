@@ -1,5 +1,188 @@
-//! Runnable examples of the LMO optimizer toolkit; see the `[[example]]`
-//! targets (`cargo run --release --example lmo_tour`).
+//! Runnable examples of the LMO optimizer toolkit (`cargo run --release
+//! --example quickstart`, `--example lmo_tour`) and the small helpers they
+//! share: mapping toy-problem roles to optimizer labels, training loops,
+//! loss-curve plots.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use gluon_optim::{Config, Label, Optimizer};
+use lmo_ndarray::Nd64;
+use lmo_problems::{Problem, Role};
+use ndarray::ArrayD;
+use plotters::prelude::*;
+
+/// The optimizer label of a toy-problem role.
+pub fn label(r: Role) -> Label {
+    match r {
+        Role::Hidden => Label::Hidden,
+        Role::Embedding => Label::Embedding,
+        Role::Head => Label::Head,
+        Role::Vector => Label::Vector,
+    }
+}
+
+/// Labels and initial parameters of a problem.
+pub fn setup(p: &dyn Problem) -> (Vec<Label>, Vec<ArrayD<f64>>) {
+    p.init().into_iter().map(|(r, t)| (label(r), t)).unzip()
+}
+
+/// A finished training run.
+pub struct Run {
+    /// Loss before each step, then the final loss.
+    pub losses: Vec<f64>,
+    /// Final parameters.
+    pub params: Vec<ArrayD<f64>>,
+    /// Wall time of the loop (gradients included), seconds.
+    pub seconds: f64,
+}
+
+impl Run {
+    /// The first step at which the loss is ≤ `target`.
+    pub fn steps_to(&self, target: f64) -> Option<usize> {
+        self.losses.iter().position(|&l| l <= target)
+    }
+    /// The final loss.
+    pub fn final_loss(&self) -> f64 {
+        *self.losses.last().expect("at least one loss")
+    }
+}
+
+/// Trains `p` for `steps` steps with `cfg`; `on_step(k, loss)` is called
+/// after each step (progress output).
+pub fn train(
+    p: &dyn Problem,
+    cfg: Config,
+    steps: usize,
+    mut on_step: impl FnMut(usize, f64),
+) -> Result<Run, gluon_optim::OptError> {
+    let (labels, mut params) = setup(p);
+    let mut grads = params.clone();
+    let mut opt = Optimizer::<Nd64>::new(cfg, labels, &params)?;
+    let mut losses = Vec::with_capacity(steps + 1);
+    let t = Instant::now();
+    for k in 0..steps {
+        let loss = p.loss_grad(&params, &mut grads);
+        losses.push(loss);
+        opt.step(&mut params, &grads)?;
+        on_step(k, loss);
+    }
+    losses.push(p.loss_grad(&params, &mut grads));
+    Ok(Run {
+        losses,
+        params,
+        seconds: t.elapsed().as_secs_f64(),
+    })
+}
+
+const FONTS: &[&str] = &[
+    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/TTF/DejaVuSans.ttf",
+    "/usr/share/fonts/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",
+];
+
+fn draw<DB: DrawingBackend>(
+    root: DrawingArea<DB, plotters::coord::Shift>,
+    title: &str,
+    curves: &[(String, Vec<f64>)],
+) -> Result<(), String>
+where
+    DB::ErrorType: 'static,
+{
+    let e = |e: DrawingAreaErrorKind<DB::ErrorType>| e.to_string();
+    let n = curves.iter().map(|c| c.1.len()).max().unwrap_or(1);
+    let pos = curves
+        .iter()
+        .flat_map(|c| c.1.iter().copied())
+        .filter(|v| *v > 0.0);
+    let lo = pos.clone().fold(f64::INFINITY, f64::min).max(1e-12);
+    let hi = pos.fold(0.0, f64::max).max(lo * 10.0);
+    root.fill(&WHITE).map_err(e)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 22))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(70)
+        .build_cartesian_2d(0usize..n, (lo..hi).log_scale())
+        .map_err(e)?;
+    chart
+        .configure_mesh()
+        .x_desc("step")
+        .y_desc("loss")
+        .draw()
+        .map_err(e)?;
+    for (i, (name, ys)) in curves.iter().enumerate() {
+        let color = Palette99::pick(i).to_rgba();
+        chart
+            .draw_series(LineSeries::new(
+                ys.iter()
+                    .enumerate()
+                    .filter(|(_, v)| **v > 0.0)
+                    .map(|(k, v)| (k, *v)),
+                color.stroke_width(2),
+            ))
+            .map_err(e)?
+            .label(name.clone())
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
+            });
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .map_err(e)?;
+    root.present().map_err(e)?;
+    Ok(())
+}
+
+/// Registers a TrueType font for plot text (once); `false` if none found.
+fn font() -> bool {
+    static FONT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *FONT.get_or_init(|| {
+        FONTS
+            .iter()
+            .filter_map(|f| std::fs::read(f).ok())
+            .any(|bytes| {
+                let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+                plotters::style::register_font("sans-serif", FontStyle::Normal, bytes).is_ok()
+            })
+    })
+}
+
+/// Writes `stem.svg` and `stem.png` (log-scale loss per step, one line
+/// per curve) and returns their paths; without a TrueType font (plot text
+/// needs one) it writes nothing and says so.
+pub fn plot_losses(
+    dir: &Path,
+    stem: &str,
+    title: &str,
+    curves: &[(String, Vec<f64>)],
+) -> Result<Vec<PathBuf>, String> {
+    if !font() {
+        eprintln!(
+            "note: no TrueType font found (looked for {}); plots skipped",
+            FONTS[0]
+        );
+        return Ok(vec![]);
+    }
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let svg = dir.join(format!("{stem}.svg"));
+    draw(
+        SVGBackend::new(&svg, (900, 520)).into_drawing_area(),
+        title,
+        curves,
+    )?;
+    let png = dir.join(format!("{stem}.png"));
+    draw(
+        BitMapBackend::new(&png, (900, 520)).into_drawing_area(),
+        title,
+        curves,
+    )?;
+    Ok(vec![svg, png])
+}
 
 /// The README's code blocks, compiled and run as doc tests so the README
 /// stays true.

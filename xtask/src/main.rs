@@ -89,8 +89,11 @@ fn ci() -> Result<(), String> {
     step("cargo doc (warnings and missing docs denied)", c)?;
     test()?;
     let mut c = cargo();
+    c.args(["run", "--release", "--example", "quickstart"]);
+    step("README demo (cargo run --release --example quickstart)", c)?;
+    let mut c = cargo();
     c.args(["run", "--release", "--example", "lmo_tour"]);
-    step("README demo (cargo run --release --example lmo_tour)", c)?;
+    step("LMO tour (cargo run --release --example lmo_tour)", c)?;
     bench::run(&["--quick".to_string()])
 }
 

@@ -127,6 +127,76 @@ pub fn fit_envelope(points: &[Point]) -> Option<Fit> {
     })
 }
 
+/// The penalized fit of the Gluon paper: minimize over `L0, L1 ≥ 0`
+/// `Σ_k (L0 + L1·g_k) + λ·Σ_k (L̂_k − L0 − L1·g_k)₊` with `λ = 1/(1−τ)`,
+/// i.e. linear quantile regression of L̂ on g at level `τ ∈ (0, 1]`: about a
+/// fraction `1 − τ` of the points ends above the line. `τ = 1` is the exact
+/// envelope ([`fit_envelope`]). The optimum of this 2-variable LP is a
+/// line through two points or a boundary line (`L0 = 0` through one point,
+/// or `L1 = 0` at one point's height); all are enumerated, on at most 400
+/// points (evenly subsampled beyond). `None` without points or for τ ∉ (0, 1].
+pub fn fit_quantile(points: &[Point], tau: f64) -> Option<Fit> {
+    if !(tau > 0.0 && tau <= 1.0) {
+        return None;
+    }
+    if tau == 1.0 {
+        return fit_envelope(points);
+    }
+    let all: Vec<(f64, f64)> = points
+        .iter()
+        .filter(|p| p.g.is_finite() && p.lhat.is_finite())
+        .map(|p| (p.g, p.lhat))
+        .collect();
+    if all.is_empty() {
+        return None;
+    }
+    let stride = all.len().div_ceil(400);
+    let pts: Vec<(f64, f64)> = all.iter().step_by(stride).copied().collect();
+    let lambda = 1.0 / (1.0 - tau);
+    let cost = |l0: f64, l1: f64| {
+        pts.iter()
+            .map(|&(g, l)| {
+                let line = l0 + l1 * g;
+                line + lambda * (l - line).max(0.0)
+            })
+            .sum::<f64>()
+    };
+    let mut best: Option<(f64, f64, f64)> = None;
+    let mut consider = |l0: f64, l1: f64| {
+        if l0 >= 0.0 && l1 >= 0.0 && l0.is_finite() && l1.is_finite() {
+            let c = cost(l0, l1);
+            if best.is_none_or(|b| c < b.2) {
+                best = Some((l0, l1, c));
+            }
+        }
+    };
+    for (i, &(g1, h1)) in pts.iter().enumerate() {
+        consider(h1, 0.0);
+        if g1 > 0.0 {
+            consider(0.0, h1 / g1);
+        }
+        for &(g2, h2) in &pts[i + 1..] {
+            if g2 != g1 {
+                let slope = (h2 - h1) / (g2 - g1);
+                consider(h1 - slope * g1, slope);
+            }
+        }
+    }
+    let (l0, l1, _) = best?;
+    let n = all.len() as f64;
+    let above = all
+        .iter()
+        .filter(|&&(g, l)| l > (l0 + l1 * g) * (1.0 + 1e-9))
+        .count() as f64
+        / n;
+    Some(Fit {
+        l0,
+        l1,
+        above,
+        n: all.len(),
+    })
+}
+
 /// Records `(‖∇_i f(X^k)‖_*, L̂_k)` per block along a trajectory: call
 /// [`LipschitzEstimator::observe`] with the parameters and gradients of
 /// every iterate, then [`LipschitzEstimator::fit`]. Each block uses its
@@ -231,6 +301,16 @@ where
     /// The envelope fit of block `i` ([`fit_envelope`]).
     pub fn fit(&self, i: usize) -> Option<Fit> {
         fit_envelope(&self.points[i])
+    }
+
+    /// The quantile fit of block `i` at level τ ([`fit_quantile`]).
+    pub fn fit_quantile(&self, i: usize, tau: f64) -> Option<Fit> {
+        fit_quantile(&self.points[i], tau)
+    }
+
+    /// The labels, one per block.
+    pub fn labels(&self) -> &[Label] {
+        &self.labels
     }
 
     /// All points as CSV: `block,label,k,g,lhat`.

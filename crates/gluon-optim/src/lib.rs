@@ -26,7 +26,7 @@ pub use config::{
     AdamWGroup, Config, DynNorm, GroupConfig, Label, LmoGroup, Mode, NonFinitePolicy, NormSpec,
     Orth, Radius, Schedule, ShapeScale,
 };
-pub use estimator::{Fit, LipschitzEstimator, Point, fit_envelope};
+pub use estimator::{Fit, LipschitzEstimator, Point, fit_envelope, fit_quantile};
 pub use optimizer::{
     BlockReport, BlockState, OptError, OptState, Optimizer, StepReport, momentum, radius,
 };

@@ -166,6 +166,32 @@ fn schedules_match_their_formulas() {
 }
 
 #[test]
+fn quantile_fit_leaves_about_one_minus_tau_above() {
+    // L̂ = 1 + 2g + noise in [0, 1): the τ-quantile line is 1 + τ + 2g.
+    let pts: Vec<Point> = (0..300)
+        .map(|k| {
+            let g = (k % 37) as f64 / 10.0;
+            let u = ((k * 7919) % 1000) as f64 / 1000.0;
+            Point {
+                k: k as u64,
+                g,
+                lhat: 1.0 + 2.0 * g + u,
+            }
+        })
+        .collect();
+    for tau in [0.5, 0.9] {
+        let f = gluon_optim::fit_quantile(&pts, tau).unwrap();
+        assert!((f.above - (1.0 - tau)).abs() < 0.03, "τ = {tau}: {f:?}");
+        assert!(
+            (f.l1 - 2.0).abs() < 0.1 && (f.l0 - (1.0 + tau)).abs() < 0.15,
+            "τ = {tau}: {f:?}"
+        );
+    }
+    assert_eq!(gluon_optim::fit_quantile(&pts, 1.0), fit_envelope(&pts));
+    assert_eq!(gluon_optim::fit_quantile(&pts, 0.0), None);
+}
+
+#[test]
 fn envelope_fit_recovers_a_known_line() {
     // Points on and below L̂ = 2 + 3g: the fit is that line, none above.
     let pts: Vec<Point> = (0..40)
