@@ -77,22 +77,39 @@ pub fn train(
     })
 }
 
-/// Fits (L0, L1) per label along a probe run (SPEC §3): `steps` steps of
-/// `probe_cfg` while a [`LipschitzEstimator`] records points in the norms
-/// of `norms_cfg`; each label gets the largest constants among its blocks'
-/// τ-quantile fits. `grad(params, grads)` computes the gradients of the
-/// current iterate. Prints one line per block; writes the points as CSV to
-/// `csv`.
+/// How to run an (L0, L1) probe.
+pub struct Probe<'a> {
+    /// The optimizer that moves the iterates during the probe.
+    pub optimizer: Config,
+    /// The configuration whose norms the points are measured in (the one
+    /// that will train with the fitted radii).
+    pub norms: &'a Config,
+    /// Probe length.
+    pub steps: usize,
+    /// Quantile level of the fit ([`gluon_optim::fit_quantile`]).
+    pub tau: f64,
+    /// Where the recorded points go (CSV).
+    pub csv: &'a Path,
+}
+
+/// Fits (L0, L1) per label along a probe run (SPEC §3): `probe.steps`
+/// steps of `probe.optimizer` while a [`LipschitzEstimator`] records points
+/// in the norms of `probe.norms`; each label gets the largest constants
+/// among its blocks' τ-quantile fits. `grad(params, grads)` computes the
+/// gradients of the current iterate. Prints one line per block.
 pub fn probe_fits(
     labels: &[Label],
     mut params: Vec<ArrayD<f64>>,
     mut grad: impl FnMut(&[ArrayD<f64>], &mut [ArrayD<f64>]),
-    probe_cfg: Config,
-    norms_cfg: &Config,
-    steps: usize,
-    tau: f64,
-    csv: &Path,
+    probe: Probe<'_>,
 ) -> Result<BTreeMap<Label, (f64, f64)>, String> {
+    let Probe {
+        optimizer: probe_cfg,
+        norms: norms_cfg,
+        steps,
+        tau,
+        csv,
+    } = probe;
     let mut grads = params.clone();
     let mut opt =
         Optimizer::<Nd64>::new(probe_cfg, labels.to_vec(), &params).map_err(|e| e.to_string())?;

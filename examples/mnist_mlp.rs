@@ -16,7 +16,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use gluon_optim::{AdamWGroup, Config, Label, Optimizer, presets};
-use lmo_examples::{gluon_with, plot_losses, probe_fits};
+use lmo_examples::{Probe, gluon_with, plot_losses, probe_fits};
 use lmo_ndarray::Nd64;
 use ndarray::{Array2, ArrayD, Axis, Ix1, Ix2, IxDyn, s};
 use rand::{SeedableRng, rngs::StdRng, seq::SliceRandom};
@@ -297,11 +297,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             step += 1;
             loss_grad(p, &x.view(), &y, g);
         },
-        presets::scion_with(1e-3, false, radii),
-        &norms,
-        60,
-        0.9,
-        Path::new("target/mnist/probe_points.csv"),
+        Probe {
+            optimizer: presets::scion_with(1e-3, false, radii),
+            norms: &norms,
+            steps: 60,
+            tau: 0.9,
+            csv: Path::new("target/mnist/probe_points.csv"),
+        },
     )?;
     let t = train(gluon_with(&fits, 0.9), &train_all, &order)?;
     let acc = accuracy(&t.params, &train_all, val);

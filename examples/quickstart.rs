@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 
 use gluon_optim::{AdamWGroup, Config, presets};
 use indicatif::{ProgressBar, ProgressStyle};
-use lmo_examples::{Run, gluon_with, plot_losses, probe_fits, setup, train};
+use lmo_examples::{Probe, Run, gluon_with, plot_losses, probe_fits, setup, train};
 use lmo_problems::{Mlp, Problem};
 
 /// Quantile level of the (L0, L1) fit: about 10% of the probe's points
@@ -106,11 +106,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             |x, g| {
                 p.loss_grad(x, g);
             },
-            presets::scion_with(0.01, false, RADII),
-            &norms,
-            40,
-            TAU,
-            std::path::Path::new("target/quickstart/probe_points.csv"),
+            Probe {
+                optimizer: presets::scion_with(0.01, false, RADII),
+                norms: &norms,
+                steps: 40,
+                tau: TAU,
+                csv: std::path::Path::new("target/quickstart/probe_points.csv"),
+            },
         )
     })?;
     bar.set_message("Gluon (theory radii)");
