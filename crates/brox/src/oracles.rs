@@ -248,14 +248,14 @@ impl Brox for L1Distance {
         let n = a.len();
         let mut prefix = 0.0;
         let mut gamma = f64::NAN;
-        for k in 0..n {
+        for (k, &ak) in a.iter().enumerate() {
             let rest = (n - k) as f64;
             let g = ((t * t - prefix) / rest).max(0.0).sqrt();
-            if g <= a[k] {
+            if g <= ak {
                 gamma = g;
                 break;
             }
-            prefix += a[k] * a[k];
+            prefix += ak * ak;
         }
         for ((o, di), ci) in out.iter_mut().zip(&d).zip(&self.c) {
             *o = ci + di.signum() * (di.abs() - gamma).max(0.0);
