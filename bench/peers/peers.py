@@ -90,6 +90,17 @@ def cpu_has_bf16_dot():
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def trs_instance(np, n):
+    """Bit-identical to lmo-bench's trs_instance: integer hashing of the index."""
+    k = np.arange(n * n, dtype=np.uint64)
+    v = ((k * np.uint64(2654435761)) % np.uint64(1 << 32)).astype(np.float64) / 4294967296.0 - 0.5
+    V = v.reshape(n, n)
+    A = V + V.T
+    i = np.arange(n, dtype=np.int64)
+    g = ((i * 40503 + 12345) % 65536).astype(np.float64) / 65536.0 - 0.5
+    return A, g
+
+
 def ns_flops(coeffs, m, n):
     k, l = min(m, n), max(m, n)
     return sum(4.0 * k * k * l + (2.0 * k**3 if c != 0 else 0.0) for (_, _, c) in coeffs)
@@ -112,6 +123,15 @@ def main():
         import numpy as np  # noqa: F811
     except ImportError as e:
         print(json.dumps({"skip": "numpy", "why": str(e)}), flush=True)
+    if "scipy" in impls:
+        try:
+            import scipy
+            scipy_version = scipy.__version__
+        except ImportError as e:
+            scipy_version = None
+            print(json.dumps({"skip": "scipy", "why": str(e)}), flush=True)
+    else:
+        scipy_version = None
     if "torch" in impls:
         try:
             import torch  # noqa: F811
@@ -121,6 +141,8 @@ def main():
     versions = {"python": sys.version.split()[0]}
     if np is not None:
         versions["numpy"] = np.__version__
+    if scipy_version is not None:
+        versions["scipy"] = scipy_version
     if torch is not None:
         versions["torch"] = torch.__version__
         versions["torch_cpu_capability"] = torch.backends.cpu.get_cpu_capability()
@@ -156,6 +178,25 @@ def main():
                         tG = torch.from_numpy(G).to(dt)
                         with torch.no_grad():
                             emit("orth", case, "torch", fl, timeit(lambda: ns_torch(torch, tG, coeffs, delta), a.reps))
+        elif a.suite == "brox":
+            try:
+                from scipy.optimize._trustregion_exact import IterativeSubproblem
+            except ImportError as e:
+                print(json.dumps({"skip": "scipy", "why": str(e)}), flush=True)
+                continue
+            A, g = trs_instance(np, m)
+            out = {}
+
+            def run():
+                sub = IterativeSubproblem(np.zeros(m), lambda x: 0.0, lambda x: g, lambda x: A)
+                p, _ = sub.solve(1.0)
+                out["p"], out["lam"] = p, sub.lambda_current
+
+            samples = timeit(run, a.reps)
+            p, lam = out["p"], out["lam"]
+            res = np.linalg.norm(A @ p + lam * p + g)
+            denom = np.abs(np.linalg.eigvalsh(A)).max() * np.linalg.norm(p) + np.linalg.norm(g) + lam * np.linalg.norm(p)
+            emit("brox", f"trs/{m}", "scipy", 0.0, samples, kkt_residual=float(res / denom))
         else:
             raise SystemExit(f"unknown suite {a.suite}")
 

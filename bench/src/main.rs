@@ -2,7 +2,8 @@
 //! prints one JSON object per line (`{"suite":…, "case":…, "impl":…,
 //! "samples_s":[…], "flops":…}`), read by `cargo xtask bench`.
 //!
-//! Suites: `gemm` (sgemm/dgemm roofline), `orth` (polar factors).
+//! Suites: `gemm` (sgemm/dgemm roofline), `orth` (polar factors), `brox`
+//! (exact trust-region subproblem).
 //! Options: `--shapes 768x768,2048x2048`, `--reps N`, `--sets muon,…`,
 //! `--precisions f32,bf16,f64`.
 
@@ -85,11 +86,46 @@ fn time_reps(reps: usize, mut f: impl FnMut()) -> Vec<f64> {
 }
 
 fn emit(suite: &str, case: &str, imp: &str, flops: f64, samples: &[f64]) {
+    emit_with(suite, case, imp, flops, samples, None);
+}
+
+fn emit_with(suite: &str, case: &str, imp: &str, flops: f64, samples: &[f64], kkt: Option<f64>) {
     let s: Vec<String> = samples.iter().map(|x| format!("{x:.6e}")).collect();
+    let extra = kkt
+        .map(|r| format!(",\"kkt_residual\":{r:.3e}"))
+        .unwrap_or_default();
     println!(
-        "{{\"suite\":\"{suite}\",\"case\":\"{case}\",\"impl\":\"{imp}\",\"flops\":{flops:.6e},\"samples_s\":[{}]}}",
+        "{{\"suite\":\"{suite}\",\"case\":\"{case}\",\"impl\":\"{imp}\",\"flops\":{flops:.6e},\"samples_s\":[{}]{extra}}}",
         s.join(",")
     );
+}
+
+/// The benchmark's trust-region instance, computed with integer hashing so
+/// that bench/peers/peers.py builds bit-identical matrices: `V_ij` from the
+/// index, `A = V + Vᵀ` (symmetric indefinite), `g` likewise, `t = 1`.
+fn trs_instance(n: usize) -> (Vec<f64>, Vec<f64>) {
+    let v =
+        |k: usize| ((k as u64).wrapping_mul(2654435761) % (1u64 << 32)) as f64 / 4294967296.0 - 0.5;
+    let a: Vec<f64> = (0..n * n)
+        .map(|ij| v(ij) + v((ij % n) * n + ij / n))
+        .collect();
+    let g: Vec<f64> = (0..n)
+        .map(|i| ((i * 40503 + 12345) % 65536) as f64 / 65536.0 - 0.5)
+        .collect();
+    (a, g)
+}
+
+fn brox_suite(o: &Opts) -> Result<(), String> {
+    for &(n, _) in &o.shapes {
+        let (a, g) = trs_instance(n);
+        let mut res = 0.0;
+        let s = time_reps(o.reps, || {
+            let trs = brox::Trs::new(&a, n).expect("symmetric finite instance");
+            res = trs.solve(&g, 1.0).expect("valid instance").kkt_residual;
+        });
+        emit_with("brox", &format!("trs/{n}"), "ours", 0.0, &s, Some(res));
+    }
+    Ok(())
 }
 
 fn gemm_suite(o: &Opts) {
@@ -174,11 +210,12 @@ fn main() {
     let run = || -> Result<(), String> {
         let suite = args
             .first()
-            .ok_or("usage: lmo-bench <gemm|orth> [options]")?;
+            .ok_or("usage: lmo-bench <gemm|orth|brox> [options]")?;
         let o = opts(&args[1..])?;
         match suite.as_str() {
             "gemm" => gemm_suite(&o),
             "orth" => orth_suite(&o)?,
+            "brox" => brox_suite(&o)?,
             other => return Err(format!("unknown suite {other:?}")),
         }
         Ok(())

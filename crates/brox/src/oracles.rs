@@ -140,7 +140,8 @@ impl Quadratic {
     /// `A` (row-major `n × n`, symmetric) and `b`.
     pub fn new(a: Vec<f64>, b: Vec<f64>) -> Result<Self, BroxError> {
         let n = b.len();
-        let trs = Trs::new(&a, n)?;
+        // BPM solves many subproblems with one A: decompose once.
+        let trs = Trs::with_eigen(&a, n)?;
         if b.iter().any(|v| !v.is_finite()) {
             return Err(BroxError::NonFinite);
         }

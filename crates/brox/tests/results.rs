@@ -13,7 +13,11 @@ fn gauss(rng: &mut StdRng, n: usize) -> Vec<f64> {
     (0..n).map(|_| StandardNormal.sample(rng)).collect()
 }
 fn dist(a: &[f64], b: &[f64]) -> f64 {
-    a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum::<f64>().sqrt()
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y) * (x - y))
+        .sum::<f64>()
+        .sqrt()
 }
 fn nrm(a: &[f64]) -> f64 {
     a.iter().map(|x| x * x).sum::<f64>().sqrt()
@@ -26,11 +30,14 @@ fn spd(rng: &mut StdRng, n: usize) -> (Quadratic, Vec<f64>, Vec<f64>) {
     let mut a = vec![0.0; n * n];
     for i in 0..n {
         for j in 0..n {
-            a[i * n + j] = (0..n).map(|k| m[k * n + i] * m[k * n + j]).sum::<f64>() + if i == j { 1.0 } else { 0.0 };
+            a[i * n + j] = (0..n).map(|k| m[k * n + i] * m[k * n + j]).sum::<f64>()
+                + if i == j { 1.0 } else { 0.0 };
         }
     }
     let xs = gauss(rng, n);
-    let b: Vec<f64> = (0..n).map(|i| (0..n).map(|j| a[i * n + j] * xs[j]).sum()).collect();
+    let b: Vec<f64> = (0..n)
+        .map(|i| (0..n).map(|j| a[i * n + j] * xs[j]).sum())
+        .collect();
     (Quadratic::new(a.clone(), b).unwrap(), xs, a)
 }
 
@@ -179,7 +186,12 @@ proptest! {
         let sol = trs.solve(&g, t).unwrap();
         prop_assert!(sol.kkt_residual <= 1e-10, "residual {}", sol.kkt_residual);
         prop_assert!(sol.lambda >= 0.0);
-        prop_assert!(sol.lambda_min + sol.lambda >= -1e-10 * (1.0 + sol.lambda_min.abs()));
+        // A + λI ⪰ 0, checked independently of the solver's path.
+        let lmin = faer::Mat::from_fn(n, n, |i, j| a[i * n + j]).self_adjoint_eigenvalues(faer::Side::Lower).unwrap()[0];
+        prop_assert!(lmin + sol.lambda >= -1e-10 * (1.0 + lmin.abs()), "λ_min {lmin} + λ {}", sol.lambda);
+        // Both paths agree.
+        let eig = Trs::with_eigen(&a, n).unwrap().solve(&g, t).unwrap();
+        prop_assert!((eig.value - sol.value).abs() <= 1e-9 * (1.0 + sol.value.abs()));
         prop_assert!(sol.norm <= t * (1.0 + 1e-10));
         prop_assert!(sol.lambda * (t - sol.norm) <= 1e-9 * (1.0 + sol.lambda * t));
         let model = |s: &[f64]| {
@@ -204,22 +216,48 @@ fn trs_hard_case() {
     for n in [2usize, 5, 30, 120, 200] {
         // Q from the eigenvectors of a random symmetric matrix.
         let m = gauss(&mut rng, n * n);
-        let sym: Vec<f64> = (0..n * n).map(|ij| m[ij] + m[(ij % n) * n + ij / n]).collect();
-        let q = faer::Mat::from_fn(n, n, |i, j| sym[i * n + j]).self_adjoint_eigen(faer::Side::Lower).unwrap().U().to_owned();
-        let lam: Vec<f64> = (0..n).map(|i| if i == 0 { -2.0 } else { 0.5 + i as f64 }).collect();
+        let sym: Vec<f64> = (0..n * n)
+            .map(|ij| m[ij] + m[(ij % n) * n + ij / n])
+            .collect();
+        let q = faer::Mat::from_fn(n, n, |i, j| sym[i * n + j])
+            .self_adjoint_eigen(faer::Side::Lower)
+            .unwrap()
+            .U()
+            .to_owned();
+        let lam: Vec<f64> = (0..n)
+            .map(|i| if i == 0 { -2.0 } else { 0.5 + i as f64 })
+            .collect();
         let a: Vec<f64> = (0..n * n)
-            .map(|ij| (0..n).map(|k| q[(ij / n, k)] * lam[k] * q[(ij % n, k)]).sum())
+            .map(|ij| {
+                (0..n)
+                    .map(|k| q[(ij / n, k)] * lam[k] * q[(ij % n, k)])
+                    .sum()
+            })
             .collect();
         // g = small combination of q_2.. (⟂ q_1).
-        let g: Vec<f64> = (0..n).map(|i| (1..n).map(|k| 0.01 * q[(i, k)]).sum()).collect();
+        let g: Vec<f64> = (0..n)
+            .map(|i| (1..n).map(|k| 0.01 * q[(i, k)]).sum())
+            .collect();
         let t = 3.0;
         let sol = Trs::new(&a, n).unwrap().solve(&g, t).unwrap();
         if n > 1 {
             assert!(sol.hard_case, "n = {n}: hard case not detected");
         }
-        assert!((sol.lambda - 2.0).abs() < 1e-9, "n = {n}: λ = {}", sol.lambda);
-        assert!((sol.norm - t).abs() < 1e-9 * t, "n = {n}: ‖s‖ = {}", sol.norm);
-        assert!(sol.kkt_residual <= 1e-10, "n = {n}: residual {}", sol.kkt_residual);
+        assert!(
+            (sol.lambda - 2.0).abs() < 1e-9,
+            "n = {n}: λ = {}",
+            sol.lambda
+        );
+        assert!(
+            (sol.norm - t).abs() < 1e-9 * t,
+            "n = {n}: ‖s‖ = {}",
+            sol.norm
+        );
+        assert!(
+            sol.kkt_residual <= 1e-10,
+            "n = {n}: residual {}",
+            sol.kkt_residual
+        );
     }
 }
 
@@ -228,12 +266,24 @@ fn trs_large_random_indefinite() {
     let mut rng = StdRng::seed_from_u64(21);
     for n in [100usize, 200] {
         let m = gauss(&mut rng, n * n);
-        let a: Vec<f64> = (0..n * n).map(|ij| 0.5 * (m[ij] + m[(ij % n) * n + ij / n])).collect();
+        let a: Vec<f64> = (0..n * n)
+            .map(|ij| 0.5 * (m[ij] + m[(ij % n) * n + ij / n]))
+            .collect();
         let g = gauss(&mut rng, n);
         for t in [0.1, 1.0, 10.0] {
-            let sol = Trs::new(&a, n).unwrap().solve(&g, t).unwrap();
-            assert!(sol.kkt_residual <= 1e-10, "n = {n}, t = {t}: {}", sol.kkt_residual);
-            assert!(sol.lambda_min < 0.0 && sol.lambda + sol.lambda_min >= -1e-10);
+            let lmin = faer::Mat::from_fn(n, n, |i, j| a[i * n + j])
+                .self_adjoint_eigenvalues(faer::Side::Lower)
+                .unwrap()[0];
+            for trs in [Trs::new(&a, n).unwrap(), Trs::with_eigen(&a, n).unwrap()] {
+                let sol = trs.solve(&g, t).unwrap();
+                assert!(
+                    sol.kkt_residual <= 1e-10,
+                    "n = {n}, t = {t}: {}",
+                    sol.kkt_residual
+                );
+                assert!(lmin < 0.0 && sol.lambda + lmin >= -1e-10);
+                assert!((sol.norm - t).abs() <= 1e-10 * t);
+            }
         }
     }
 }
@@ -263,7 +313,12 @@ fn linear_and_box_oracles() {
     let mut lin = Linear::new(g.clone(), Shape::vector(4), SignInf::new()).unwrap();
     lin.brox(&x, 0.25, &mut u).unwrap();
     assert_eq!(u, vec![0.25, 0.75, 0.5, 0.25]);
-    let mut sp = Linear::new(vec![3.0, 0.0, 0.0, -2.0], Shape::matrix(2, 2), Spectral::new()).unwrap();
+    let mut sp = Linear::new(
+        vec![3.0, 0.0, 0.0, -2.0],
+        Shape::matrix(2, 2),
+        Spectral::new(),
+    )
+    .unwrap();
     let c = sp.brox(&x, 1.0, &mut u).unwrap();
     assert_eq!(u, vec![-0.5, 0.5, 0.5, 1.5]);
     assert!((c.multiplier.unwrap() - 5.0).abs() < 1e-12); // nuclear norm / t
@@ -272,7 +327,13 @@ fn linear_and_box_oracles() {
     assert!((dist(&u, &x) - 1.0).abs() < 1e-12);
     // Separable box: f = Σ (z_i − c_i)⁴ (convex), minimizers c.
     let cmin = vec![1.0, -1.0, 0.3];
-    let mut bx = SeparableBox::new(cmin.clone(), |z: &[f64]| z.iter().zip([1.0, -1.0, 0.3]).map(|(a, b)| (a - b).powi(4)).sum()).unwrap();
+    let mut bx = SeparableBox::new(cmin.clone(), |z: &[f64]| {
+        z.iter()
+            .zip([1.0, -1.0, 0.3])
+            .map(|(a, b)| (a - b).powi(4))
+            .sum()
+    })
+    .unwrap();
     let mut u3 = vec![0.0; 3];
     let cert = bx.brox(&[0.0, 0.0, 0.0], 0.5, &mut u3).unwrap();
     assert_eq!(u3, vec![0.5, -0.5, 0.3]);
@@ -283,14 +344,44 @@ fn linear_and_box_oracles() {
 fn bad_input_is_rejected() {
     let mut d = Distance::new(vec![0.0, 1.0]).unwrap();
     let mut out = vec![7.0, 7.0];
-    assert_eq!(d.brox(&[0.0, 0.0], 0.0, &mut out), Err(BroxError::InvalidRadius(0.0)));
-    assert_eq!(d.brox(&[0.0, 0.0], -1.0, &mut out), Err(BroxError::InvalidRadius(-1.0)));
-    assert!(matches!(d.brox(&[0.0, 0.0], f64::NAN, &mut out), Err(BroxError::InvalidRadius(_))));
-    assert_eq!(d.brox(&[f64::NAN, 0.0], 1.0, &mut out), Err(BroxError::NonFinite));
-    assert_eq!(d.brox(&[0.0], 1.0, &mut out), Err(BroxError::DimensionMismatch { expected: 2, found: 1 }));
+    assert_eq!(
+        d.brox(&[0.0, 0.0], 0.0, &mut out),
+        Err(BroxError::InvalidRadius(0.0))
+    );
+    assert_eq!(
+        d.brox(&[0.0, 0.0], -1.0, &mut out),
+        Err(BroxError::InvalidRadius(-1.0))
+    );
+    assert!(matches!(
+        d.brox(&[0.0, 0.0], f64::NAN, &mut out),
+        Err(BroxError::InvalidRadius(_))
+    ));
+    assert_eq!(
+        d.brox(&[f64::NAN, 0.0], 1.0, &mut out),
+        Err(BroxError::NonFinite)
+    );
+    assert_eq!(
+        d.brox(&[0.0], 1.0, &mut out),
+        Err(BroxError::DimensionMismatch {
+            expected: 2,
+            found: 1
+        })
+    );
     assert_eq!(out, vec![7.0, 7.0]);
-    assert!(matches!(Quadratic::new(vec![1.0, 2.0, 3.0, 1.0], vec![0.0, 0.0]), Err(BroxError::InvalidInput(_))));
-    assert!(matches!(Trs::new(&[1.0, 2.0], 2), Err(BroxError::DimensionMismatch { .. })));
-    let r = bpm(&mut d, &[0.0], &Radii::Constant(1.0), &Stop::default(), |_| {});
+    assert!(matches!(
+        Quadratic::new(vec![1.0, 2.0, 3.0, 1.0], vec![0.0, 0.0]),
+        Err(BroxError::InvalidInput(_))
+    ));
+    assert!(matches!(
+        Trs::new(&[1.0, 2.0], 2),
+        Err(BroxError::DimensionMismatch { .. })
+    ));
+    let r = bpm(
+        &mut d,
+        &[0.0],
+        &Radii::Constant(1.0),
+        &Stop::default(),
+        |_| {},
+    );
     assert!(matches!(r, Err(BroxError::DimensionMismatch { .. })));
 }

@@ -30,6 +30,9 @@ pub struct Record {
     pub imp: String,
     pub flops: f64,
     pub samples_s: Vec<f64>,
+    /// Relative KKT residual of the solution (trust-region suite).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kkt_residual: Option<f64>,
 }
 
 impl Record {
@@ -76,7 +79,7 @@ struct Opts {
 
 const USAGE: &str = "usage: cargo xtask bench [SUITE…] [--quick] [--reps N] [--threads T]
                          [--peers numpy,torch|none] [--json PATH] [--compare OLD.json]
-suites: gemm orth (default: all). Output: target/bench/{bench.json,*.svg,*.png}";
+suites: gemm orth brox (default: all). Output: target/bench/{bench.json,*.svg,*.png}";
 
 fn parse(args: &[String]) -> Result<Opts, String> {
     let cores = std::thread::available_parallelism()
@@ -470,6 +473,17 @@ pub fn print_tables(r: &Report) {
             let mut line = format!("| {case} |");
             for i in &ours {
                 match find(i) {
+                    Some(x) if x.flops == 0.0 => {
+                        let res = x
+                            .kkt_residual
+                            .map(|r| format!(", KKT {r:.1e}"))
+                            .unwrap_or_default();
+                        line += &format!(
+                            " {} (±{:.0}%{res}) | – | – |",
+                            fmt_ms(x.median()),
+                            50.0 * x.spread()
+                        );
+                    }
                     Some(x) => {
                         let pct = roof
                             .map(|p| format!("{:.0}%", 100.0 * x.gflops() / p))
@@ -493,8 +507,12 @@ pub fn print_tables(r: &Report) {
                     .or_else(|| ours.first().and_then(|i| find(i)));
                 match (find(p), base) {
                     (Some(x), Some(b)) => {
+                        let res = x
+                            .kkt_residual
+                            .map(|r| format!(" (KKT {r:.1e})"))
+                            .unwrap_or_default();
                         line += &format!(
-                            " {} | {:.2}× |",
+                            " {}{res} | {:.2}× |",
                             fmt_ms(x.median()),
                             x.median() / b.median()
                         )

@@ -142,7 +142,13 @@ where
 /// every suite in the report; returns the paths written.
 pub fn write_all(r: &Report, dir: &Path) -> Result<Vec<PathBuf>, String> {
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let suites = super::unique(r.results.iter().map(|x| x.suite.as_str()));
+    // Suites without a flop count (e.g. brox) have no GFLOP/s plot.
+    let suites = super::unique(
+        r.results
+            .iter()
+            .filter(|x| x.flops > 0.0)
+            .map(|x| x.suite.as_str()),
+    );
     let png = register_png_font();
     if !png {
         eprintln!(

@@ -66,6 +66,15 @@ fn orth(quick: bool, reps: usize) -> Vec<Case> {
     )
 }
 
+fn brox(quick: bool, reps: usize) -> Vec<Case> {
+    let shapes: &[&str] = if quick {
+        &["20x20"]
+    } else {
+        &["100x100", "500x500", "1000x1000"]
+    };
+    per_shape("brox", shapes, &[], reps, true)
+}
+
 /// Every suite, in the order they run.
 pub fn all() -> Vec<Suite> {
     vec![
@@ -78,6 +87,11 @@ pub fn all() -> Vec<Suite> {
             name: "orth",
             about: "polar factor (Newton–Schulz) per set, precision, shape",
             cases: orth,
+        },
+        Suite {
+            name: "brox",
+            about: "exact trust-region subproblem vs scipy (n = 100, 500, 1000)",
+            cases: brox,
         },
     ]
 }
