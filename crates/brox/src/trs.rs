@@ -219,7 +219,7 @@ impl Trs {
 
     /// The smallest Ritz value of `A` after `min(n, 40)` Lanczos steps from
     /// `g` (or `e_1` when `g = 0`): an upper bound on `λ_min(A)` that is
-    /// usually close to it. `O(40·n²)`.
+    /// usually close to it. `O(40·n²)`, memory-bound.
     fn lanczos_min(&self, g: &[f64]) -> f64 {
         let n = self.n;
         let k = n.min(40);
