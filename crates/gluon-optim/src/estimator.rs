@@ -44,6 +44,16 @@ impl Fit {
     }
 }
 
+/// The finite `(g, L̂)` pairs; `None` if there are none.
+fn finite_points(points: &[Point]) -> Option<Vec<(f64, f64)>> {
+    let v: Vec<(f64, f64)> = points
+        .iter()
+        .filter(|p| p.g.is_finite() && p.lhat.is_finite())
+        .map(|p| (p.g, p.lhat))
+        .collect();
+    (!v.is_empty()).then_some(v)
+}
+
 /// Fits `L0, L1 ≥ 0` so that `L0 + L1·g` is an upper envelope of the points
 /// with the smallest mean height over them: minimize `Σ_k (L0 + L1·g_k)`
 /// subject to `L0 + L1·g_k ≥ L̂_k`. The optimum is the line through the
@@ -53,14 +63,7 @@ impl Fit {
 /// (The Gluon paper fits a line with a penalty on points above it; this is
 /// its exact-envelope limit, which has no free penalty weight.)
 pub fn fit_envelope(points: &[Point]) -> Option<Fit> {
-    let pts: Vec<(f64, f64)> = points
-        .iter()
-        .filter(|p| p.g.is_finite() && p.lhat.is_finite())
-        .map(|p| (p.g, p.lhat))
-        .collect();
-    if pts.is_empty() {
-        return None;
-    }
+    let pts = finite_points(points)?;
     let n = pts.len() as f64;
     let gbar = pts.iter().map(|p| p.0).sum::<f64>() / n;
     // Candidate lines: every pair on the hull is among all pairs; the
@@ -142,14 +145,7 @@ pub fn fit_quantile(points: &[Point], tau: f64) -> Option<Fit> {
     if tau == 1.0 {
         return fit_envelope(points);
     }
-    let all: Vec<(f64, f64)> = points
-        .iter()
-        .filter(|p| p.g.is_finite() && p.lhat.is_finite())
-        .map(|p| (p.g, p.lhat))
-        .collect();
-    if all.is_empty() {
-        return None;
-    }
+    let all = finite_points(points)?;
     let stride = all.len().div_ceil(400);
     let pts: Vec<(f64, f64)> = all.iter().step_by(stride).copied().collect();
     let lambda = 1.0 / (1.0 - tau);

@@ -68,6 +68,20 @@ fn checked_input<B: Backend>(x: &B::Tensor) -> Result<Shape, LmoError> {
     Ok(B::shape(x))
 }
 
+/// `out = −s·g/‖g‖₂`, returning `<g, out> = −s·‖g‖₂` (0 and a zero output
+/// for `g = 0`): the LMO of the Euclidean ball of radius `s`, shared by
+/// [`Frobenius`] and [`VectorRms`].
+fn scaled_euclidean_lmo<B: Backend>(g: &B::Tensor, out: &mut B::Tensor, s: f64) -> B::Scalar {
+    let s = B::Scalar::of(s);
+    let n = B::norm2(g);
+    if n == B::Scalar::zero() {
+        B::fill(out, B::Scalar::zero());
+        return B::Scalar::zero();
+    }
+    B::scale(-s / n, g, out);
+    -s * n
+}
+
 macro_rules! scale_builder {
     () => {
         /// Sets the scale `s > 0` (`‖X‖' = ‖X‖/s`, `lmo' = s·lmo`,
@@ -122,14 +136,7 @@ impl<B: Backend> Norm<B> for Frobenius {
     fn lmo(&mut self, g: &B::Tensor, out: &mut B::Tensor) -> Result<B::Scalar, LmoError> {
         check_io::<B>(g, out)?;
         B::check_finite(g)?;
-        let s = B::Scalar::of(self.scale);
-        let n = B::norm2(g);
-        if n == B::Scalar::zero() {
-            B::fill(out, B::Scalar::zero());
-            return Ok(B::Scalar::zero());
-        }
-        B::scale(-s / n, g, out);
-        Ok(-s * n)
+        Ok(scaled_euclidean_lmo::<B>(g, out, self.scale))
     }
 }
 
@@ -265,14 +272,11 @@ impl<B: Backend> Norm<B> for VectorRms {
     fn lmo(&mut self, g: &B::Tensor, out: &mut B::Tensor) -> Result<B::Scalar, LmoError> {
         let d = check_io::<B>(g, out)?.numel();
         B::check_finite(g)?;
-        let s = B::Scalar::of((d as f64).sqrt() * self.scale);
-        let n = B::norm2(g);
-        if n == B::Scalar::zero() {
-            B::fill(out, B::Scalar::zero());
-            return Ok(B::Scalar::zero());
-        }
-        B::scale(-s / n, g, out);
-        Ok(-s * n)
+        Ok(scaled_euclidean_lmo::<B>(
+            g,
+            out,
+            (d as f64).sqrt() * self.scale,
+        ))
     }
 }
 
