@@ -101,6 +101,52 @@ def trs_instance(np, n):
     return A, g
 
 
+def gpt2_shapes(layers, d):
+    vocab, ctx = (50257, 1024) if d >= 256 else (8 * d, 4 * d)
+    hidden, other = [], [(vocab, d), (ctx, d)]
+    for _ in range(layers):
+        hidden += [(3 * d, d), (d, d), (4 * d, d), (d, 4 * d)]
+        other += [(3 * d,), (d,), (4 * d,), (d,), (d,), (d,)]
+    return hidden, other
+
+
+def step_peers(torch, layers, d, reps):
+    """One optimizer step on the GPT-2-shaped set: torch AdamW everywhere,
+    and Muon (hidden) + AdamW (rest). torch.optim.Muon runs its NS5 in
+    bf16; on CPUs without bf16 dot-product instructions that is ~100x
+    slower than f32, so there the same Muon step (K. Jordan's reference:
+    Nesterov momentum 0.95, NS5 quintic, scale max(1, m/n)^0.5) runs in f32."""
+    hidden, other = gpt2_shapes(layers, d)
+    g = torch.Generator().manual_seed(3)
+    mk = lambda s: (torch.randn(*s, generator=g) * 0.02).requires_grad_(True)
+    hp = [mk(s) for s in hidden]
+    op = [mk(s) for s in other]
+    for p in hp + op:
+        p.grad = torch.randn(*p.shape, generator=g) * 0.01
+    case = f"gpt2-{layers}x{d}"
+    adam = torch.optim.AdamW(hp + op, lr=1e-3, betas=(0.9, 0.95), eps=1e-10, weight_decay=0.0)
+    emit("step", f"adamw/{case}", "torch", 0.0, timeit(adam.step, reps))
+    adam_rest = torch.optim.AdamW(op, lr=1e-3, betas=(0.9, 0.95), eps=1e-10, weight_decay=0.0)
+    if cpu_has_bf16_dot() or d < 256:
+        muon = torch.optim.Muon(hp, lr=0.02, momentum=0.95, nesterov=True, weight_decay=0.0)
+        emit("step", f"muon/{case}", "torch.optim.Muon", 0.0, timeit(lambda: (muon.step(), adam_rest.step()), reps))
+    else:
+        print(json.dumps({"skip": f"torch.optim.Muon muon/{case}", "why": "its NS5 runs in bf16; this CPU lacks "
+                          "avx512_bf16/amx_bf16 (~100x slower than f32); the same step in f32 is measured instead"}), flush=True)
+    bufs = [torch.zeros_like(p) for p in hp]
+
+    @torch.no_grad()
+    def muon_f32():
+        for p, b in zip(hp, bufs):
+            b.lerp_(p.grad, 1 - 0.95)
+            u = p.grad.lerp(b, 0.95)
+            X = ns_torch(torch, u, [MUON] * 5, 0.0)
+            p.add_(X, alpha=-0.02 * max(1, p.size(0) / p.size(1)) ** 0.5)
+        adam_rest.step()
+
+    emit("step", f"muon/{case}", "torch-muon-f32", 0.0, timeit(muon_f32, reps))
+
+
 def ns_flops(coeffs, m, n):
     k, l = min(m, n), max(m, n)
     return sum(4.0 * k * k * l + (2.0 * k**3 if c != 0 else 0.0) for (_, _, c) in coeffs)
@@ -178,6 +224,10 @@ def main():
                         tG = torch.from_numpy(G).to(dt)
                         with torch.no_grad():
                             emit("orth", case, "torch", fl, timeit(lambda: ns_torch(torch, tG, coeffs, delta), a.reps))
+        elif a.suite == "step":
+            if torch is None:
+                continue
+            step_peers(torch, m, n, a.reps)
         elif a.suite == "brox":
             try:
                 from scipy.optimize._trustregion_exact import IterativeSubproblem

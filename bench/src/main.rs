@@ -3,7 +3,9 @@
 //! "samples_s":[…], "flops":…}`), read by `cargo xtask bench`.
 //!
 //! Suites: `gemm` (sgemm/dgemm roofline), `orth` (polar factors), `brox`
-//! (exact trust-region subproblem).
+//! (exact trust-region subproblem), `step` (one optimizer step on
+//! GPT-2-small-shaped parameters per preset; `--shapes LxD` sets layers ×
+//! width, default 12x768).
 //! Options: `--shapes 768x768,2048x2048`, `--reps N`, `--sets muon,…`,
 //! `--precisions f32,bf16,f64`.
 
@@ -205,17 +207,93 @@ fn orth_suite(o: &Opts) -> Result<(), String> {
     Ok(())
 }
 
+/// GPT-2-style parameter set: per layer the hidden matrices 3d×d, d×d,
+/// 4d×d, d×4d and six vectors; token (50257×d, or 8d in small runs) and
+/// position (1024×d) embeddings. Gradients are Gaussian·0.01, seeded.
+fn gpt2_params(
+    layers: usize,
+    d: usize,
+) -> (Vec<gluon_optim::Label>, Vec<ArrayD<f32>>, Vec<ArrayD<f32>>) {
+    use gluon_optim::Label;
+    let (vocab, ctx) = if d >= 256 {
+        (50257, 1024)
+    } else {
+        (8 * d, 4 * d)
+    };
+    let mut labels = vec![Label::Embedding, Label::Embedding];
+    let mut shapes = vec![vec![vocab, d], vec![ctx, d]];
+    for _ in 0..layers {
+        for s in [[3 * d, d], [d, d], [4 * d, d], [d, 4 * d]] {
+            labels.push(Label::Hidden);
+            shapes.push(s.to_vec());
+        }
+        for v in [3 * d, d, 4 * d, d, d, d] {
+            labels.push(Label::Vector);
+            shapes.push(vec![v]);
+        }
+    }
+    let mut rng = StdRng::seed_from_u64(3);
+    let mk = |rng: &mut StdRng, s: &[usize], scale: f32| {
+        ArrayD::from_shape_fn(IxDyn(s), |_| {
+            let z: f32 = StandardNormal.sample(rng);
+            scale * z
+        })
+    };
+    let params = shapes.iter().map(|s| mk(&mut rng, s, 0.02)).collect();
+    let grads = shapes.iter().map(|s| mk(&mut rng, s, 0.01)).collect();
+    (labels, params, grads)
+}
+
+fn step_suite(o: &Opts) -> Result<(), String> {
+    use gluon_optim::{AdamWGroup, Optimizer, presets};
+    for &(layers, d) in &o.shapes {
+        let (labels, params, grads) = gpt2_params(layers, d);
+        let presets: Vec<(&str, gluon_optim::Config)> = vec![
+            (
+                "adamw",
+                presets::adamw(AdamWGroup {
+                    lr: 1e-3,
+                    beta1: 0.9,
+                    beta2: 0.95,
+                    eps: 1e-10,
+                    weight_decay: 0.0,
+                }),
+            ),
+            ("muon", presets::muon(0.02, 1e-3)),
+            ("scion", presets::scion(2f64.powi(-12), false)),
+            ("gluon", presets::gluon((0.0, 70.0), (0.0, 1.3), 0.95)),
+        ];
+        for (name, cfg) in presets {
+            let mut p = params.clone();
+            let mut opt =
+                Optimizer::<Nd32>::new(cfg, labels.clone(), &p).map_err(|e| e.to_string())?;
+            let s = time_reps(o.reps, || {
+                opt.step(&mut p, &grads).expect("finite gradients");
+            });
+            emit(
+                "step",
+                &format!("{name}/gpt2-{layers}x{d}"),
+                "ours",
+                0.0,
+                &s,
+            );
+        }
+    }
+    Ok(())
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let run = || -> Result<(), String> {
         let suite = args
             .first()
-            .ok_or("usage: lmo-bench <gemm|orth|brox> [options]")?;
+            .ok_or("usage: lmo-bench <gemm|orth|brox|step> [options]")?;
         let o = opts(&args[1..])?;
         match suite.as_str() {
             "gemm" => gemm_suite(&o),
             "orth" => orth_suite(&o)?,
             "brox" => brox_suite(&o)?,
+            "step" => step_suite(&o)?,
             other => return Err(format!("unknown suite {other:?}")),
         }
         Ok(())

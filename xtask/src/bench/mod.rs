@@ -79,7 +79,7 @@ struct Opts {
 
 const USAGE: &str = "usage: cargo xtask bench [SUITE…] [--quick] [--reps N] [--threads T]
                          [--peers numpy,torch|none] [--json PATH] [--compare OLD.json]
-suites: gemm orth brox (default: all). Output: target/bench/{bench.json,*.svg,*.png}";
+suites: gemm orth brox step (default: all). Output: target/bench/{bench.json,*.svg,*.png}";
 
 fn parse(args: &[String]) -> Result<Opts, String> {
     let cores = std::thread::available_parallelism()

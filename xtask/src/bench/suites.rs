@@ -75,6 +75,12 @@ fn brox(quick: bool, reps: usize) -> Vec<Case> {
     per_shape("brox", shapes, &[], reps, true)
 }
 
+fn step(quick: bool, reps: usize) -> Vec<Case> {
+    // "LxD": L layers of width D (GPT-2 small: 12x768).
+    let shapes: &[&str] = if quick { &["2x64"] } else { &["12x768"] };
+    per_shape("step", shapes, &[], reps.min(3), true)
+}
+
 /// Every suite, in the order they run.
 pub fn all() -> Vec<Suite> {
     vec![
@@ -92,6 +98,11 @@ pub fn all() -> Vec<Suite> {
             name: "brox",
             about: "exact trust-region subproblem vs scipy (n = 100, 500, 1000)",
             cases: brox,
+        },
+        Suite {
+            name: "step",
+            about: "one optimizer step on GPT-2-small shapes per preset vs torch AdamW / Muon",
+            cases: step,
         },
     ]
 }
