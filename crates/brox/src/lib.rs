@@ -17,11 +17,16 @@
 //! - [`bpm`]: the method with radius schedules ([`Radii`], including the
 //!   finite-convergence choice of Result 4), stopping rules and an observer.
 //! - [`envelope`]: `N_f^t(x)` and its gradient `∇f(brox(x))`.
+//! - [`trust_region`]: BPM on a model of f — linear model over any norm
+//!   ball (LMO steps) or quadratic model (exact TRS) — for a user's f with
+//!   a gradient and optional Hessian-vector products.
 
 pub mod oracles;
 mod trs;
+mod trust_region;
 
 pub use trs::{Trs, TrsSolution};
+pub use trust_region::{Model, Objective, TrIterate, TrOptions, TrResult, trust_region};
 
 /// Errors; an error leaves the output untouched.
 #[derive(Clone, Debug, PartialEq)]
