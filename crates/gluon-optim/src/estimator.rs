@@ -33,6 +33,21 @@ pub struct Fit {
 }
 
 impl Fit {
+    /// The fit `(l0, l1)` with its share of `points` strictly above the
+    /// line (relative margin 1e-9 for rounding).
+    fn of(points: &[(f64, f64)], l0: f64, l1: f64) -> Fit {
+        let above = points
+            .iter()
+            .filter(|&&(g, l)| l > (l0 + l1 * g) * (1.0 + 1e-9))
+            .count();
+        Fit {
+            l0,
+            l1,
+            above: above as f64 / points.len() as f64,
+            n: points.len(),
+        }
+    }
+
     /// The theory radius (Gluon Thm 1) this fit implies at dual norm `g`:
     /// `g / (L0 + L1·g)`.
     pub fn radius(&self, g: f64) -> f64 {
@@ -117,17 +132,7 @@ pub fn fit_envelope(points: &[Point]) -> Option<Fit> {
         consider(0.0, ratio);
     }
     let (l0, l1, _) = best?;
-    let above = pts
-        .iter()
-        .filter(|&&(g, l)| l > (l0 + l1 * g) * (1.0 + 1e-9))
-        .count() as f64
-        / n;
-    Some(Fit {
-        l0,
-        l1,
-        above,
-        n: pts.len(),
-    })
+    Some(Fit::of(&pts, l0, l1))
 }
 
 /// The penalized fit of the Gluon paper: minimize over `L0, L1 ≥ 0`
@@ -179,18 +184,7 @@ pub fn fit_quantile(points: &[Point], tau: f64) -> Option<Fit> {
         }
     }
     let (l0, l1, _) = best?;
-    let n = all.len() as f64;
-    let above = all
-        .iter()
-        .filter(|&&(g, l)| l > (l0 + l1 * g) * (1.0 + 1e-9))
-        .count() as f64
-        / n;
-    Some(Fit {
-        l0,
-        l1,
-        above,
-        n: all.len(),
-    })
+    Some(Fit::of(&all, l0, l1))
 }
 
 /// Records `(‖∇_i f(X^k)‖_*, L̂_k)` per block along a trajectory: call
