@@ -8,6 +8,13 @@ use crate::config::{
 
 const STANDARD: [Label; 4] = [Label::Hidden, Label::Embedding, Label::Head, Label::Vector];
 
+/// The same group for the four standard labels.
+fn everywhere(g: GroupConfig) -> Config {
+    STANDARD
+        .iter()
+        .fold(Config::new(), |c, l| c.group(l.clone(), g.clone()))
+}
+
 fn lmo(norm: NormSpec, scale: f64, shape_scale: ShapeScale, radius: Radius, beta: f64) -> LmoGroup {
     LmoGroup {
         norm,
@@ -196,9 +203,7 @@ pub fn normalized_sgd(lr: f64, beta: f64) -> Config {
         Radius::Constant(lr),
         beta,
     );
-    STANDARD.iter().fold(Config::new(), |c, l| {
-        c.group(l.clone(), GroupConfig::Lmo(g.clone()))
-    })
+    everywhere(GroupConfig::Lmo(g))
 }
 
 /// signSGD / Signum (Bernstein et al. 2018): ℓ∞ LMO `−sign(M)` on every
@@ -211,15 +216,11 @@ pub fn sign_sgd(lr: f64, beta: f64) -> Config {
         Radius::Constant(lr),
         beta,
     );
-    STANDARD.iter().fold(Config::new(), |c, l| {
-        c.group(l.clone(), GroupConfig::Lmo(g.clone()))
-    })
+    everywhere(GroupConfig::Lmo(g))
 }
 
 /// AdamW (Loshchilov & Hutter, "Decoupled weight decay regularization",
 /// ICLR 2019) on every block: the baseline.
 pub fn adamw(a: AdamWGroup) -> Config {
-    STANDARD.iter().fold(Config::new(), |c, l| {
-        c.group(l.clone(), GroupConfig::AdamW(a))
-    })
+    everywhere(GroupConfig::AdamW(a))
 }
