@@ -268,3 +268,122 @@ pub fn plot_losses(
 #[doc = include_str!("../README.md")]
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
+
+/// One series of [`plot_panels`]: points joined by a line, or a scatter.
+pub struct Series {
+    /// Legend entry.
+    pub name: String,
+    /// `(x, y)` points (non-finite ones are dropped).
+    pub points: Vec<(f64, f64)>,
+    /// Line (`true`) or scatter (`false`).
+    pub line: bool,
+}
+
+/// One panel of [`plot_panels`]: title, axis names and series (linear
+/// axes; pass log10 values for a log scale and say so in the axis name).
+pub struct Panel {
+    /// Panel title.
+    pub title: String,
+    /// x-axis name.
+    pub x: String,
+    /// y-axis name.
+    pub y: String,
+    /// The series; colours by position.
+    pub series: Vec<Series>,
+}
+
+fn draw_panels<DB: DrawingBackend>(
+    root: DrawingArea<DB, plotters::coord::Shift>,
+    panels: &[Panel],
+) -> Result<(), String>
+where
+    DB::ErrorType: 'static,
+{
+    let e = |e: DrawingAreaErrorKind<DB::ErrorType>| e.to_string();
+    root.fill(&WHITE).map_err(e)?;
+    let areas = root.split_evenly((1, panels.len().max(1)));
+    for (area, p) in areas.into_iter().zip(panels) {
+        let pts = || {
+            p.series
+                .iter()
+                .flat_map(|s| s.points.iter().copied())
+                .filter(|(x, y)| x.is_finite() && y.is_finite())
+        };
+        let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
+        for (x, y) in pts() {
+            (x0, x1, y0, y1) = (x0.min(x), x1.max(x), y0.min(y), y1.max(y));
+        }
+        if x0 > x1 {
+            (x0, x1, y0, y1) = (0.0, 1.0, 0.0, 1.0);
+        }
+        let (dx, dy) = ((x1 - x0).max(1e-9) * 0.03, (y1 - y0).max(1e-9) * 0.05);
+        let mut chart = ChartBuilder::on(&area)
+            .caption(&p.title, ("sans-serif", 20))
+            .margin(10)
+            .x_label_area_size(40)
+            .y_label_area_size(60)
+            .build_cartesian_2d((x0 - dx)..(x1 + dx), (y0 - dy)..(y1 + dy))
+            .map_err(e)?;
+        chart
+            .configure_mesh()
+            .x_desc(p.x.as_str())
+            .y_desc(p.y.as_str())
+            .draw()
+            .map_err(e)?;
+        for (i, s) in p.series.iter().enumerate() {
+            let color = Palette99::pick(i).to_rgba();
+            let data: Vec<(f64, f64)> = s
+                .points
+                .iter()
+                .copied()
+                .filter(|(x, y)| x.is_finite() && y.is_finite())
+                .collect();
+            let legend = move |(x, y): (i32, i32)| {
+                PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
+            };
+            if s.line {
+                chart
+                    .draw_series(LineSeries::new(data, color.stroke_width(2)))
+                    .map_err(e)?
+                    .label(s.name.clone())
+                    .legend(legend);
+            } else {
+                chart
+                    .draw_series(data.into_iter().map(|p| Circle::new(p, 2, color.filled())))
+                    .map_err(e)?
+                    .label(s.name.clone())
+                    .legend(legend);
+            }
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()
+            .map_err(e)?;
+    }
+    root.present().map_err(e)?;
+    Ok(())
+}
+
+/// Writes `stem.svg` and `stem.png` with the panels side by side (each
+/// `width` pixels wide) and returns their paths; without a TrueType font it
+/// writes nothing and says so.
+pub fn plot_panels(
+    dir: &Path,
+    stem: &str,
+    width: u32,
+    panels: &[Panel],
+) -> Result<Vec<PathBuf>, String> {
+    if !font() {
+        eprintln!("note: no TrueType font found (looked for {}); plots skipped", FONTS[0]);
+        return Ok(vec![]);
+    }
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let size = (width * panels.len().max(1) as u32, 480);
+    let svg = dir.join(format!("{stem}.svg"));
+    draw_panels(SVGBackend::new(&svg, size).into_drawing_area(), panels)?;
+    let png = dir.join(format!("{stem}.png"));
+    draw_panels(BitMapBackend::new(&png, size).into_drawing_area(), panels)?;
+    Ok(vec![svg, png])
+}

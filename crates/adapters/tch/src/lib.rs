@@ -217,11 +217,22 @@ impl VarStoreOptimizer {
         Ok(())
     }
 
-    /// The current gradients, in block order (after `backward()`), for
-    /// example for an [`gluon_optim::LipschitzEstimator`].
-    pub fn grads(&mut self) -> Result<&[TchTensor], TchOptError> {
-        self.collect_grads()?;
-        Ok(&self.grads)
+    /// The current gradients (handles sharing storage), in block order,
+    /// after `backward()`: for example for a
+    /// [`gluon_optim::LipschitzEstimator`] next to [`VarStoreOptimizer::params`].
+    pub fn gradients(&self) -> Result<Vec<TchTensor>, TchOptError> {
+        self.names
+            .iter()
+            .zip(&self.vars)
+            .map(|(name, v)| {
+                let g = v.grad();
+                if g.defined() {
+                    Ok(TchTensor(g))
+                } else {
+                    Err(TchOptError::MissingGradient { name: name.clone() })
+                }
+            })
+            .collect()
     }
 
     /// One step (SPEC §3) from the variables' current gradients, in place,

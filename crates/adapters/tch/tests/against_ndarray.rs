@@ -166,6 +166,16 @@ fn every_lmo_matches_ndarray_f64() {
     check(RowNorm::<f64>::new(), RowNorm::<f64>::new(), &gt, &gn);
     check(VectorRms::new(), VectorRms::new(), &gt, &gn);
     check(Spectral::<Tch64>::new(), Spectral::<Nd64>::new(), &gt, &gn);
+    check(
+        Spectral::<Tch64>::new().rms_to_rms(),
+        Spectral::<Nd64>::new().rms_to_rms(),
+        &gt,
+        &gn,
+    );
+    // The spectral norms from libtorch's SVD against the Jacobi SVD.
+    let (smax, nuc) = Tch64::spectral_norms(&gt).unwrap();
+    let (a, b) = (Spectral::<Nd64>::new().norm(&gn).unwrap(), Spectral::<Nd64>::new().dual_norm(&gn).unwrap());
+    assert!((smax - a).abs() < 1e-12 * a && (nuc - b).abs() < 1e-12 * b);
 }
 
 /// Labels and shapes of a small MLP-like model with every group.
