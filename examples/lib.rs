@@ -376,7 +376,10 @@ pub fn plot_panels(
     panels: &[Panel],
 ) -> Result<Vec<PathBuf>, String> {
     if !font() {
-        eprintln!("note: no TrueType font found (looked for {}); plots skipped", FONTS[0]);
+        eprintln!(
+            "note: no TrueType font found (looked for {}); plots skipped",
+            FONTS[0]
+        );
         return Ok(vec![]);
     }
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;

@@ -87,8 +87,16 @@ fn libtorch() -> Result<PathBuf, String> {
     c.args(["-m", "venv"]).arg(&venv);
     step("python3 -m venv target/torch/venv", c)?;
     let mut c = Command::new(venv.join("bin/python"));
-    c.args(["-m", "pip", "install", "--no-cache-dir", "--no-deps", "--progress-bar", "off"])
-        .args(TORCH_WHEELS);
+    c.args([
+        "-m",
+        "pip",
+        "install",
+        "--no-cache-dir",
+        "--no-deps",
+        "--progress-bar",
+        "off",
+    ])
+    .args(TORCH_WHEELS);
     step("pip install torch (libtorch for tch)", c)?;
     find().ok_or_else(|| "torch installed but lib/libtorch_cpu.so not found".to_string())
 }
@@ -109,7 +117,10 @@ fn test() -> Result<(), String> {
     let mut c = cargo();
     c.args(["test", "--workspace", "--all-targets"]);
     with_libtorch(&mut c)?;
-    step("cargo test (unit, integration, property tests; tch on CPU)", c)?;
+    step(
+        "cargo test (unit, integration, property tests; tch on CPU)",
+        c,
+    )?;
     let mut c = cargo();
     c.args(["test", "--workspace", "--doc"]);
     with_libtorch(&mut c)?;

@@ -10,7 +10,9 @@ use lmo_core::{
 use orthogonalize::{NewtonSchulz, NsConfig};
 
 /// What a parameter tensor is; groups are keyed by label.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub enum Label {
     /// 2-D hidden weight matrices (attention, MLP): the LMO step's home.
     Hidden,

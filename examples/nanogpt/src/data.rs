@@ -125,7 +125,14 @@ impl Dataset {
 /// Batch `k` of a stream: `b` windows at offsets drawn from a generator
 /// seeded by `(seed, k)`, so any step's batch is known without replaying
 /// the ones before (checkpoint → resume sees the same data).
-pub fn batch(tokens: &[i64], b: i64, ctx: i64, seed: u64, k: u64, device: Device) -> (Tensor, Tensor) {
+pub fn batch(
+    tokens: &[i64],
+    b: i64,
+    ctx: i64,
+    seed: u64,
+    k: u64,
+    device: Device,
+) -> (Tensor, Tensor) {
     let mut rng = StdRng::seed_from_u64(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ k);
     let hi = tokens.len() - ctx as usize - 1;
     let mut x = Vec::with_capacity((b * ctx) as usize);

@@ -114,13 +114,16 @@ struct Args {
     /// libtorch CPU threads (default: libtorch's choice).
     #[arg(long)]
     threads: Option<i32>,
-    /// Output directory (default target/nanogpt/<config>).
+    /// Output directory (default `target/nanogpt/<config>`).
     #[arg(long)]
     out: Option<PathBuf>,
     /// No progress bar (log lines only).
     #[arg(long)]
     quiet: bool,
 }
+
+/// Gluon's fitted (L0, L1) per label.
+type Fits = Vec<(Label, (f64, f64))>;
 
 /// Run sizes of a configuration.
 struct Preset {
@@ -189,7 +192,7 @@ struct Progress {
     /// Per-step training losses.
     train: Vec<f64>,
     /// Gluon's fitted (L0, L1) per label.
-    fits: Vec<(Label, (f64, f64))>,
+    fits: Fits,
 }
 
 /// The result of one optimizer.
@@ -225,7 +228,9 @@ fn prepare(args: Args) -> Result<Setup, String> {
     let p = preset(&args.config)?;
     for o in &args.optimizers {
         if !["adamw", "muon", "scion", "gluon"].contains(&o.as_str()) {
-            return Err(format!("unknown optimizer {o:?} (adamw, muon, scion, gluon)"));
+            return Err(format!(
+                "unknown optimizer {o:?} (adamw, muon, scion, gluon)"
+            ));
         }
     }
     let device = match args.device.as_str() {
@@ -301,7 +306,7 @@ fn prepare(args: Args) -> Result<Setup, String> {
 fn optimizer_config(
     s: &Setup,
     name: &str,
-    probe: &mut Option<Vec<(Label, (f64, f64))>>,
+    probe: &mut Option<Fits>,
 ) -> Result<(Config, String), String> {
     let schedule = Schedule::WarmupCosine {
         warmup: (s.steps / 20).max(1),
@@ -358,12 +363,15 @@ fn run(args: Args) -> Result<(), String> {
     let mut probe = None;
     for name in s.args.optimizers.clone() {
         let (cfg, hyper) = optimizer_config(&s, &name, &mut probe)?;
-        let fits = if name == "gluon" { probe.clone().unwrap_or_default() } else { vec![] };
+        let fits = if name == "gluon" {
+            probe.clone().unwrap_or_default()
+        } else {
+            vec![]
+        };
         results.push(train(&s, &name, &hyper, cfg, fits)?);
     }
     report(&s, &mut results)
 }
-
 
 /// Scion's radii for this model (the nanogpt reference's 50/3000 are for
 /// width 768 and vocabulary 50k).
@@ -385,11 +393,13 @@ fn read_progress(s: &Setup, name: &str) -> Option<Progress> {
 }
 
 /// Gluon's fits from its checkpoint, when resuming.
-fn resumed_fits(s: &Setup, name: &str) -> Option<Vec<(Label, (f64, f64))>> {
+fn resumed_fits(s: &Setup, name: &str) -> Option<Fits> {
     if !s.args.resume {
         return None;
     }
-    read_progress(s, name).filter(|p| !p.fits.is_empty()).map(|p| p.fits)
+    read_progress(s, name)
+        .filter(|p| !p.fits.is_empty())
+        .map(|p| p.fits)
 }
 
 /// A fresh model (same initialization for every optimizer: the seed).
@@ -412,7 +422,14 @@ fn evaluate(s: &Setup, model: &Gpt) -> f64 {
     tch::no_grad(|| {
         let mut sum = 0.0;
         for j in 0..s.args.eval_batches {
-            let (x, y) = batch(&s.data.val, s.batch, s.gpt.ctx, s.args.seed ^ 0xE7A1, j, s.device);
+            let (x, y) = batch(
+                &s.data.val,
+                s.batch,
+                s.gpt.ctx,
+                s.args.seed ^ 0xE7A1,
+                j,
+                s.device,
+            );
             sum += model.loss(&x, &y).double_value(&[]);
         }
         sum / s.args.eval_batches.max(1) as f64
@@ -422,7 +439,7 @@ fn evaluate(s: &Setup, model: &Gpt) -> f64 {
 /// The (L0, L1) probe: `probe_steps` steps of Scion from the common
 /// initialization while a [`LipschitzEstimator`] records points in Gluon's
 /// norms; per label the largest τ-quantile constants of its blocks.
-fn probe_fits(s: &Setup) -> Result<Vec<(Label, (f64, f64))>, String> {
+fn probe_fits(s: &Setup) -> Result<Fits, String> {
     println!(
         "gluon: probing (L0, L1) along {} steps of Scion (τ = {TAU} quantile fit, Gluon's norms)",
         s.args.probe_steps
@@ -536,7 +553,7 @@ fn train(
     name: &str,
     hyper: &str,
     cfg: Config,
-    fits: Vec<(Label, (f64, f64))>,
+    fits: Fits,
 ) -> Result<RunResult, String> {
     let (mut vs, model) = build(s);
     let mut opt = VarStoreOptimizer::new(&vs, cfg).map_err(|e| e.to_string())?;
@@ -562,9 +579,11 @@ fn train(
         ProgressBar::new(s.steps)
     };
     bar.set_style(
-        ProgressStyle::with_template("{prefix:>6} [{bar:30}] {pos}/{len} {elapsed} eta {eta} {msg}")
-            .expect("valid template")
-            .progress_chars("=> "),
+        ProgressStyle::with_template(
+            "{prefix:>6} [{bar:30}] {pos}/{len} {elapsed} eta {eta} {msg}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
     );
     bar.set_prefix(name.to_string());
     bar.set_position(prog.step);
@@ -580,13 +599,15 @@ fn train(
         opt.step().map_err(|e| format!("{name}, step {k}: {e}"))?;
         let l = loss.double_value(&[]);
         if !l.is_finite() {
-            return Err(format!("{name}: loss is {l} at step {k} (diverged; lower the learning rate)"));
+            return Err(format!(
+                "{name}: loss is {l} at step {k} (diverged; lower the learning rate)"
+            ));
         }
         prog.train.push(l);
         prog.step += 1;
         prog.elapsed_s = base + t0.elapsed().as_secs_f64();
         bar.inc(1);
-        if prog.step % s.eval_every == 0 || prog.step == s.steps {
+        if prog.step.is_multiple_of(s.eval_every) || prog.step == s.steps {
             let n = prog.train.len().min(s.eval_every as usize);
             let train_loss = prog.train[prog.train.len() - n..].iter().sum::<f64>() / n as f64;
             let val_loss = evaluate(s, &model);
@@ -609,7 +630,7 @@ fn train(
             prog.evals.push(e);
         }
         let ce = s.args.checkpoint_every;
-        if ce > 0 && prog.step % ce == 0 && prog.step < s.steps {
+        if ce > 0 && prog.step.is_multiple_of(ce) && prog.step < s.steps {
             save_checkpoint(s, name, &vs, &opt, &prog)?;
         }
     }
@@ -653,7 +674,10 @@ fn write_log(s: &Setup, name: &str, prog: &Progress) -> Result<(), String> {
 /// Prints and writes the comparison: steps and time to AdamW's final
 /// validation loss.
 fn report(s: &Setup, results: &mut [RunResult]) -> Result<(), String> {
-    let target = results.iter().find(|r| r.optimizer == "adamw").map(|r| r.final_val);
+    let target = results
+        .iter()
+        .find(|r| r.optimizer == "adamw")
+        .map(|r| r.final_val);
     if let Some(t) = target {
         for r in results.iter_mut() {
             let hit = r.evals.iter().find(|e| e.val_loss <= t);
@@ -665,7 +689,9 @@ fn report(s: &Setup, results: &mut [RunResult]) -> Result<(), String> {
     let mut md = String::new();
     md += &format!(
         "| optimizer | hyper-parameters | final val loss | steps to AdamW's final val ({}) | ratio | time to it | wall |\n|---|---|---:|---:|---:|---:|---:|\n",
-        target.map(|t| format!("{t:.4}")).unwrap_or_else(|| "no AdamW run".into())
+        target
+            .map(|t| format!("{t:.4}"))
+            .unwrap_or_else(|| "no AdamW run".into())
     );
     for r in results.iter() {
         let ratio = match (&adam, r.steps_to_target) {

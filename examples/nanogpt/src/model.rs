@@ -28,7 +28,8 @@ impl GptConfig {
     /// Parameters (embeddings included; the tied head counted once).
     pub fn params(&self) -> i64 {
         let d = self.d;
-        let block = 2 * 2 * d + (3 * d * d + 3 * d) + (d * d + d) + (4 * d * d + 4 * d) + (4 * d * d + d);
+        let block =
+            2 * 2 * d + (3 * d * d + 3 * d) + (d * d + d) + (4 * d * d + 4 * d) + (4 * d * d + d);
         let head = if self.tied { 0 } else { self.vocab * d };
         self.vocab * d + self.ctx * d + self.n_layer * block + 2 * d + head
     }
@@ -166,7 +167,9 @@ impl Gpt {
         tch::no_grad(|| {
             for _ in 0..n {
                 let start = ids.len().saturating_sub(self.config.ctx as usize);
-                let x = Tensor::from_slice(&ids[start..]).view([1, -1]).to_device(device);
+                let x = Tensor::from_slice(&ids[start..])
+                    .view([1, -1])
+                    .to_device(device);
                 let logits = self.forward(&x).to_kind(Kind::Float).select(1, -1) / temp;
                 let next = logits.softmax(-1, Kind::Float).multinomial(1, true);
                 ids.push(next.int64_value(&[0, 0]));

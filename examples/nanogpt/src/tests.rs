@@ -5,8 +5,16 @@ use super::*;
 
 fn setup(out: &Path, extra: &[&str]) -> Setup {
     let mut argv = vec![
-        "nanogpt", "--device", "cpu", "--quiet", "--batch", "8", "--eval-batches", "2",
-        "--probe-steps", "6",
+        "nanogpt",
+        "--device",
+        "cpu",
+        "--quiet",
+        "--batch",
+        "8",
+        "--eval-batches",
+        "2",
+        "--probe-steps",
+        "6",
     ];
     let o = out.to_str().unwrap().to_string();
     argv.extend_from_slice(&["--out", &o]);
@@ -31,7 +39,11 @@ fn a_few_steps_decrease_the_loss() {
         let (cfg, hyper) = optimizer_config(&s, name, &mut probe).unwrap();
         let r = train(&s, name, &hyper, cfg, vec![]).unwrap();
         let init = (s.gpt.vocab as f64).ln();
-        assert!(r.final_val < init - 0.5, "{name}: val {} vs ln(vocab) {init}", r.final_val);
+        assert!(
+            r.final_val < init - 0.5,
+            "{name}: val {} vs ln(vocab) {init}",
+            r.final_val
+        );
     }
     assert!(out.join("probe_points.csv").exists());
     std::fs::remove_dir_all(&out).ok();
@@ -52,14 +64,23 @@ fn checkpoint_resume_repeats_the_losses() {
             let fits = probe.clone().unwrap_or_default();
             (train(&s, name, &hyper, cfg, fits).unwrap(), probe.is_some())
         };
-        let (a, b) = (tmp(&format!("full-{name}")), tmp(&format!("resumed-{name}")));
+        let (a, b) = (
+            tmp(&format!("full-{name}")),
+            tmp(&format!("resumed-{name}")),
+        );
         let (full, _) = run(&a, &[]);
         let (part, _) = run(&b, &["--stop-after", "6"]);
         assert_eq!(part.evals.len(), 2);
         let (resumed, probed) = run(&b, &["--resume"]);
-        assert!(!probed, "{name}: resuming must reuse the saved fits, not probe again");
+        assert!(
+            !probed,
+            "{name}: resuming must reuse the saved fits, not probe again"
+        );
         let losses = |r: &RunResult| -> Vec<(u64, f64, f64)> {
-            r.evals.iter().map(|e| (e.step, e.train_loss, e.val_loss)).collect()
+            r.evals
+                .iter()
+                .map(|e| (e.step, e.train_loss, e.val_loss))
+                .collect()
         };
         assert_eq!(losses(&full), losses(&resumed), "{name}");
         let log = std::fs::read_to_string(b.join(name).join("log.csv")).unwrap();

@@ -87,7 +87,9 @@ fn op(x: &Tensor, t: Trans) -> Tensor {
 
 /// A host tensor from `s` on the device and dtype of `like`.
 fn vector_like<S: TchScalar>(s: &[S], like: &Tensor) -> Tensor {
-    Tensor::from_slice(s).to_device(like.device()).to_kind(like.kind())
+    Tensor::from_slice(s)
+        .to_device(like.device())
+        .to_kind(like.kind())
 }
 
 impl<S: TchScalar> Tch<S> {
@@ -154,7 +156,11 @@ impl<S: TchScalar> Backend for Tch<S> {
         if amax == 0.0 || !amax.is_finite() {
             return S::of(amax);
         }
-        let s = (d / amax).square().sum(Kind::Double).sqrt().double_value(&[]);
+        let s = (d / amax)
+            .square()
+            .sum(Kind::Double)
+            .sqrt()
+            .double_value(&[]);
         S::of(s * amax)
     }
 
@@ -224,7 +230,15 @@ impl<S: TchScalar> Backend for Tch<S> {
         let _ = x.0.mul_out(&out.0, &vector_like(s, &x.0).view([m, 1]));
     }
 
-    fn gemm(alpha: S, a: &TchTensor, ta: Trans, b: &TchTensor, tb: Trans, beta: S, c: &mut TchTensor) {
+    fn gemm(
+        alpha: S,
+        a: &TchTensor,
+        ta: Trans,
+        b: &TchTensor,
+        tb: Trans,
+        beta: S,
+        c: &mut TchTensor,
+    ) {
         let (alpha, beta) = (alpha.as_f64(), beta.as_f64());
         let (a, b) = (op(&a.0, ta), op(&b.0, tb));
         if beta == 0.0 {

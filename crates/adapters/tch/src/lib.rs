@@ -39,14 +39,14 @@
 
 mod backend;
 
-pub use backend::{shape_of, Tch, Tch32, Tch64, TchScalar, TchTensor};
+pub use backend::{Tch, Tch32, Tch64, TchScalar, TchTensor, shape_of};
 
 use std::path::Path;
 
 use gluon_optim::{Config, Label, OptError, OptState, Optimizer, StepReport};
 use serde::{Deserialize, Serialize};
-use tch::nn::VarStore;
 use tch::Tensor;
+use tch::nn::VarStore;
 
 /// The default grouping of a variable by its name and shape (the
 /// conventions of GPT-style models, nanoGPT's names included):

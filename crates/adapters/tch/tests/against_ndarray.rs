@@ -6,11 +6,13 @@
 
 use gluon_optim::presets::{self, ScionRadii};
 use gluon_optim::{AdamWGroup, Config, Label, Optimizer};
-use lmo_core::{Backend, ColNorm, Frobenius, Norm, RowNorm, SignInf, Spectral, Trans, VectorRms, L1};
+use lmo_core::{
+    Backend, ColNorm, Frobenius, L1, Norm, RowNorm, SignInf, Spectral, Trans, VectorRms,
+};
 use lmo_ndarray::{Nd32, Nd64};
 use lmo_tch::{Tch32, Tch64, TchTensor};
 use ndarray::{ArrayD, IxDyn};
-use rand::{rngs::StdRng, Rng, SeedableRng};
+use rand::{Rng, SeedableRng, rngs::StdRng};
 use rand_distr::StandardNormal;
 use tch::{Device, Kind, Tensor};
 
@@ -93,21 +95,24 @@ fn backend_ops_match_ndarray_f64() {
     assert!(rel(&host(&ot), on.as_slice().unwrap()) < 1e-14);
 
     // Products, every transposition.
-    for (ta, tb, cm, cn) in [
-        (Trans::No, Trans::Yes, m, m),
-        (Trans::Yes, Trans::No, n, n),
-    ] {
+    for (ta, tb, cm, cn) in [(Trans::No, Trans::Yes, m, m), (Trans::Yes, Trans::No, n, n)] {
         let c0 = randn(&mut rng, cm * cn);
         let (mut ct, mut cnd) = (tt(&c0, &[cm, cn], Kind::Double), nd64(&c0, &[cm, cn]));
         Tch64::gemm(0.7, &at, ta, &bt, tb, -0.4, &mut ct);
         Nd64::gemm(0.7, &an, ta, &bn, tb, -0.4, &mut cnd);
         assert!(rel(&host(&ct), cnd.as_slice().unwrap()) < 1e-13);
     }
-    let (mut st, mut sn) = (tt(&vec![0.0; m * m], &[m, m], Kind::Double), nd64(&vec![0.0; m * m], &[m, m]));
+    let (mut st, mut sn) = (
+        tt(&vec![0.0; m * m], &[m, m], Kind::Double),
+        nd64(&vec![0.0; m * m], &[m, m]),
+    );
     Tch64::syrk(1.3, &at, 0.0, &mut st);
     Nd64::syrk(1.3, &an, 0.0, &mut sn);
     assert!(rel(&host(&st), sn.as_slice().unwrap()) < 1e-13);
-    let (mut tr_t, mut tr_n) = (tt(&vec![0.0; m * n], &[n, m], Kind::Double), nd64(&vec![0.0; m * n], &[n, m]));
+    let (mut tr_t, mut tr_n) = (
+        tt(&vec![0.0; m * n], &[n, m], Kind::Double),
+        nd64(&vec![0.0; m * n], &[n, m]),
+    );
     Tch64::transpose_into(2.0, &at, &mut tr_t);
     Nd64::transpose_into(2.0, &an, &mut tr_n);
     assert!(rel(&host(&tr_t), tr_n.as_slice().unwrap()) < 1e-15);
@@ -119,7 +124,11 @@ fn backend_ops_match_ndarray_f64() {
     let mut z = Tch64::zeros_like(&at);
     Tch64::copy_from_slice(&b, &mut z);
     assert_eq!(host(&z), b);
-    assert!(!Tch64::all_finite(&tt(&[1.0, f64::NAN], &[2], Kind::Double)));
+    assert!(!Tch64::all_finite(&tt(
+        &[1.0, f64::NAN],
+        &[2],
+        Kind::Double
+    )));
     assert!(Tch64::all_finite(&at));
 }
 
@@ -150,12 +159,25 @@ fn every_lmo_matches_ndarray_f64() {
     let (m, n) = (6, 9);
     let g = randn(&mut rng, m * n);
     let (gt, gn) = (tt(&g, &[m, n], Kind::Double), nd64(&g, &[m, n]));
-    fn check<NT: Norm<Tch64>, NN: Norm<Nd64>>(mut a: NT, mut b: NN, gt: &TchTensor, gn: &ArrayD<f64>) {
+    fn check<NT: Norm<Tch64>, NN: Norm<Nd64>>(
+        mut a: NT,
+        mut b: NN,
+        gt: &TchTensor,
+        gn: &ArrayD<f64>,
+    ) {
         let (mut dt, mut dn) = (Tch64::zeros_like(gt), Nd64::zeros_like(gn));
         let it = a.lmo(gt, &mut dt).unwrap();
         let inn = b.lmo(gn, &mut dn).unwrap();
-        assert!((it - inn).abs() < 1e-9 * (1.0 + inn.abs()), "{}: {it} vs {inn}", a.name());
-        assert!(rel(&host(&dt), dn.as_slice().unwrap()) < 1e-9, "{}", a.name());
+        assert!(
+            (it - inn).abs() < 1e-9 * (1.0 + inn.abs()),
+            "{}: {it} vs {inn}",
+            a.name()
+        );
+        assert!(
+            rel(&host(&dt), dn.as_slice().unwrap()) < 1e-9,
+            "{}",
+            a.name()
+        );
         let (x, y) = (a.dual_norm(gt).unwrap(), b.dual_norm(gn).unwrap());
         assert!((x - y).abs() < 1e-9 * y, "{}", a.name());
     }
@@ -174,7 +196,10 @@ fn every_lmo_matches_ndarray_f64() {
     );
     // The spectral norms from libtorch's SVD against the Jacobi SVD.
     let (smax, nuc) = Tch64::spectral_norms(&gt).unwrap();
-    let (a, b) = (Spectral::<Nd64>::new().norm(&gn).unwrap(), Spectral::<Nd64>::new().dual_norm(&gn).unwrap());
+    let (a, b) = (
+        Spectral::<Nd64>::new().norm(&gn).unwrap(),
+        Spectral::<Nd64>::new().dual_norm(&gn).unwrap(),
+    );
     assert!((smax - a).abs() < 1e-12 * a && (nuc - b).abs() < 1e-12 * b);
 }
 
@@ -191,7 +216,12 @@ fn model(rng: &mut StdRng) -> (Vec<Label>, Vec<Vec<usize>>, Vec<Vec<f64>>) {
     let dims: Vec<Vec<usize>> = spec.iter().map(|s| s.1.clone()).collect();
     let vals = dims
         .iter()
-        .map(|d| randn(rng, d.iter().product()).iter().map(|x| 0.3 * x).collect())
+        .map(|d| {
+            randn(rng, d.iter().product())
+                .iter()
+                .map(|x| 0.3 * x)
+                .collect()
+        })
         .collect();
     (labels, dims, vals)
 }
@@ -241,7 +271,10 @@ where
     let mut ot = Optimizer::<T>::new(cfg.clone(), labels.clone(), &pt).unwrap();
     let mut on = Optimizer::<N>::new(cfg.clone(), labels, &pn).unwrap();
     for _ in 0..steps {
-        let gv: Vec<Vec<f64>> = dims.iter().map(|d| randn(&mut rng, d.iter().product())).collect();
+        let gv: Vec<Vec<f64>> = dims
+            .iter()
+            .map(|d| randn(&mut rng, d.iter().product()))
+            .collect();
         let gt: Vec<T::Tensor> = gv.iter().zip(&dims).map(|(v, d)| to_t(v, d)).collect();
         let gn: Vec<N::Tensor> = gv.iter().zip(&dims).map(|(v, d)| to_n(v, d)).collect();
         let rt = ot.step(&mut pt, &gt).unwrap().clone();

@@ -62,9 +62,15 @@ fn train(net: &Net, opt: &mut VarStoreOptimizer, steps: usize) -> Vec<f64> {
 #[test]
 fn default_labels_follow_names_and_shapes() {
     assert_eq!(default_label("wte.weight", &[50, 8]), Label::Embedding);
-    assert_eq!(default_label("transformer.wpe.weight", &[64, 8]), Label::Embedding);
+    assert_eq!(
+        default_label("transformer.wpe.weight", &[64, 8]),
+        Label::Embedding
+    );
     assert_eq!(default_label("lm_head.weight", &[50, 8]), Label::Head);
-    assert_eq!(default_label("h.0.attn.c_attn.weight", &[24, 8]), Label::Hidden);
+    assert_eq!(
+        default_label("h.0.attn.c_attn.weight", &[24, 8]),
+        Label::Hidden
+    );
     assert_eq!(default_label("h.0.ln_1.weight", &[8]), Label::Vector);
     assert_eq!(default_label("fc.bias", &[32]), Label::Vector);
     // A substring is not a path component.
@@ -138,7 +144,10 @@ fn checkpoint_and_resume_give_the_same_losses() {
     opt2.load(&dir.join("opt.json")).unwrap();
     assert_eq!(opt2.optimizer().steps(), 10);
     resumed.extend(train(&net2, &mut opt2, 10));
-    assert_eq!(full, resumed, "resumed run must repeat the losses exactly:\n{full:?}\n{resumed:?}");
+    assert_eq!(
+        full, resumed,
+        "resumed run must repeat the losses exactly:\n{full:?}\n{resumed:?}"
+    );
     std::fs::remove_dir_all(&dir).ok();
 }
 
@@ -159,7 +168,11 @@ fn errors_leave_variables_and_state_untouched() {
     opt.zero_grad();
     loss.backward();
     tch::no_grad(|| {
-        let _ = vs.variables()["fc.weight"].grad().get(0).get(0).fill_(f64::NAN);
+        let _ = vs.variables()["fc.weight"]
+            .grad()
+            .get(0)
+            .get(0)
+            .fill_(f64::NAN);
     });
     let err = opt.step().unwrap_err();
     assert!(err.to_string().contains("NaN"), "{err}");
