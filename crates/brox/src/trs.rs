@@ -4,7 +4,6 @@
 
 use std::sync::OnceLock;
 
-use faer::linalg::solvers::Solve;
 use faer::{Mat, Side};
 
 use crate::BroxError;
@@ -69,10 +68,17 @@ impl Trs {
             return Err(BroxError::NonFinite);
         }
         let amax = a.iter().fold(0.0f64, |m, v| m.max(v.abs()));
-        for i in 0..n {
-            for j in 0..i {
-                if (a[i * n + j] - a[j * n + i]).abs() > 1e-12 * amax.max(1e-300) {
-                    return Err(BroxError::InvalidInput("A must be symmetric"));
+        // Blocked, so that the transposed reads stay in cache.
+        const BS: usize = 64;
+        let tol = 1e-12 * amax.max(1e-300);
+        for bi in (0..n).step_by(BS) {
+            for bj in (0..=bi).step_by(BS) {
+                for i in bi..(bi + BS).min(n) {
+                    for j in bj..(bj + BS).min(i) {
+                        if (a[i * n + j] - a[j * n + i]).abs() > tol {
+                            return Err(BroxError::InvalidInput("A must be symmetric"));
+                        }
+                    }
                 }
             }
         }
@@ -82,7 +88,9 @@ impl Trs {
             .fold(0.0, f64::max);
         Ok(Trs {
             n,
-            a: Mat::from_fn(n, n, |i, j| a[i * n + j]),
+            // Column-major from row-major: column j of A is row j of a
+            // (A is symmetric), read contiguously.
+            a: Mat::from_fn(n, n, |i, j| a[j * n + i]),
             eig: OnceLock::new(),
             anorm,
         })
@@ -142,24 +150,50 @@ impl Trs {
 
     /// Moré–Sorensen on Cholesky factorizations; `None` when the
     /// (near-)hard case or slow progress calls for the eigendecomposition.
+    ///
+    /// The first λ is the multiplier of the same problem restricted to the
+    /// Krylov space of 40 Lanczos steps from `g` (GLTR's estimate, Gould et
+    /// al. 1999), usually within 1e-6 of λ*, so that two or three
+    /// factorizations finish the Newton iteration; the Ritz value also
+    /// gives the lower bound λ* ≥ −λ_min ≥ −θ.
     fn solve_cholesky(&self, g: &[f64], t: f64) -> Option<TrsSolution> {
+        use faer::dyn_stack::{MemBuffer, MemStack};
+        use faer::linalg::cholesky::llt;
         let n = self.n;
         let gnorm = norm(g);
-        let rhs = Mat::from_fn(n, 1, |i, _| -g[i]);
-        let factor = |l: f64| {
-            Mat::from_fn(n, n, |i, j| self.a[(i, j)] + if i == j { l } else { 0.0 })
-                .llt(Side::Lower)
-                .ok()
+        let par = faer::get_global_parallelism();
+        let mut buf = Mat::<f64>::zeros(n, n);
+        let mut mem = MemBuffer::new(
+            llt::factor::cholesky_in_place_scratch::<f64>(n, par, Default::default())
+                .or(llt::solve::solve_in_place_scratch::<f64>(n, 1, par)),
+        );
+        // Factors A + λI into the lower triangle of `buf`; false if it is
+        // not positive definite.
+        let mut factor = |l: f64, buf: &mut Mat<f64>| {
+            for j in 0..n {
+                let (src, dst) = (self.a.col(j), buf.col_mut(j));
+                for (i, (d, s)) in dst.iter_mut().zip(src.iter()).enumerate().skip(j) {
+                    *d = if i == j { s + l } else { *s };
+                }
+            }
+            llt::factor::cholesky_in_place(
+                buf.as_mut(),
+                Default::default(),
+                par,
+                MemStack::new(&mut mem),
+                Default::default(),
+            )
+            .is_ok()
         };
         let mindiag = (0..n).map(|i| self.a[(i, i)]).fold(f64::INFINITY, f64::min);
-        // A Ritz value θ ≥ λ_min from a short Lanczos run gives the valid
-        // lower bound λ* ≥ −λ_min ≥ −θ, close to the answer.
-        let theta = self.lanczos_min(g);
+        let (theta, krylov) = self.lanczos(g, t);
         let mut lo = 0.0f64.max(-mindiag).max(gnorm / t - self.anorm).max(-theta);
         let mut hi = (gnorm / t + self.anorm).max(lo);
-        let mut l = lo;
+        let mut l = krylov.clamp(lo, hi);
+        let mut s = Mat::<f64>::zeros(n, 1);
+        let mut stack_mem = MemBuffer::new(llt::solve::solve_in_place_scratch::<f64>(n, 1, par));
         for _ in 0..60 {
-            let Some(llt) = factor(l) else {
+            if !factor(l, &mut buf) {
                 // A + λI is not positive definite: λ ≤ −λ_min.
                 lo = l;
                 l = if hi > lo {
@@ -168,8 +202,18 @@ impl Trs {
                     hi
                 };
                 continue;
-            };
-            let s = llt.solve(rhs.as_ref());
+            }
+            let lower = buf.as_ref();
+            for i in 0..n {
+                s[(i, 0)] = -g[i];
+            }
+            llt::solve::solve_in_place_with_conj(
+                lower,
+                faer::Conj::No,
+                s.as_mut(),
+                par,
+                MemStack::new(&mut stack_mem),
+            );
             let sv: Vec<f64> = (0..n).map(|i| s[(i, 0)]).collect();
             let ns = norm(&sv);
             if (l == 0.0 && ns <= t) || (ns - t).abs() <= 1e-14 * t {
@@ -184,9 +228,9 @@ impl Trs {
                 return None; // λ pinned near −λ_min with ‖s‖ < t: hard case
             }
             // Newton on φ(λ) = 1/‖s‖ − 1/t: λ⁺ = λ + (‖s‖/‖w‖)²·(‖s‖ − t)/t, w = L⁻¹s.
-            let mut w = s;
+            let mut w = s.clone();
             faer::linalg::triangular_solve::solve_lower_triangular_in_place(
-                llt.L(),
+                lower,
                 w.as_mut(),
                 faer::Par::Seq,
             );
@@ -217,13 +261,16 @@ impl Trs {
         (0..n).map(|i| y[(i, 0)]).collect()
     }
 
-    /// The smallest Ritz value of `A` after `min(n, 40)` Lanczos steps from
-    /// `g` (or `e_1` when `g = 0`): an upper bound on `λ_min(A)` that is
-    /// usually close to it. `O(40·n²)`, memory-bound.
-    fn lanczos_min(&self, g: &[f64]) -> f64 {
+    /// `min(n, 40)` Lanczos steps from `g` (or `e_1` when `g = 0`):
+    /// returns the smallest Ritz value θ (an upper bound on `λ_min(A)`,
+    /// usually close to it) and the multiplier of the trust-region problem
+    /// restricted to the Krylov space (`min ½yᵀTy + ‖g‖y₁`, `‖y‖ ≤ t`, T
+    /// the Lanczos tridiagonal). `O(40·n²)`, memory-bound.
+    fn lanczos(&self, g: &[f64], t: f64) -> (f64, f64) {
         let n = self.n;
         let k = n.min(40);
-        let mut v: Vec<f64> = if norm(g) > 0.0 {
+        let gnorm = norm(g);
+        let mut v: Vec<f64> = if gnorm > 0.0 {
             g.to_vec()
         } else {
             (0..n).map(|i| if i == 0 { 1.0 } else { 0.0 }).collect()
@@ -257,10 +304,14 @@ impl Trs {
                 0.0
             }
         });
-        tri.self_adjoint_eigenvalues(Side::Lower)
-            .ok()
-            .and_then(|e| e.first().copied())
-            .unwrap_or(f64::INFINITY)
+        let Ok(evd) = tri.self_adjoint_eigen(Side::Lower) else {
+            return (f64::INFINITY, 0.0);
+        };
+        let mu: Vec<f64> = (0..m).map(|i| evd.S().column_vector()[i]).collect();
+        let gamma: Vec<f64> = (0..m).map(|i| gnorm * evd.U()[(0, i)]).collect();
+        let theta = mu.first().copied().unwrap_or(f64::INFINITY);
+        let lower = (-theta).max(0.0);
+        (theta, secular_root(&gamma, &mu, t, lower))
     }
 
     /// The eigendecomposition path: the secular equation
@@ -308,46 +359,7 @@ impl Trs {
             hard = true;
             lower
         } else {
-            // ‖s(λ)‖ decreases on (lower, ∞): bracket, then Newton on
-            // φ(λ) = 1/‖s‖ − 1/t with bisection safeguards.
-            let mut lo = lower;
-            let mut hi = lower + gnorm / t + lmax + 1.0;
-            while snorm(hi) > t {
-                hi *= 2.0;
-            }
-            let mut l = hi;
-            for _ in 0..200 {
-                let s2: f64 = gamma
-                    .iter()
-                    .zip(lam)
-                    .map(|(g, li)| (g / (li + l)).powi(2))
-                    .sum();
-                let s3: f64 = gamma
-                    .iter()
-                    .zip(lam)
-                    .map(|(g, li)| g * g / (li + l).powi(3))
-                    .sum();
-                let sn = s2.sqrt();
-                let phi = 1.0 / sn - 1.0 / t;
-                if phi.abs() <= 1e-15 / t {
-                    break;
-                }
-                if phi > 0.0 {
-                    hi = l
-                } else {
-                    lo = l
-                }
-                let mut next = l - phi / (s3 / (sn * s2));
-                if !(next > lo && next < hi) {
-                    next = 0.5 * (lo + hi);
-                }
-                let done = (next - l).abs() <= 1e-16 * l.abs().max(1.0);
-                l = next;
-                if done {
-                    break;
-                }
-            }
-            l
+            secular_root(gamma.as_slice(), lam, t, lower)
         };
         let mut y: Vec<f64> = gamma
             .iter()
@@ -398,4 +410,66 @@ impl Trs {
             value,
         }
     }
+}
+
+/// The root λ > `lower` of the secular equation `‖s(λ)‖ = t`,
+/// `‖s(λ)‖² = Σ_i γ_i²/(μ_i + λ)²` (decreasing on `(−μ_min, ∞)`), by Newton
+/// on `φ(λ) = 1/‖s(λ)‖ − 1/t` with bisection safeguards; `lower` when
+/// `‖s(lower)‖ ≤ t` already (λ = 0, or the hard case).
+fn secular_root(gamma: &[f64], mu: &[f64], t: f64, lower: f64) -> f64 {
+    let gnorm = norm(gamma);
+    let mmax = mu.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+    let s2 = |l: f64| -> f64 {
+        gamma
+            .iter()
+            .zip(mu)
+            .map(|(g, m)| {
+                if *g == 0.0 {
+                    0.0
+                } else {
+                    (g / (m + l)).powi(2)
+                }
+            })
+            .sum()
+    };
+    let mut lo = lower;
+    let mut hi = lower + gnorm / t + mmax + 1.0;
+    while s2(hi).sqrt() > t {
+        hi *= 2.0;
+    }
+    let mut l = hi;
+    for _ in 0..200 {
+        let sq = s2(l);
+        let s3: f64 = gamma
+            .iter()
+            .zip(mu)
+            .map(|(g, m)| {
+                if *g == 0.0 {
+                    0.0
+                } else {
+                    g * g / (m + l).powi(3)
+                }
+            })
+            .sum();
+        let sn = sq.sqrt();
+        let phi = 1.0 / sn - 1.0 / t;
+        if phi.abs() <= 1e-15 / t {
+            break;
+        }
+        if phi > 0.0 {
+            hi = l
+        } else {
+            lo = l
+        }
+        let mut next = l - phi / (s3 / (sn * sq));
+        if !(next > lo && next < hi) {
+            next = 0.5 * (lo + hi);
+        }
+        let done = (next - l).abs() <= 1e-16 * l.abs().max(1.0);
+        l = next;
+        if done {
+            break;
+        }
+    }
+    l
 }

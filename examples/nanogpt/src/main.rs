@@ -548,13 +548,7 @@ fn save_checkpoint(
 
 /// Trains one optimizer from the common initialization (or its
 /// checkpoint), logging and checkpointing.
-fn train(
-    s: &Setup,
-    name: &str,
-    hyper: &str,
-    cfg: Config,
-    fits: Fits,
-) -> Result<RunResult, String> {
+fn train(s: &Setup, name: &str, hyper: &str, cfg: Config, fits: Fits) -> Result<RunResult, String> {
     let (mut vs, model) = build(s);
     let mut opt = VarStoreOptimizer::new(&vs, cfg).map_err(|e| e.to_string())?;
     let mut prog = Progress {
