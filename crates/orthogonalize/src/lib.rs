@@ -18,6 +18,10 @@
 //! Both plug into lmo-core's spectral LMO:
 //! `lmo_core::Spectral::with_orthogonalizer(NewtonSchulz::muon())`.
 //!
+//! - [`cuda`] (feature `cuda`): the CUDA backend (cudarc; cuBLAS GEMMs in
+//!   f32 or bf16 with f32 accumulation, `syrk` Gram products, NVRTC
+//!   kernels), so the same `NewtonSchulz` runs on a GPU.
+//!
 //! Precision: the backend's scalar (f32 or f64); bf16 storage with f32
 //! accumulation through `lmo_ndarray::NdBf16`. `docs/orthogonalize.md` has
 //! the accuracy and speed tables.
@@ -25,6 +29,8 @@
 
 mod batch;
 mod coeffs;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 mod exact;
 mod ns;
 

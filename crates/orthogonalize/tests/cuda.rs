@@ -1,0 +1,216 @@
+//! The CUDA backend against the CPU reference (ndarray backend) on
+//! identical inputs: every Backend op, Newton–Schulz (f32 and bf16) and a
+//! whole Gluon/Muon step. Without a GPU (or CUDA driver) each test prints
+//! that it skipped. Tolerances: f32 1e-5 relative for elementwise ops and
+//! reductions, 1e-4 for products and NS5 (cuBLAS sums in another order);
+//! bf16 within bf16's resolution (2⁻⁸ relative per rounding, a few per
+//! step: 3e-2).
+#![cfg(feature = "cuda")]
+
+use std::sync::Arc;
+
+use lmo_core::{Backend, Orthogonalizer, Trans};
+use lmo_ndarray::Nd32;
+use ndarray::{ArrayD, IxDyn};
+use orthogonalize::NewtonSchulz;
+use orthogonalize::cuda::{Cuda, CudaDevice, CudaTensor, DType, KERNELS};
+use rand::{Rng, SeedableRng, rngs::StdRng};
+use rand_distr::StandardNormal;
+
+fn device() -> Option<Arc<CudaDevice>> {
+    if !CudaDevice::available() {
+        eprintln!("SKIPPED: no CUDA driver or device (GPU tests run on a GPU machine)");
+        return None;
+    }
+    Some(CudaDevice::new(0).expect("device 0"))
+}
+
+fn randn(rng: &mut StdRng, n: usize) -> Vec<f32> {
+    (0..n)
+        .map(|_| rng.sample::<f32, _>(StandardNormal))
+        .collect()
+}
+
+fn nd(v: &[f32], dims: &[usize]) -> ArrayD<f32> {
+    ArrayD::from_shape_vec(IxDyn(dims), v.to_vec()).unwrap()
+}
+
+fn rel(a: &[f32], b: &[f32]) -> f32 {
+    let scale = b.iter().fold(1.0f32, |m, x| m.max(x.abs()));
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+        / scale
+}
+
+/// Every kernel the Rust side loads exists in the source for both storage
+/// types (runs without a GPU).
+#[test]
+fn kernel_names_match_the_source() {
+    for name in [
+        "fill",
+        "scale",
+        "sign",
+        "axpby",
+        "scale_cols",
+        "scale_rows",
+        "transpose",
+        "mirror",
+        "adamw",
+        "dot",
+        "sumsq",
+        "sumabs",
+        "nonfinite",
+        "amax",
+        "first_index",
+        "col_norms",
+        "row_norms",
+    ] {
+        assert!(
+            KERNELS.contains(&format!("void {name}_##S(")),
+            "kernel {name} missing from cuda_kernels.cu"
+        );
+    }
+    assert!(KERNELS.contains("KERNELS(float, f32)") && KERNELS.contains("KERNELS(bf16_t, bf16)"));
+}
+
+#[test]
+fn ops_match_cpu_f32() {
+    let Some(dev) = device() else { return };
+    let mut rng = StdRng::seed_from_u64(1);
+    let (m, n) = (37, 53);
+    let (a, b) = (randn(&mut rng, m * n), randn(&mut rng, m * n));
+    let at = dev.tensor(&a, &[m, n], DType::F32).unwrap();
+    let bt = dev.tensor(&b, &[m, n], DType::F32).unwrap();
+    let (an, bn) = (nd(&a, &[m, n]), nd(&b, &[m, n]));
+    let close = |x: f32, y: f32| (x - y).abs() <= 1e-5 * (1.0 + y.abs());
+    assert!(close(Cuda::dot(&at, &bt), Nd32::dot(&an, &bn)));
+    assert!(close(Cuda::norm2(&at), Nd32::norm2(&an)));
+    assert!(close(Cuda::sum_abs(&at), Nd32::sum_abs(&an)));
+    assert_eq!(Cuda::argmax_abs(&at), Nd32::argmax_abs(&an));
+    let (mut c1, mut c2) = (vec![0.0; n], vec![0.0; n]);
+    Cuda::col_norms(&at, &mut c1);
+    Nd32::col_norms(&an, &mut c2);
+    assert!(rel(&c1, &c2) < 1e-5);
+    let (mut r1, mut r2) = (vec![0.0; m], vec![0.0; m]);
+    Cuda::row_norms(&at, &mut r1);
+    Nd32::row_norms(&an, &mut r2);
+    assert!(rel(&r1, &r2) < 1e-5);
+    assert!(Cuda::all_finite(&at));
+    let mut bad = dev.tensor(&a, &[m, n], DType::F32).unwrap();
+    Cuda::set(&mut bad, 7, f32::NAN);
+    assert!(!Cuda::all_finite(&bad));
+
+    let (mut ot, mut on) = (Cuda::zeros_like(&at), Nd32::zeros_like(&an));
+    Cuda::sign(-0.5, &at, &mut ot);
+    Nd32::sign(-0.5, &an, &mut on);
+    assert_eq!(ot.to_host(), on.iter().copied().collect::<Vec<_>>());
+    Cuda::axpby(0.3, &at, -1.7, &mut ot);
+    Nd32::axpby(0.3, &an, -1.7, &mut on);
+    assert!(rel(&ot.to_host(), on.as_slice().unwrap()) < 1e-6);
+    Cuda::scale_mut(2.5, &mut ot);
+    Nd32::scale_mut(2.5, &mut on);
+    assert!(rel(&ot.to_host(), on.as_slice().unwrap()) < 1e-6);
+    let s: Vec<f32> = (0..n).map(|k| k as f32 - 20.0).collect();
+    Cuda::scale_cols(&at, &s, &mut ot);
+    Nd32::scale_cols(&an, &s, &mut on);
+    assert!(rel(&ot.to_host(), on.as_slice().unwrap()) < 1e-6);
+    let s: Vec<f32> = (0..m).map(|k| 0.1 * k as f32).collect();
+    Cuda::scale_rows(&at, &s, &mut ot);
+    Nd32::scale_rows(&an, &s, &mut on);
+    assert!(rel(&ot.to_host(), on.as_slice().unwrap()) < 1e-6);
+
+    // Products: every transposition, syrk, transpose.
+    for (ta, tb, cm, cn) in [(Trans::No, Trans::Yes, m, m), (Trans::Yes, Trans::No, n, n)] {
+        let c0 = randn(&mut rng, cm * cn);
+        let mut ct = dev.tensor(&c0, &[cm, cn], DType::F32).unwrap();
+        let mut cnd = nd(&c0, &[cm, cn]);
+        Cuda::gemm(0.7, &at, ta, &bt, tb, -0.4, &mut ct);
+        Nd32::gemm(0.7, &an, ta, &bn, tb, -0.4, &mut cnd);
+        assert!(rel(&ct.to_host(), cnd.as_slice().unwrap()) < 1e-4);
+    }
+    let mut st = dev.tensor(&vec![0.0; m * m], &[m, m], DType::F32).unwrap();
+    let mut sn = nd(&vec![0.0; m * m], &[m, m]);
+    Cuda::syrk(1.3, &at, 0.0, &mut st);
+    Nd32::syrk(1.3, &an, 0.0, &mut sn);
+    assert!(rel(&st.to_host(), sn.as_slice().unwrap()) < 1e-4);
+    let mut tt = dev.tensor(&vec![0.0; m * n], &[n, m], DType::F32).unwrap();
+    let mut tn = nd(&vec![0.0; m * n], &[n, m]);
+    Cuda::transpose_into(2.0, &at, &mut tt);
+    Nd32::transpose_into(2.0, &an, &mut tn);
+    assert_eq!(tt.to_host(), tn.iter().copied().collect::<Vec<_>>());
+}
+
+/// NS5 on the GPU against NS5 on the CPU: f32 within 1e-4, bf16 within
+/// bf16 resolution of the f32 result.
+#[test]
+fn newton_schulz_matches_cpu() {
+    let Some(dev) = device() else { return };
+    let mut rng = StdRng::seed_from_u64(2);
+    for (m, n) in [(64, 64), (96, 200), (200, 96)] {
+        let g = randn(&mut rng, m * n);
+        let mut cpu = NewtonSchulz::<Nd32>::muon();
+        let gn = nd(&g, &[m, n]);
+        let mut on = Nd32::zeros_like(&gn);
+        cpu.polar(&gn, &mut on).unwrap();
+        for (dt, tol) in [(DType::F32, 1e-4), (DType::Bf16, 3e-2)] {
+            let gt = dev.tensor(&g, &[m, n], dt).unwrap();
+            let mut ot = Cuda::zeros_like(&gt);
+            let mut gpu = NewtonSchulz::<Cuda>::muon();
+            gpu.polar(&gt, &mut ot).unwrap();
+            let e = rel(&ot.to_host(), on.as_slice().unwrap());
+            assert!(e < tol, "{m}×{n} {dt:?}: {e:e}");
+        }
+    }
+}
+
+/// A whole Muon step and a Gluon step on device against the CPU.
+#[test]
+fn optimizer_step_matches_cpu() {
+    use gluon_optim::{Label, Optimizer, presets};
+    let Some(dev) = device() else { return };
+    let mut rng = StdRng::seed_from_u64(3);
+    let spec = [
+        (Label::Hidden, vec![48, 32]),
+        (Label::Hidden, vec![32, 96]),
+        (Label::Embedding, vec![50, 32]),
+        (Label::Vector, vec![32]),
+    ];
+    for cfg in [
+        presets::muon(0.05, 0.01),
+        presets::gluon((0.5, 2.0), (0.5, 1.0), 0.9),
+    ] {
+        let labels: Vec<Label> = spec.iter().map(|s| s.0.clone()).collect();
+        let vals: Vec<Vec<f32>> = spec
+            .iter()
+            .map(|s| randn(&mut rng, s.1.iter().product()))
+            .collect();
+        let mut pc: Vec<ArrayD<f32>> = vals.iter().zip(&spec).map(|(v, s)| nd(v, &s.1)).collect();
+        let mut pg: Vec<CudaTensor> = vals
+            .iter()
+            .zip(&spec)
+            .map(|(v, s)| dev.tensor(v, &s.1, DType::F32).unwrap())
+            .collect();
+        let mut oc = Optimizer::<Nd32>::new(cfg.clone(), labels.clone(), &pc).unwrap();
+        let mut og = Optimizer::<Cuda>::new(cfg.clone(), labels.clone(), &pg).unwrap();
+        for _ in 0..3 {
+            let gv: Vec<Vec<f32>> = spec
+                .iter()
+                .map(|s| randn(&mut rng, s.1.iter().product()))
+                .collect();
+            let gc: Vec<ArrayD<f32>> = gv.iter().zip(&spec).map(|(v, s)| nd(v, &s.1)).collect();
+            let gg: Vec<CudaTensor> = gv
+                .iter()
+                .zip(&spec)
+                .map(|(v, s)| dev.tensor(v, &s.1, DType::F32).unwrap())
+                .collect();
+            oc.step(&mut pc, &gc).unwrap();
+            og.step(&mut pg, &gg).unwrap();
+        }
+        for (c, g) in pc.iter().zip(&pg) {
+            let e = rel(&g.to_host(), c.as_slice().unwrap());
+            assert!(e < 1e-4, "step differs: {e:e}");
+        }
+    }
+}
