@@ -74,7 +74,9 @@ pub enum DType {
     Bf16,
 }
 
-const NAMES: &[&str] = &[
+/// The kernels the backend loads from [`KERNELS`], each as `<name>_f32`
+/// and `<name>_bf16`.
+pub const KERNEL_NAMES: &[&str] = &[
     "fill",
     "scale",
     "sign",
@@ -102,7 +104,7 @@ struct Kernels {
 
 impl Kernels {
     fn get(&self, name: &str, d: DType) -> &CudaFunction {
-        let i = NAMES.iter().position(|n| *n == name).expect("known kernel");
+        let i = KERNEL_NAMES.iter().position(|n| *n == name).expect("known kernel");
         match d {
             DType::F32 => &self.f32[i],
             DType::Bf16 => &self.bf16[i],
@@ -178,7 +180,7 @@ impl CudaDevice {
             cudarc::nvrtc::compile_ptx(KERNELS).map_err(|e| CudaError::Nvrtc(format!("{e:?}")))?;
         let module = ctx.load_module(ptx).map_err(drv)?;
         let load = |suffix: &str| -> Result<Vec<CudaFunction>, CudaError> {
-            NAMES
+            KERNEL_NAMES
                 .iter()
                 .map(|n| module.load_function(&format!("{n}_{suffix}")).map_err(drv))
                 .collect()
@@ -384,6 +386,18 @@ macro_rules! with_buf {
     };
 }
 
+/// Dispatches on the storage of an input and an output tensor of the same
+/// dtype: binds the typed slices to `$s` and `$o`.
+macro_rules! with_pair {
+    ($x:expr, $out:expr, $what:expr, ($s:ident, $o:ident) => $body:expr) => {
+        match ($x.buf(), $out.buf.as_mut().expect("live tensor")) {
+            (Buf::F32($s), Buf::F32($o)) => $body,
+            (Buf::Bf16($s), Buf::Bf16($o)) => $body,
+            _ => panic!("CUDA backend: {} on tensors of different dtypes", $what),
+        }
+    };
+}
+
 macro_rules! with_buf_mut {
     ($t:expr, $s:ident => $body:expr) => {
         match $t.buf.as_mut().expect("live tensor") {
@@ -468,13 +482,7 @@ impl Cuda {
         let name = if rows { "scale_rows" } else { "scale_cols" };
         let cfg = dev.grid(m * n);
         let dt = x.dtype();
-        match (x.buf(), out.buf.as_mut().expect("live")) {
-            (Buf::F32(a), Buf::F32(o)) => launch!(dev, name, dt, cfg, [a, &sc.scales, o, &mm, &nn]),
-            (Buf::Bf16(a), Buf::Bf16(o)) => {
-                launch!(dev, name, dt, cfg, [a, &sc.scales, o, &mm, &nn])
-            }
-            _ => panic!("CUDA backend: {name} on tensors of different dtypes"),
-        }
+        with_pair!(x, out, name, (a, o) => launch!(dev, name, dt, cfg, [a, &sc.scales, o, &mm, &nn]));
     }
 
     /// Unary elementwise kernel `name(a, x, out, n)`.
@@ -486,11 +494,7 @@ impl Cuda {
         }
         let cfg = dev.grid(x.numel());
         let dt = x.dtype();
-        match (x.buf(), out.buf.as_mut().expect("live")) {
-            (Buf::F32(s), Buf::F32(o)) => launch!(dev, name, dt, cfg, [&a, s, o, &n]),
-            (Buf::Bf16(s), Buf::Bf16(o)) => launch!(dev, name, dt, cfg, [&a, s, o, &n]),
-            _ => panic!("CUDA backend: {name} on tensors of different dtypes"),
-        }
+        with_pair!(x, out, name, (s, o) => launch!(dev, name, dt, cfg, [&a, s, o, &n]));
     }
 }
 
@@ -614,11 +618,7 @@ impl Backend for Cuda {
         }
         let cfg = dev.grid(x.numel());
         let dt = x.dtype();
-        match (x.buf(), y.buf.as_mut().expect("live")) {
-            (Buf::F32(s), Buf::F32(o)) => launch!(dev, "axpby", dt, cfg, [&a, s, &b, o, &n]),
-            (Buf::Bf16(s), Buf::Bf16(o)) => launch!(dev, "axpby", dt, cfg, [&a, s, &b, o, &n]),
-            _ => panic!("CUDA backend: axpby on tensors of different dtypes"),
-        }
+        with_pair!(x, y, "axpby", (s, o) => launch!(dev, "axpby", dt, cfg, [&a, s, &b, o, &n]));
     }
 
     fn scale_cols(x: &CudaTensor, s: &[f32], out: &mut CudaTensor) {
@@ -774,13 +774,7 @@ impl Backend for Cuda {
         };
         let (mm, nn) = (m as i64, n as i64);
         let dt = x.dtype();
-        match (x.buf(), out.buf.as_mut().expect("live")) {
-            (Buf::F32(s), Buf::F32(o)) => launch!(dev, "transpose", dt, cfg, [&a, s, o, &mm, &nn]),
-            (Buf::Bf16(s), Buf::Bf16(o)) => {
-                launch!(dev, "transpose", dt, cfg, [&a, s, o, &mm, &nn])
-            }
-            _ => panic!("CUDA backend: transpose on tensors of different dtypes"),
-        }
+        with_pair!(x, out, "transpose", (s, o) => launch!(dev, "transpose", dt, cfg, [&a, s, o, &mm, &nn]));
     }
 
     fn zeros(like: &CudaTensor, shape: Shape) -> CudaTensor {
