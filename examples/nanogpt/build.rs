@@ -1,1 +1,2 @@
-include!("../../crates/adapters/tch/build.rs");
+//! Build script: links libtorch for the binary (`crates/adapters/tch/link.rs`).
+include!("../../crates/adapters/tch/link.rs");

@@ -104,7 +104,10 @@ struct Kernels {
 
 impl Kernels {
     fn get(&self, name: &str, d: DType) -> &CudaFunction {
-        let i = KERNEL_NAMES.iter().position(|n| *n == name).expect("known kernel");
+        let i = KERNEL_NAMES
+            .iter()
+            .position(|n| *n == name)
+            .expect("known kernel");
         match d {
             DType::F32 => &self.f32[i],
             DType::Bf16 => &self.bf16[i],

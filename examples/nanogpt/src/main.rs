@@ -78,13 +78,13 @@ struct Args {
     #[arg(long, default_value_t = 3e-3)]
     lr_adamw: f64,
     /// Muon learning rate of the hidden matrices.
-    #[arg(long, default_value_t = 0.05)]
+    #[arg(long, default_value_t = 0.02)]
     lr_muon: f64,
     /// Learning rate of Muon's AdamW groups (embeddings, head, vectors).
     #[arg(long, default_value_t = 3e-3)]
     lr_muon_adam: f64,
     /// Scion step size (radii: hidden 3, embedding/head 30, vectors 1, times this).
-    #[arg(long, default_value_t = 0.05)]
+    #[arg(long, default_value_t = 0.01)]
     lr_scion: f64,
     /// Steps of the (L0, L1) probe for Gluon.
     #[arg(long, default_value_t = 40)]
@@ -288,6 +288,14 @@ fn prepare(args: Args) -> Result<Setup, String> {
         eval_every,
         args.eval_batches
     );
+    let seen = steps as f64 * (args.batch.unwrap_or(p.batch) * p.ctx) as f64;
+    if seen > 3.0 * data.train.len() as f64 {
+        println!(
+            "note: {steps} steps read the training text {:.0} times: expect overfitting (validation loss rising); \
+             for comparisons use --data shakespeare (cargo xtask data shakespeare) or fewer --steps",
+            seen / data.train.len() as f64
+        );
+    }
     Ok(Setup {
         batch: args.batch.unwrap_or(p.batch),
         args,
