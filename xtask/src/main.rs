@@ -83,8 +83,10 @@ fn libtorch() -> Result<PathBuf, String> {
         TORCH_WHEELS.join(" "),
         venv.display()
     );
+    // Progress goes to stderr: stdout is the env that `cargo xtask
+    // libtorch` prints for `eval`.
     let mut c = Command::new("python3");
-    c.args(["-m", "venv"]).arg(&venv);
+    c.args(["-m", "venv"]).arg(&venv).stdout(std::io::stderr());
     step("python3 -m venv target/torch/venv", c)?;
     let mut c = Command::new(venv.join("bin/python"));
     c.args([
@@ -96,7 +98,8 @@ fn libtorch() -> Result<PathBuf, String> {
         "--progress-bar",
         "off",
     ])
-    .args(TORCH_WHEELS);
+    .args(TORCH_WHEELS)
+    .stdout(std::io::stderr());
     step("pip install torch (libtorch for tch)", c)?;
     find().ok_or_else(|| "torch installed but lib/libtorch_cpu.so not found".to_string())
 }
