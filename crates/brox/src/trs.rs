@@ -169,7 +169,7 @@ impl Trs {
         );
         // Factors A + λI into the lower triangle of `buf`; false if it is
         // not positive definite.
-        let mut factor = |l: f64, buf: &mut Mat<f64>| {
+        let factor = |l: f64, buf: &mut Mat<f64>, mem: &mut MemBuffer| {
             for j in 0..n {
                 let (src, dst) = (self.a.col(j), buf.col_mut(j));
                 for (i, (d, s)) in dst.iter_mut().zip(src.iter()).enumerate().skip(j) {
@@ -180,7 +180,7 @@ impl Trs {
                 buf.as_mut(),
                 Default::default(),
                 par,
-                MemStack::new(&mut mem),
+                MemStack::new(mem),
                 Default::default(),
             )
             .is_ok()
@@ -191,9 +191,8 @@ impl Trs {
         let mut hi = (gnorm / t + self.anorm).max(lo);
         let mut l = krylov.clamp(lo, hi);
         let mut s = Mat::<f64>::zeros(n, 1);
-        let mut stack_mem = MemBuffer::new(llt::solve::solve_in_place_scratch::<f64>(n, 1, par));
         for _ in 0..60 {
-            if !factor(l, &mut buf) {
+            if !factor(l, &mut buf, &mut mem) {
                 // A + λI is not positive definite: λ ≤ −λ_min.
                 lo = l;
                 l = if hi > lo {
@@ -212,7 +211,7 @@ impl Trs {
                 faer::Conj::No,
                 s.as_mut(),
                 par,
-                MemStack::new(&mut stack_mem),
+                MemStack::new(&mut mem),
             );
             let sv: Vec<f64> = (0..n).map(|i| s[(i, 0)]).collect();
             let ns = norm(&sv);

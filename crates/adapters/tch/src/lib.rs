@@ -203,42 +203,39 @@ impl VarStoreOptimizer {
         }
     }
 
-    /// Collects the current gradients (shallow handles), in block order.
-    fn collect_grads(&mut self) -> Result<(), TchOptError> {
-        self.grads.clear();
-        for (name, v) in self.names.iter().zip(&self.vars) {
-            let g = v.grad();
-            if !g.defined() {
-                self.grads.clear();
-                return Err(TchOptError::MissingGradient { name: name.clone() });
-            }
-            self.grads.push(TchTensor(g));
+    /// The gradient of block `i` (a handle sharing storage), or the error
+    /// naming a variable without one.
+    fn grad_of(&self, i: usize) -> Result<TchTensor, TchOptError> {
+        let g = self.vars[i].grad();
+        if g.defined() {
+            Ok(TchTensor(g))
+        } else {
+            Err(TchOptError::MissingGradient {
+                name: self.names[i].clone(),
+            })
         }
-        Ok(())
     }
 
     /// The current gradients (handles sharing storage), in block order,
     /// after `backward()`: for example for a
     /// [`gluon_optim::LipschitzEstimator`] next to [`VarStoreOptimizer::params`].
     pub fn gradients(&self) -> Result<Vec<TchTensor>, TchOptError> {
-        self.names
-            .iter()
-            .zip(&self.vars)
-            .map(|(name, v)| {
-                let g = v.grad();
-                if g.defined() {
-                    Ok(TchTensor(g))
-                } else {
-                    Err(TchOptError::MissingGradient { name: name.clone() })
-                }
-            })
-            .collect()
+        (0..self.vars.len()).map(|i| self.grad_of(i)).collect()
     }
 
     /// One step (SPEC §3) from the variables' current gradients, in place,
     /// under `no_grad`. Validates everything before changing anything.
     pub fn step(&mut self) -> Result<&StepReport, TchOptError> {
-        self.collect_grads()?;
+        self.grads.clear();
+        for i in 0..self.vars.len() {
+            match self.grad_of(i) {
+                Ok(g) => self.grads.push(g),
+                Err(e) => {
+                    self.grads.clear();
+                    return Err(e);
+                }
+            }
+        }
         let _guard = tch::no_grad_guard();
         let r = self.opt.step(&mut self.params, &self.grads);
         self.grads.clear();
