@@ -1,59 +1,83 @@
 //! Per-operation timing of one Newton–Schulz step on the ndarray backend
-//! (f32): the two Gram products (syrk), the GEMM `B·X`, a full GEMM for
-//! comparison and the elementwise passes.
+//! (f32, or bf16 storage on `NdBf16`'s kernel): the two Gram products
+//! (syrk), the GEMM `B·X`, a full GEMM for comparison and the elementwise
+//! passes, each with its GFLOP/s.
 //!
 //! ```text
-//! cargo run --release -p lmo-bench --example breakdown -- 2048
+//! cargo run --release -p lmo-bench --example breakdown -- 2048 [f32|bf16]
 //! ```
 
 use std::time::Instant;
 
 use lmo_core::{Backend, Trans};
-use lmo_ndarray::Nd32;
+use lmo_ndarray::{Nd32, NdBf16, bf16_kernel};
 use ndarray::{ArrayD, IxDyn};
 
-fn time(name: &str, f: &mut dyn FnMut()) {
+fn time(name: &str, flops: f64, f: &mut dyn FnMut()) {
     f();
     let reps = 5;
     let t = Instant::now();
     for _ in 0..reps {
         f();
     }
-    println!(
-        "{name:<28} {:>9.2} ms",
-        t.elapsed().as_secs_f64() / reps as f64 * 1e3
-    );
+    let s = t.elapsed().as_secs_f64() / reps as f64;
+    if flops > 0.0 {
+        println!(
+            "{name:<28} {:>9.2} ms {:>7.1} GFLOP/s",
+            s * 1e3,
+            flops / s / 1e9
+        );
+    } else {
+        println!("{name:<28} {:>9.2} ms", s * 1e3);
+    }
 }
 
 fn main() {
     let n: usize = match std::env::args().nth(1).map(|s| s.parse()) {
         None => 1024,
         Some(Ok(n)) if n > 0 => n,
-        _ => {
-            eprintln!("usage: breakdown [N > 0]");
-            std::process::exit(2);
-        }
+        _ => usage(),
     };
+    match std::env::args().nth(2).as_deref() {
+        None | Some("f32") => run::<Nd32>(n, "f32"),
+        Some("bf16") => run::<NdBf16>(n, &format!("bf16 on {}", bf16_kernel())),
+        Some(_) => usage(),
+    }
+}
+
+fn usage() -> ! {
+    eprintln!("usage: breakdown [N > 0] [f32|bf16]");
+    std::process::exit(2);
+}
+
+fn run<B: Backend<Scalar = f32, Tensor = ArrayD<f32>>>(n: usize, what: &str) {
     let x = ArrayD::<f32>::from_shape_fn(IxDyn(&[n, n]), |ix| {
         ((ix[0] * 7 + ix[1] * 3) % 11) as f32 / 11.0 - 0.5
     });
     let mut a = ArrayD::<f32>::zeros(IxDyn(&[n, n]));
     let mut b = a.clone();
     let mut y = a.clone();
-    println!("one NS step on {n}×{n}, f32, {} threads", rayon_threads());
-    time("syrk A = X·Xᵀ", &mut || Nd32::syrk(1.0, &x, 0.0, &mut a));
-    time("syrk B += c·A·A", &mut || {
-        Nd32::syrk(0.5, &a, 1.0, &mut b)
+    println!(
+        "one NS step on {n}×{n}, {what}, {} threads",
+        rayon_threads()
+    );
+    let full = 2.0 * (n as f64).powi(3);
+    // GFLOP/s of the syrks count the flops actually needed (half a GEMM).
+    time("syrk A = X·Xᵀ", full / 2.0, &mut || {
+        B::syrk(1.0, &x, 0.0, &mut a)
     });
-    time("gemm Y += B·X", &mut || {
-        Nd32::gemm(1.0, &b, Trans::No, &x, Trans::No, 1.0, &mut y)
+    time("syrk B += c·A·A", full / 2.0, &mut || {
+        B::syrk(0.5, &a, 1.0, &mut b)
     });
-    time("gemm (reference, full)", &mut || {
-        Nd32::gemm(1.0, &x, Trans::No, &x, Trans::Yes, 0.0, &mut a)
+    time("gemm Y += B·X", full, &mut || {
+        B::gemm(1.0, &b, Trans::No, &x, Trans::No, 1.0, &mut y)
     });
-    time("scale Y = a·X", &mut || Nd32::scale(0.5, &x, &mut y));
-    time("norm2", &mut || {
-        std::hint::black_box(Nd32::norm2(&x));
+    time("gemm (reference, full)", full, &mut || {
+        B::gemm(1.0, &x, Trans::No, &x, Trans::Yes, 0.0, &mut a)
+    });
+    time("scale Y = a·X", 0.0, &mut || B::scale(0.5, &x, &mut y));
+    time("norm2", 0.0, &mut || {
+        std::hint::black_box(B::norm2(&x));
     });
 }
 

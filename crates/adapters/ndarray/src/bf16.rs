@@ -4,7 +4,60 @@ use half::bf16;
 use lmo_core::{AdamWStep, Backend, Shape, Trans};
 use ndarray::ArrayD;
 
-use crate::Nd32;
+use crate::{Nd32, bf16_native, mat, mat_mut, mirror_lower};
+
+/// Which kernel [`NdBf16`]'s products run on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bf16Kernel {
+    /// Native bf16 dot products (`vdpbf16ps`, AVX-512 BF16) with f32
+    /// accumulators: [`crate::bf16_native`].
+    Avx512Bf16,
+    /// The f32 kernels on bf16-representable values, rounded after each
+    /// product: exact bf16-storage numerics at f32 speed.
+    F32Emulated,
+}
+
+impl core::fmt::Display for Bf16Kernel {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(match self {
+            Bf16Kernel::Avx512Bf16 => "avx512_bf16 (vdpbf16ps, f32 accumulation)",
+            Bf16Kernel::F32Emulated => "f32 kernels + bf16 rounding (no avx512_bf16 on this CPU)",
+        })
+    }
+}
+
+/// The kernel [`NdBf16`] uses on this CPU, detected once at run time:
+/// [`Bf16Kernel::Avx512Bf16`] where [`bf16_native::available`], else
+/// [`Bf16Kernel::F32Emulated`]. The environment variable
+/// `LMO_BF16_KERNEL=emulated` forces the emulated kernel (for side-by-side
+/// benchmarks and tests).
+pub fn bf16_kernel() -> Bf16Kernel {
+    static KERNEL: std::sync::OnceLock<Bf16Kernel> = std::sync::OnceLock::new();
+    *KERNEL.get_or_init(|| {
+        let forced = std::env::var("LMO_BF16_KERNEL").is_ok_and(|v| v == "emulated");
+        if bf16_native::available() && !forced {
+            Bf16Kernel::Avx512Bf16
+        } else {
+            Bf16Kernel::F32Emulated
+        }
+    })
+}
+
+/// An f32 matrix view as a [`bf16_native::Operand`] read as `rows × inner`;
+/// `transposed` reads the view's columns as rows.
+fn operand(v: &ndarray::ArrayView2<'_, f32>, transposed: bool) -> bf16_native::Operand {
+    let s = v.strides();
+    let (rs, ps) = if transposed {
+        (s[1], s[0])
+    } else {
+        (s[0], s[1])
+    };
+    bf16_native::Operand {
+        ptr: v.as_ptr(),
+        rs,
+        ps,
+    }
+}
 
 /// The ndarray backend with **bf16 storage and f32 accumulation**, the
 /// numerics of PyTorch's Muon on GPUs: every tensor an operation writes is
@@ -12,9 +65,13 @@ use crate::Nd32;
 /// accumulate in f32. Tensors are `ArrayD<f32>` holding bf16-representable
 /// values; scalars are f32.
 ///
-/// Kernel: the f32 kernels of [`Nd32`] followed by rounding (there is no
-/// native bf16 GEMM in this backend yet), so it measures bf16 *accuracy*
-/// exactly, not bf16 speed. [`round_bf16`] rounds a user tensor on entry.
+/// Kernels ([`bf16_kernel`] says which one runs): on CPUs with AVX-512 BF16
+/// the products (`gemm`, `syrk`) run natively in bf16 with f32
+/// accumulation ([`crate::bf16_native`], `vdpbf16ps`, twice the f32 FMA
+/// rate); elsewhere they run on the f32 kernels of [`Nd32`] and are rounded
+/// afterwards, with the same numerics up to f32 summation order.
+/// Elementwise operations always compute in f32 and round.
+/// [`round_bf16`] rounds a user tensor on entry.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct NdBf16;
 
@@ -95,10 +152,49 @@ impl Backend for NdBf16 {
         beta: f32,
         c: &mut ArrayD<f32>,
     ) {
+        let (av, bv) = (mat(a), mat(b));
+        let av = if ta == Trans::Yes {
+            av.reversed_axes()
+        } else {
+            av
+        };
+        let bv = if tb == Trans::Yes {
+            bv.reversed_axes()
+        } else {
+            bv
+        };
+        let (m, k, n) = (av.nrows(), av.ncols(), bv.ncols());
+        if bf16_kernel() == Bf16Kernel::Avx512Bf16
+            && k > 0
+            && bv.nrows() == k
+            && c.shape() == [m, n]
+            && c.is_standard_layout()
+        {
+            let (ao, bo) = (operand(&av, false), operand(&bv, true));
+            let cp = c.as_mut_ptr();
+            // SAFETY: the kernel is available; shapes checked above; `c` is
+            // a contiguous m × n array distinct from `a` and `b` (borrowck).
+            unsafe { bf16_native::gemm(m, n, k, alpha, ao, bo, beta, cp, n, false, true) };
+            return;
+        }
         Nd32::gemm(alpha, a, ta, b, tb, beta, c);
         round_bf16(c);
     }
     fn syrk(alpha: f32, x: &ArrayD<f32>, beta: f32, c: &mut ArrayD<f32>) {
+        let xv = mat(x);
+        let (m, k) = xv.dim();
+        if bf16_kernel() == Bf16Kernel::Avx512Bf16
+            && k > 0
+            && c.shape() == [m, m]
+            && c.is_standard_layout()
+        {
+            let o = operand(&xv, false);
+            let cp = c.as_mut_ptr();
+            // SAFETY: as in `gemm`; x·xᵀ reads x as both operands.
+            unsafe { bf16_native::gemm(m, m, k, alpha, o, o, beta, cp, m, true, true) };
+            mirror_lower(&mut mat_mut(c));
+            return;
+        }
         Nd32::syrk(alpha, x, beta, c);
         round_bf16(c);
     }

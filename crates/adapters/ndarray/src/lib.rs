@@ -25,7 +25,8 @@
 use core::marker::PhantomData;
 
 mod bf16;
-pub use bf16::{NdBf16, round_bf16};
+pub mod bf16_native;
+pub use bf16::{Bf16Kernel, NdBf16, bf16_kernel, round_bf16};
 
 use faer::linalg::matmul::triangular::{self, BlockStructure};
 use faer::{Accum, MatMut, MatRef, Par};
