@@ -29,7 +29,7 @@ pub const MR: usize = 12;
 pub const NR: usize = 32;
 /// Inner-dimension block (even): a `KC × NR` bf16 panel of `B` is 16 KiB
 /// and stays in L1 while the `MR`-row panels of `A` stream past it.
-pub const KC: usize = 256;
+pub const KC: usize = 1024;
 /// Row block of `A` packed at once (a multiple of [`MR`]): 48 KiB of bf16,
 /// held in L2.
 pub const MC: usize = 96;

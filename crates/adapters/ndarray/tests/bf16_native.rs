@@ -209,3 +209,33 @@ fn native_and_emulated_newton_schulz_agree() {
         "native NS5 vs f64-with-bf16-rounding: max |diff| {diff}"
     );
 }
+
+#[test]
+fn round_bf16_equals_half_on_a_sweep_of_bit_patterns() {
+    // Runs on every CPU: the vectorized rounding is bit-identical to
+    // `half::bf16::from_f32` (round to nearest even, overflow to ±inf,
+    // NaN stays NaN), including the ties and the largest finite values.
+    let mut bits: Vec<u32> = (0..=u32::MAX).step_by(40_503).collect();
+    bits.extend([
+        0x3f80_8000, // tie, even below: stays 1.0
+        0x3f81_8000, // tie, odd below: rounds up
+        0x7f7f_ffff, // f32::MAX: rounds to inf
+        0x7f7f_7fff,
+        0x0000_0001, // smallest subnormal
+        0x8000_0000,
+        0x7f80_0000,
+        0x7f80_0001, // signalling NaN with a low payload
+        0xffc0_0000,
+    ]);
+    let vals: Vec<f32> = bits.iter().map(|&b| f32::from_bits(b)).collect();
+    let mut x = ArrayD::from_shape_vec(IxDyn(&[vals.len()]), vals.clone()).unwrap();
+    round_bf16(&mut x);
+    for (&v, &r) in vals.iter().zip(x.iter()) {
+        let want = half::bf16::from_f32(v).to_f32();
+        if want.is_nan() {
+            assert!(r.is_nan(), "{v:e} ({:#x}) → {r}", v.to_bits());
+        } else {
+            assert_eq!(r.to_bits(), want.to_bits(), "{v:e} ({:#x})", v.to_bits());
+        }
+    }
+}
