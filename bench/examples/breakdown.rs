@@ -33,46 +33,48 @@ fn time(name: &str, flops: f64, f: &mut dyn FnMut()) {
 }
 
 fn main() {
-    let n: usize = match std::env::args().nth(1).map(|s| s.parse()) {
-        None => 1024,
-        Some(Ok(n)) if n > 0 => n,
+    let arg = std::env::args().nth(1).unwrap_or_else(|| "1024".into());
+    let dims: Vec<usize> = arg.split('x').map_while(|s| s.parse().ok()).collect();
+    let (m, n) = match dims[..] {
+        [n] if n > 0 => (n, n),
+        [m, n] if m > 0 && n > 0 => (m.min(n), m.max(n)),
         _ => usage(),
     };
     match std::env::args().nth(2).as_deref() {
-        None | Some("f32") => run::<Nd32>(n, "f32"),
-        Some("bf16") => run::<NdBf16>(n, &format!("bf16 on {}", bf16_kernel())),
+        None | Some("f32") => run::<Nd32>(m, n, "f32"),
+        Some("bf16") => run::<NdBf16>(m, n, &format!("bf16 on {}", bf16_kernel())),
         Some(_) => usage(),
     }
 }
 
 fn usage() -> ! {
-    eprintln!("usage: breakdown [N > 0] [f32|bf16]");
+    eprintln!("usage: breakdown [N|MxN] [f32|bf16]");
     std::process::exit(2);
 }
 
-fn run<B: Backend<Scalar = f32, Tensor = ArrayD<f32>>>(n: usize, what: &str) {
-    let x = ArrayD::<f32>::from_shape_fn(IxDyn(&[n, n]), |ix| {
+fn run<B: Backend<Scalar = f32, Tensor = ArrayD<f32>>>(m: usize, n: usize, what: &str) {
+    let x = ArrayD::<f32>::from_shape_fn(IxDyn(&[m, n]), |ix| {
         ((ix[0] * 7 + ix[1] * 3) % 11) as f32 / 11.0 - 0.5
     });
-    let mut a = ArrayD::<f32>::zeros(IxDyn(&[n, n]));
+    let mut a = ArrayD::<f32>::zeros(IxDyn(&[m, m]));
     let mut b = a.clone();
-    let mut y = a.clone();
+    let mut y = x.clone();
     println!(
-        "one NS step on {n}×{n}, {what}, {} threads",
+        "one NS step on {m}×{n}, {what}, {} threads",
         rayon_threads()
     );
-    let full = 2.0 * (n as f64).powi(3);
+    let (mf, nf) = (m as f64, n as f64);
     // GFLOP/s of the syrks count the flops actually needed (half a GEMM).
-    time("syrk A = X·Xᵀ", full / 2.0, &mut || {
+    time("syrk A = X·Xᵀ", mf * mf * nf, &mut || {
         B::syrk(1.0, &x, 0.0, &mut a)
     });
-    time("syrk B += c·A·A", full / 2.0, &mut || {
+    time("syrk B += c·A·A", mf * mf * mf, &mut || {
         B::syrk(0.5, &a, 1.0, &mut b)
     });
-    time("gemm Y += B·X", full, &mut || {
+    time("gemm Y += B·X", 2.0 * mf * mf * nf, &mut || {
         B::gemm(1.0, &b, Trans::No, &x, Trans::No, 1.0, &mut y)
     });
-    time("gemm (reference, full)", full, &mut || {
+    time("gemm (reference, X·Xᵀ full)", 2.0 * mf * mf * nf, &mut || {
         B::gemm(1.0, &x, Trans::No, &x, Trans::Yes, 0.0, &mut a)
     });
     time("scale Y = a·X", 0.0, &mut || B::scale(0.5, &x, &mut y));

@@ -23,7 +23,9 @@
 //!   kernels), so the same `NewtonSchulz` runs on a GPU.
 //!
 //! Precision: the backend's scalar (f32 or f64); bf16 storage with f32
-//! accumulation through `lmo_ndarray::NdBf16`. `docs/orthogonalize.md` has
+//! accumulation through `lmo_ndarray::NdBf16`, natively (`vdpbf16ps`) on
+//! CPUs with AVX-512 BF16; [`NewtonSchulzBf16`] runs that bf16 iteration on
+//! f32 tensors (mixed precision, as `torch.optim.Muon`). `docs/orthogonalize.md` has
 //! the accuracy and speed tables.
 #![warn(missing_docs)]
 
@@ -32,6 +34,7 @@ mod coeffs;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 mod exact;
+mod mixed;
 mod ns;
 
 pub use batch::BatchPolar;
@@ -40,6 +43,7 @@ pub use coeffs::{
     POLAR_EXPRESS_SAFETY,
 };
 pub use exact::FaerPolar;
+pub use mixed::NewtonSchulzBf16;
 pub use ns::NewtonSchulz;
 
 /// The code blocks of docs/orthogonalize.md, compiled and run as doc tests.
