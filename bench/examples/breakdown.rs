@@ -74,9 +74,11 @@ fn run<B: Backend<Scalar = f32, Tensor = ArrayD<f32>>>(m: usize, n: usize, what:
     time("gemm Y += B·X", 2.0 * mf * mf * nf, &mut || {
         B::gemm(1.0, &b, Trans::No, &x, Trans::No, 1.0, &mut y)
     });
-    time("gemm (reference, X·Xᵀ full)", 2.0 * mf * mf * nf, &mut || {
-        B::gemm(1.0, &x, Trans::No, &x, Trans::Yes, 0.0, &mut a)
-    });
+    time(
+        "gemm (reference, X·Xᵀ full)",
+        2.0 * mf * mf * nf,
+        &mut || B::gemm(1.0, &x, Trans::No, &x, Trans::Yes, 0.0, &mut a),
+    );
     time("scale Y = a·X", 0.0, &mut || B::scale(0.5, &x, &mut y));
     time("norm2", 0.0, &mut || {
         std::hint::black_box(B::norm2(&x));

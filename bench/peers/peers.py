@@ -129,7 +129,7 @@ def step_peers(torch, layers, d, reps):
     adam_rest = torch.optim.AdamW(op, lr=1e-3, betas=(0.9, 0.95), eps=1e-10, weight_decay=0.0)
     if cpu_has_bf16_dot() or d < 256:
         muon = torch.optim.Muon(hp, lr=0.02, momentum=0.95, nesterov=True, weight_decay=0.0)
-        emit("step", f"muon/{case}", "torch.optim.Muon", 0.0, timeit(lambda: (muon.step(), adam_rest.step()), reps))
+        emit("step", f"muon/{case}", "torch.optim.Muon-bf16", 0.0, timeit(lambda: (muon.step(), adam_rest.step()), reps))
     else:
         print(json.dumps({"skip": f"torch.optim.Muon muon/{case}", "why": "its NS5 runs in bf16; this CPU lacks "
                           "avx512_bf16/amx_bf16 (~100x slower than f32); the same step in f32 is measured instead"}), flush=True)

@@ -248,9 +248,13 @@ fn step_suite(o: &Opts) -> Result<(), String> {
     use gluon_optim::{AdamWGroup, Optimizer, presets};
     for &(layers, d) in &o.shapes {
         let (labels, params, grads) = gpt2_params(layers, d);
-        let presets: Vec<(&str, gluon_optim::Config)> = vec![
+        let gluon = presets::gluon((0.0, 70.0), (0.0, 1.3), 0.95);
+        // "ours-bf16": the same step with the polar factor in bf16 storage
+        // (f32 parameters), as torch.optim.Muon.
+        let presets: Vec<(&str, &str, gluon_optim::Config)> = vec![
             (
                 "adamw",
+                "ours",
                 presets::adamw(AdamWGroup {
                     lr: 1e-3,
                     beta1: 0.9,
@@ -259,24 +263,24 @@ fn step_suite(o: &Opts) -> Result<(), String> {
                     weight_decay: 0.0,
                 }),
             ),
-            ("muon", presets::muon(0.02, 1e-3)),
-            ("scion", presets::scion(2f64.powi(-12), false)),
-            ("gluon", presets::gluon((0.0, 70.0), (0.0, 1.3), 0.95)),
+            ("muon", "ours", presets::muon(0.02, 1e-3)),
+            (
+                "muon",
+                "ours-bf16",
+                presets::muon(0.02, 1e-3).with_bf16_polar(),
+            ),
+            ("scion", "ours", presets::scion(2f64.powi(-12), false)),
+            ("gluon", "ours", gluon.clone()),
+            ("gluon", "ours-bf16", gluon.with_bf16_polar()),
         ];
-        for (name, cfg) in presets {
+        for (name, imp, cfg) in presets {
             let mut p = params.clone();
             let mut opt =
                 Optimizer::<Nd32>::new(cfg, labels.clone(), &p).map_err(|e| e.to_string())?;
             let s = time_reps(o.reps, || {
                 opt.step(&mut p, &grads).expect("finite gradients");
             });
-            emit(
-                "step",
-                &format!("{name}/gpt2-{layers}x{d}"),
-                "ours",
-                0.0,
-                &s,
-            );
+            emit("step", &format!("{name}/gpt2-{layers}x{d}"), imp, 0.0, &s);
         }
     }
     Ok(())

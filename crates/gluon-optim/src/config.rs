@@ -451,10 +451,9 @@ impl NormSpec {
                     if TypeId::of::<B>() == TypeId::of::<NdBf16>() {
                         return spectral::<B>(&Orth::NewtonSchulz(c.clone()), s, rms);
                     }
-                    let n = Spectral::<Nd32, _>::with_orthogonalizer(NewtonSchulzBf16::new(
-                        c.clone(),
-                    )?)
-                    .with_scale(s)?;
+                    let n =
+                        Spectral::<Nd32, _>::with_orthogonalizer(NewtonSchulzBf16::new(c.clone())?)
+                            .with_scale(s)?;
                     let n: DynNorm<Nd32> = Box::new(if rms { n.rms_to_rms() } else { n });
                     // A norm for Nd32 is a norm for B exactly when B is Nd32.
                     let any: Box<dyn Any> = Box::new(n);

@@ -22,7 +22,10 @@ fn bf16_polar_step_tracks_f32_and_keeps_f32_parameters() {
         rand(&mut rng, &[150, 64], 0.05),
         rand(&mut rng, &[64], 0.05),
     ];
-    let grads: Vec<_> = params.iter().map(|p| rand(&mut rng, p.shape(), 0.01)).collect();
+    let grads: Vec<_> = params
+        .iter()
+        .map(|p| rand(&mut rng, p.shape(), 0.01))
+        .collect();
     let cfg = presets::muon(0.02, 1e-3);
     let bf = cfg.clone().with_bf16_polar();
     assert!(matches!(
@@ -49,7 +52,10 @@ fn bf16_polar_step_tracks_f32_and_keeps_f32_parameters() {
         .iter()
         .filter(|&&v| half::bf16::from_f32(v).to_f32() != v)
         .count();
-    assert!(off_grid > pbf[0].len() / 2, "parameters were rounded to bf16");
+    assert!(
+        off_grid > pbf[0].len() / 2,
+        "parameters were rounded to bf16"
+    );
 }
 
 #[test]
@@ -62,7 +68,8 @@ fn bf16_polar_is_plain_newton_schulz_on_ndbf16_and_rejected_elsewhere() {
     let (mut a, mut b) = (p.clone(), p.clone());
     let cfg = presets::muon(0.02, 1e-3);
     let mut oa = Optimizer::<NdBf16>::new(cfg.clone(), labels.clone(), &a).unwrap();
-    let mut ob = Optimizer::<NdBf16>::new(cfg.clone().with_bf16_polar(), labels.clone(), &b).unwrap();
+    let mut ob =
+        Optimizer::<NdBf16>::new(cfg.clone().with_bf16_polar(), labels.clone(), &b).unwrap();
     oa.step(&mut a, &g).unwrap();
     ob.step(&mut b, &g).unwrap();
     assert_eq!(a, b);

@@ -13,7 +13,7 @@ use crate::{NewtonSchulz, NsConfig};
 /// bf16, products accumulated in f32), the result returned as f32.
 ///
 /// On CPUs with AVX-512 BF16 the products run on the native `vdpbf16ps`
-/// kernel ([`lmo_ndarray::bf16_native`]) at twice the f32 FMA rate;
+/// kernel ([`lmo_ndarray::native`]) at twice the f32 FMA rate;
 /// elsewhere on the f32 kernels with rounding ([`NewtonSchulzBf16::kernel`]
 /// says which). Accuracy versus f32: docs/orthogonalize.md ("Accuracy").
 ///

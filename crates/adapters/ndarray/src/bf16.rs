@@ -4,13 +4,14 @@ use half::bf16;
 use lmo_core::{AdamWStep, Backend, Shape, Trans};
 use ndarray::ArrayD;
 
-use crate::{Nd32, bf16_native, mat, mat_mut, mirror_lower};
+use crate::native::{self, Kind};
+use crate::{Nd32, mat, mat_mut, mirror_lower};
 
 /// Which kernel [`NdBf16`]'s products run on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Bf16Kernel {
     /// Native bf16 dot products (`vdpbf16ps`, AVX-512 BF16) with f32
-    /// accumulators: [`crate::bf16_native`].
+    /// accumulators: [`crate::native`].
     Avx512Bf16,
     /// The f32 kernels on bf16-representable values, rounded after each
     /// product: exact bf16-storage numerics at f32 speed.
@@ -27,7 +28,7 @@ impl core::fmt::Display for Bf16Kernel {
 }
 
 /// The kernel [`NdBf16`] uses on this CPU, detected once at run time:
-/// [`Bf16Kernel::Avx512Bf16`] where [`bf16_native::available`], else
+/// [`Bf16Kernel::Avx512Bf16`] where [`native::available`], else
 /// [`Bf16Kernel::F32Emulated`]. The environment variable
 /// `LMO_BF16_KERNEL=emulated` forces the emulated kernel (for side-by-side
 /// benchmarks and tests).
@@ -35,7 +36,7 @@ pub fn bf16_kernel() -> Bf16Kernel {
     static KERNEL: std::sync::OnceLock<Bf16Kernel> = std::sync::OnceLock::new();
     *KERNEL.get_or_init(|| {
         let forced = std::env::var("LMO_BF16_KERNEL").is_ok_and(|v| v == "emulated");
-        if bf16_native::available() && !forced {
+        if native::available(Kind::Bf16) && !forced {
             Bf16Kernel::Avx512Bf16
         } else {
             Bf16Kernel::F32Emulated
@@ -43,16 +44,16 @@ pub fn bf16_kernel() -> Bf16Kernel {
     })
 }
 
-/// An f32 matrix view as a [`bf16_native::Operand`] read as `rows × inner`;
+/// An f32 matrix view as a [`native::Operand`] read as `rows × inner`;
 /// `transposed` reads the view's columns as rows.
-fn operand(v: &ndarray::ArrayView2<'_, f32>, transposed: bool) -> bf16_native::Operand {
+fn operand(v: &ndarray::ArrayView2<'_, f32>, transposed: bool) -> native::Operand {
     let s = v.strides();
     let (rs, ps) = if transposed {
         (s[1], s[0])
     } else {
         (s[0], s[1])
     };
-    bf16_native::Operand {
+    native::Operand {
         ptr: v.as_ptr(),
         rs,
         ps,
@@ -67,7 +68,7 @@ fn operand(v: &ndarray::ArrayView2<'_, f32>, transposed: bool) -> bf16_native::O
 ///
 /// Kernels ([`bf16_kernel`] says which one runs): on CPUs with AVX-512 BF16
 /// the products (`gemm`, `syrk`) run natively in bf16 with f32
-/// accumulation ([`crate::bf16_native`], `vdpbf16ps`, twice the f32 FMA
+/// accumulation ([`crate::native`], `vdpbf16ps`, twice the f32 FMA
 /// rate); elsewhere they run on the f32 kernels of [`Nd32`] and are rounded
 /// afterwards, with the same numerics up to f32 summation order.
 /// Elementwise operations always compute in f32 and round.
@@ -188,7 +189,7 @@ impl Backend for NdBf16 {
             let cp = c.as_mut_ptr();
             // SAFETY: the kernel is available; shapes checked above; `c` is
             // a contiguous m × n array distinct from `a` and `b` (borrowck).
-            unsafe { bf16_native::gemm(m, n, k, alpha, ao, bo, beta, cp, n, false, true) };
+            unsafe { native::gemm(Kind::Bf16, m, n, k, alpha, ao, bo, beta, cp, n, false, true) };
             return;
         }
         Nd32::gemm(alpha, a, ta, b, tb, beta, c);
@@ -205,7 +206,7 @@ impl Backend for NdBf16 {
             let o = operand(&xv, false);
             let cp = c.as_mut_ptr();
             // SAFETY: as in `gemm`; x·xᵀ reads x as both operands.
-            unsafe { bf16_native::gemm(m, m, k, alpha, o, o, beta, cp, m, true, true) };
+            unsafe { native::gemm(Kind::Bf16, m, m, k, alpha, o, o, beta, cp, m, true, true) };
             mirror_lower(&mut mat_mut(c));
             return;
         }

@@ -25,7 +25,7 @@
 use core::marker::PhantomData;
 
 mod bf16;
-pub mod bf16_native;
+pub mod native;
 pub use bf16::{Bf16Kernel, NdBf16, bf16_kernel, round_bf16};
 
 use faer::linalg::matmul::triangular::{self, BlockStructure};
@@ -172,6 +172,52 @@ fn mirror_lower<S: NdScalar>(c: &mut ArrayViewMut2<'_, S>) {
             c[[j, i]] = c[[i, j]];
         }
     }
+}
+
+/// `c = α·x·xᵀ + β·c` on the native f32 kernel ([`native`], one triangle,
+/// AVX-512) when the scalar is f32, the CPU has AVX-512 and `c` is
+/// contiguous; `false` (nothing done) otherwise. Shapes are checked by the
+/// caller.
+fn native_syrk_f32<S: NdScalar>(alpha: f64, x: &ArrayD<S>, beta: f64, c: &mut ArrayD<S>) -> bool {
+    use core::any::Any;
+    let (Some(x), Some(c)) = (
+        (x as &dyn Any).downcast_ref::<ArrayD<f32>>(),
+        (c as &mut dyn Any).downcast_mut::<ArrayD<f32>>(),
+    ) else {
+        return false;
+    };
+    let xv = mat(x);
+    let (m, k) = xv.dim();
+    if k == 0 || !c.is_standard_layout() || !native::available(native::Kind::F32) {
+        return false;
+    }
+    let s = xv.strides();
+    let o = native::Operand {
+        ptr: xv.as_ptr(),
+        rs: s[0],
+        ps: s[1],
+    };
+    let cp = c.as_mut_ptr();
+    // SAFETY: the kernel is available; `x` is m × k, `c` a contiguous m × m
+    // array distinct from `x` (one is borrowed shared, the other mutably).
+    unsafe {
+        native::gemm(
+            native::Kind::F32,
+            m,
+            m,
+            k,
+            alpha as f32,
+            o,
+            o,
+            beta as f32,
+            cp,
+            m,
+            true,
+            false,
+        )
+    };
+    mirror_lower(&mut mat_mut(c));
+    true
 }
 
 /// A raw pointer shared by the mirror's tasks, which touch disjoint entries.
@@ -383,6 +429,9 @@ impl<S: NdScalar> Backend for NdBackend<S> {
             c.shape() == [xv.nrows(), xv.nrows()],
             "syrk: shape mismatch"
         );
+        if native_syrk_f32(alpha.as_f64(), x, beta.as_f64(), c) {
+            return;
+        }
         let Some(acc) = prepare_accumulator(beta, xv.ncols(), c) else {
             return;
         };

@@ -4,7 +4,7 @@
 //! message) on CPUs without AVX-512 BF16.
 
 use lmo_core::{Backend, Trans};
-use lmo_ndarray::{Bf16Kernel, NdBf16, bf16_kernel, bf16_native, round_bf16};
+use lmo_ndarray::{Bf16Kernel, NdBf16, bf16_kernel, native, round_bf16};
 use ndarray::{Array2, ArrayD, Ix2, IxDyn};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
@@ -15,7 +15,7 @@ fn native() -> bool {
     eprintln!(
         "SKIPPED: bf16 kernel here is {} (native: {})",
         bf16_kernel(),
-        bf16_native::available()
+        native::available(native::Kind::Bf16)
     );
     false
 }

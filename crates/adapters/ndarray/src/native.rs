@@ -1,23 +1,27 @@
-//! Native bf16 GEMM and syrk for x86-64 CPUs with AVX-512 BF16
-//! (`vdpbf16ps`: Intel Cooper Lake and Sapphire Rapids, AMD Zen 4 and
-//! later), chosen at run time.
+//! Native AVX-512 GEMM and syrk kernels, chosen at run time: bf16 inputs
+//! on CPUs with AVX-512 BF16 (`vdpbf16ps`: Intel Cooper Lake and Sapphire
+//! Rapids, AMD Zen 4 and later), f32 on CPUs with AVX-512F.
 //!
-//! `C = α·A·B + β·C` with A and B rounded to bf16 (round to nearest even)
-//! while they are packed, products and sums in f32 (`vdpbf16ps` multiplies
-//! bf16 pairs exactly and adds them into f32 accumulators), `C` kept in f32
-//! across the whole inner dimension and rounded to bf16 once, in the
-//! epilogue. That is the "bf16 storage, f32 accumulation" contract of
-//! [`NdBf16`](crate::NdBf16), at twice the multiply-add rate of f32 FMA.
+//! `C = α·A·B + β·C`. In [`Kind::Bf16`], A and B are rounded to bf16 (round
+//! to nearest even) while they are packed, products and sums are f32
+//! (`vdpbf16ps` multiplies bf16 pairs exactly and adds them into f32
+//! accumulators), `C` stays f32 across the whole inner dimension and is
+//! rounded to bf16 once, in the epilogue: the "bf16 storage, f32
+//! accumulation" contract of [`NdBf16`](crate::NdBf16), at twice the
+//! multiply-add rate of f32 FMA. In [`Kind::F32`] everything is f32 FMA;
+//! its use is the one-triangle Gram product (`syrk`) of
+//! [`Nd32`](crate::Nd32), where a general GEMM library does twice the work.
 //!
 //! Structure (Goto & van de Geijn 2008, "Anatomy of high-performance matrix
-//! multiplication"): the inner dimension in blocks of [`KC`], `B` packed
-//! per block into `NR`-column panels of bf16 pairs, `A` packed per
-//! [`MC`]-row block into `MR`-row panels, an `MR × NR = 12 × 32` register
-//! kernel (24 zmm accumulators). Row blocks run in parallel (rayon) unless
-//! the caller is itself a rayon worker (then the caller's parallelism, e.g.
-//! [`BatchPolar`-style] batches, already fills the cores). Packing buffers
-//! live in thread-local storage and are reused: no allocation per call once
-//! they have grown.
+//! multiplication"): the inner dimension in blocks of [`KW`] 32-bit words
+//! (a word is a bf16 pair or one f32), `B` packed per block into
+//! [`NR`]-column panels, `A` packed per [`MC`]-row block into [`MR`]-row
+//! panels, an `MR × NR = 12 × 32` register kernel (24 zmm accumulators);
+//! `A·Aᵀ` products skip the tiles above the diagonal. Row blocks run in
+//! parallel (rayon) unless the caller is itself a rayon worker (then the
+//! caller's parallelism, e.g. blocks of an optimizer step, already fills
+//! the cores). Packing buffers live in thread-local storage and are reused:
+//! no allocation per call once they have grown.
 
 use std::cell::Cell;
 
@@ -27,26 +31,39 @@ use rayon::prelude::*;
 pub const MR: usize = 12;
 /// Register-tile columns (two zmm registers of 16 f32).
 pub const NR: usize = 32;
-/// Inner-dimension block (even): a `KC × NR` bf16 panel of `B` is 16 KiB
-/// and stays in L1 while the `MR`-row panels of `A` stream past it.
-pub const KC: usize = 1024;
-/// Row block of `A` packed at once (a multiple of [`MR`]): 48 KiB of bf16,
-/// held in L2.
+/// Inner-dimension block in 32-bit words (1024 bf16 or 512 f32): a
+/// `KW × NR` panel of `B` is 64 KiB and an `MC × KW` block of `A` 192 KiB,
+/// both in L2; the register kernel needs 176 bytes per 24 multiply-adds of
+/// them. Measured best of {128, 256, 384, 512} at 2048³ (bf16, Zen 4).
+pub const KW: usize = 512;
+/// Row block of `A` packed at once (a multiple of [`MR`]).
 pub const MC: usize = 96;
+
+/// The element type of the products.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// bf16 operands (rounded on packing), f32 accumulation, optional bf16
+    /// rounding of `C`.
+    Bf16,
+    /// f32 operands and accumulation.
+    F32,
+}
 
 /// Below this many multiply-adds a product runs on one thread.
 const PAR_MIN_WORK: usize = 96 * 96 * 96;
 
-/// Whether this CPU runs the native kernel (AVX-512 F/BW and BF16).
-pub fn available() -> bool {
+/// Whether this CPU runs the native kernel of `kind` (bf16: AVX-512 F, BW
+/// and BF16; f32: AVX-512 F and BW).
+pub fn available(kind: Kind) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         std::is_x86_feature_detected!("avx512f")
             && std::is_x86_feature_detected!("avx512bw")
-            && std::is_x86_feature_detected!("avx512bf16")
+            && (kind == Kind::F32 || std::is_x86_feature_detected!("avx512bf16"))
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
+        let _ = kind;
         false
     }
 }
@@ -81,29 +98,29 @@ impl OutPtr {
 }
 
 #[derive(Clone, Copy)]
-struct PackPtr(*mut u16);
+struct PackPtr(*mut u32);
 // SAFETY: packing tasks write disjoint panels; readers start after the
 // packing pass has finished.
 unsafe impl Send for PackPtr {}
 unsafe impl Sync for PackPtr {}
 impl PackPtr {
-    fn get(&self) -> *mut u16 {
+    fn get(&self) -> *mut u32 {
         self.0
     }
 }
 
 thread_local! {
-    static A_BUF: Cell<Vec<u16>> = const { Cell::new(Vec::new()) };
-    static B_BUF: Cell<Vec<u16>> = const { Cell::new(Vec::new()) };
+    static A_BUF: Cell<Vec<u32>> = const { Cell::new(Vec::new()) };
+    static B_BUF: Cell<Vec<u32>> = const { Cell::new(Vec::new()) };
 }
 
 /// Runs `f` on a thread-local buffer of at least `len` elements, taken out
 /// of its slot for the duration (a re-entrant call finds the slot empty and
 /// grows its own, so nesting is safe).
 fn with_buf<R>(
-    slot: &'static std::thread::LocalKey<Cell<Vec<u16>>>,
+    slot: &'static std::thread::LocalKey<Cell<Vec<u32>>>,
     len: usize,
-    f: impl FnOnce(&mut [u16]) -> R,
+    f: impl FnOnce(&mut [u32]) -> R,
 ) -> R {
     let mut v = slot.with(Cell::take);
     if v.len() < len {
@@ -114,19 +131,20 @@ fn with_buf<R>(
     r
 }
 
-/// `C = α·A·B + β·C` (or only its lower triangle, `lower_only`, for
-/// `A·Aᵀ`-type products), `C` row-major `m × n` with row stride `ldc`;
+/// `C = α·A·B + β·C` in `kind` (or only its lower triangle, `lower_only`,
+/// for `A·Aᵀ`-type products), `C` row-major `m × n` with row stride `ldc`;
 /// `A` is `m × k`, `B` is `k × n` read as `n × k` (see [`Operand`]). With
-/// `round`, every written entry of `C` is rounded to bf16. `β = 0` never
+/// `round` (bf16 only), every written entry of `C` is rounded to bf16. `β = 0` never
 /// reads `C`. With `lower_only`, tiles above the diagonal are skipped and
 /// tiles across it also write some upper entries (the caller mirrors).
 ///
 /// # Safety
-/// [`available`] must be true; `a`, `b` must address `m × k` and `n × k`
+/// [`available`]`(kind)` must be true; `a`, `b` must address `m × k` and `n × k`
 /// readable f32 values and `c` `m` rows of `n` writable ones, with no
 /// overlap between `c` and the operands; `k ≥ 1`.
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn gemm(
+    kind: Kind,
     m: usize,
     n: usize,
     k: usize,
@@ -143,25 +161,33 @@ pub unsafe fn gemm(
     {
         let parallel =
             m * n * k >= PAR_MIN_WORK && rayon::current_thread_index().is_none() && m > MC;
+        let bf16 = kind == Kind::Bf16;
+        let per_word = if bf16 { 2 } else { 1 };
+        let kc = KW * per_word;
+        let (pack, kernel): (x86::PackFn, x86::KernelFn) = if bf16 {
+            (x86::pack_bf16, x86::kernel_bf16)
+        } else {
+            (x86::pack_f32, x86::kernel_f32)
+        };
         let npanels = n.div_ceil(NR);
         let c = OutPtr(c);
-        with_buf(&B_BUF, npanels * NR * KC, |bpack| {
+        with_buf(&B_BUF, npanels * NR * KW, |bpack| {
             let bp = PackPtr(bpack.as_mut_ptr());
-            for pc in (0..k).step_by(KC) {
-                let pn = KC.min(k - pc);
-                let kq = pn.div_ceil(2);
+            for pc in (0..k).step_by(kc) {
+                let pn = kc.min(k - pc);
+                let kq = pn.div_ceil(per_word);
                 let pack_b = |jp: usize| {
                     let j0 = jp * NR;
-                    // SAFETY: panel jp occupies [jp·NR·2·kq, (jp+1)·NR·2·kq).
+                    // SAFETY: panel jp occupies words [jp·NR·kq, (jp+1)·NR·kq).
                     unsafe {
-                        x86::pack(
+                        pack(
                             b,
                             j0,
                             NR.min(n - j0),
                             NR,
                             pc,
                             pn,
-                            bp.get().add(jp * NR * 2 * kq),
+                            bp.get().add(jp * NR * kq),
                         )
                     }
                 };
@@ -171,29 +197,21 @@ pub unsafe fn gemm(
                     (0..npanels).for_each(pack_b);
                 }
                 let beta_k = if pc == 0 { beta } else { 1.0 };
-                let round_k = round && pc + KC >= k;
+                let round_k = bf16 && round && pc + kc >= k;
                 let block = |blk: usize| {
                     let ic = blk * MC;
                     let mc = MC.min(m - ic);
-                    with_buf(&A_BUF, MC * KC, |apack| {
+                    with_buf(&A_BUF, MC * KW, |apack| {
                         let ap = apack.as_mut_ptr();
                         for ir in (0..mc).step_by(MR) {
                             // SAFETY: MR-row panels of the MC block, disjoint.
                             unsafe {
-                                x86::pack(
-                                    a,
-                                    ic + ir,
-                                    MR.min(mc - ir),
-                                    MR,
-                                    pc,
-                                    pn,
-                                    ap.add(ir * 2 * kq),
-                                )
+                                pack(a, ic + ir, MR.min(mc - ir), MR, pc, pn, ap.add(ir * kq))
                             };
                         }
                         let jmax = if lower_only { (ic + mc).min(n) } else { n };
                         for j0 in (0..jmax).step_by(NR) {
-                            let bpanel = unsafe { bp.get().add((j0 / NR) * NR * 2 * kq) };
+                            let bpanel = unsafe { bp.get().add((j0 / NR) * NR * kq) };
                             for ir in (0..mc).step_by(MR) {
                                 let i0 = ic + ir;
                                 let mr = MR.min(mc - ir);
@@ -203,9 +221,9 @@ pub unsafe fn gemm(
                                 // SAFETY: the tile (i0.., j0..) lies in C and
                                 // belongs to this row block.
                                 unsafe {
-                                    x86::kernel(
+                                    kernel(
                                         kq,
-                                        ap.add(ir * 2 * kq) as *const u32,
+                                        ap.add(ir * kq),
                                         bpanel,
                                         c.get().add(i0 * ldc + j0),
                                         ldc,
@@ -230,8 +248,8 @@ pub unsafe fn gemm(
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (m, n, k, alpha, a, b, beta, c, ldc, lower_only, round);
-        unreachable!("bf16_native::gemm called where available() is false");
+        let _ = (kind, m, n, k, alpha, a, b, beta, c, ldc, lower_only, round);
+        unreachable!("native::gemm called where available() is false");
     }
 }
 
@@ -240,55 +258,70 @@ mod x86 {
     use super::{MR, NR, Operand};
     use std::arch::x86_64::*;
 
+    /// The signature of [`pack`].
+    pub(super) type PackFn = unsafe fn(Operand, usize, usize, usize, usize, usize, *mut u32);
+    /// The signature of [`kernel`].
+    pub(super) type KernelFn =
+        unsafe fn(usize, *const u32, *const u32, *mut f32, usize, usize, usize, f32, f32, bool);
+
     /// Packs rows `r0 .. r0+rn` (zero rows up to `rr`) and inner indices
-    /// `p0 .. p0+pn` (zero-padded to even) of `op` as bf16 pairs:
-    /// `out[(q·rr + r)·2 + t] = bf16(op(r0 + r, p0 + 2q + t))`.
-    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-    pub(super) unsafe fn pack(
+    /// `p0 .. p0+pn` of `op` as 32-bit words, `out[q·rr + r]` = word `q` of
+    /// row `r`: with `BF16` the pair `bf16(op(r, 2q)), bf16(op(r, 2q+1))`
+    /// (low half first, zero-padded to even), else the f32 `op(r, q)`.
+    ///
+    /// Inlined into [`pack_bf16`] / [`pack_f32`], which enable the target
+    /// features of each variant.
+    #[inline(always)]
+    unsafe fn pack<const BF16: bool>(
         op: Operand,
         r0: usize,
         rn: usize,
         rr: usize,
         p0: usize,
         pn: usize,
-        out: *mut u16,
+        out: *mut u32,
     ) {
-        let kq = pn.div_ceil(2);
-        let out32 = out as *mut u32;
-        // SAFETY (whole body): `out` holds kq·rr pairs; reads stay inside
+        let per = if BF16 { 2 } else { 1 };
+        let kq = pn.div_ceil(per);
+        // SAFETY (whole body): `out` holds kq·rr words; reads stay inside
         // the operand by the caller's contract (masked lanes are not read).
         unsafe {
             let at = |r: usize, p: usize| {
                 op.ptr
                     .offset((r0 + r) as isize * op.rs + (p0 + p) as isize * op.ps)
             };
+            // 16 words of row `row` from inner index `p` on (`rem` elements
+            // left in the block).
+            let words = |row: *const f32, rem: usize| -> __m512i {
+                if BF16 {
+                    let lo = _mm512_maskz_loadu_ps(mask16(rem.min(16)), row);
+                    let hi =
+                        _mm512_maskz_loadu_ps(mask16(rem.saturating_sub(16).min(16)), row.add(16));
+                    std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(hi, lo))
+                } else {
+                    _mm512_castps_si512(_mm512_maskz_loadu_ps(mask16(rem.min(16)), row))
+                }
+            };
             if op.ps == 1 {
-                // Pairs are contiguous along a row: convert 16 rows × 16
-                // pairs, transpose the 16 × 16 block of u32 pairs in
-                // registers and store a row of `rr` pairs per inner index.
+                // Words are contiguous along a row: read 16 rows × 16 words,
+                // transpose the block in registers, store a row of `rr`
+                // words per inner word index.
                 for c in (0..rr).step_by(16) {
                     let lanes = mask16((rr - c).min(16));
                     let mut q0 = 0;
                     while q0 < kq {
-                        let rem = pn - 2 * q0;
-                        let m_lo = mask16(rem.min(16));
-                        let m_hi = mask16(rem.saturating_sub(16).min(16));
+                        let rem = pn - per * q0;
                         let mut v = [_mm512_setzero_si512(); 16];
                         for (i, vi) in v.iter_mut().enumerate() {
                             let r = c + i;
                             if r < rn && r < rr {
-                                let row = at(r, 2 * q0);
-                                let lo = _mm512_maskz_loadu_ps(m_lo, row);
-                                let hi = _mm512_maskz_loadu_ps(m_hi, row.add(16));
-                                *vi = std::mem::transmute::<__m512bh, __m512i>(
-                                    _mm512_cvtne2ps_pbh(hi, lo),
-                                );
+                                *vi = words(at(r, per * q0), rem);
                             }
                         }
                         let t = transpose16(&v);
                         for (j, tj) in t.iter().enumerate().take((kq - q0).min(16)) {
                             _mm512_mask_storeu_epi32(
-                                out32.add((q0 + j) * rr + c) as *mut i32,
+                                out.add((q0 + j) * rr + c) as *mut i32,
                                 lanes,
                                 *tj,
                             );
@@ -297,46 +330,115 @@ mod x86 {
                     }
                 }
             } else if op.rs == 1 && rr % 16 == 0 {
-                // Rows are contiguous: interleave two inner indices.
+                // Rows are contiguous: a word row is one inner index (f32)
+                // or two interleaved (bf16).
                 let idx = _mm512_set_epi16(
                     31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6, 21,
                     5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0,
                 );
                 for q in 0..kq {
-                    let has1 = 2 * q + 1 < pn;
                     for c in (0..rr).step_by(16) {
                         let m = mask16(rn.saturating_sub(c).min(16));
-                        let lo = _mm512_maskz_loadu_ps(m, at(c, 2 * q));
-                        let hi = if has1 {
-                            _mm512_maskz_loadu_ps(m, at(c, 2 * q + 1))
+                        let v = if BF16 {
+                            let lo = _mm512_maskz_loadu_ps(m, at(c, 2 * q));
+                            let hi = if 2 * q + 1 < pn {
+                                _mm512_maskz_loadu_ps(m, at(c, 2 * q + 1))
+                            } else {
+                                _mm512_setzero_ps()
+                            };
+                            let v: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo));
+                            _mm512_permutexvar_epi16(idx, v)
                         } else {
-                            _mm512_setzero_ps()
+                            _mm512_castps_si512(_mm512_maskz_loadu_ps(m, at(c, q)))
                         };
-                        let v: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo));
-                        let v = _mm512_permutexvar_epi16(idx, v);
-                        _mm512_storeu_si512(out.add((q * rr + c) * 2) as *mut __m512i, v);
+                        _mm512_storeu_si512(out.add(q * rr + c) as *mut __m512i, v);
                     }
                 }
             } else {
                 for q in 0..kq {
                     for r in 0..rr {
-                        let (lo, hi) = if r < rn {
-                            let lo = *at(r, 2 * q);
-                            let hi = if 2 * q + 1 < pn {
-                                *at(r, 2 * q + 1)
-                            } else {
-                                0.0
-                            };
-                            (lo, hi)
-                        } else {
-                            (0.0, 0.0)
+                        let get = |p: usize| {
+                            if r < rn && p < pn { *at(r, p) } else { 0.0 }
                         };
-                        *out.add((q * rr + r) * 2) = half::bf16::from_f32(lo).to_bits();
-                        *out.add((q * rr + r) * 2 + 1) = half::bf16::from_f32(hi).to_bits();
+                        *out.add(q * rr + r) = if BF16 {
+                            let lo = half::bf16::from_f32(get(2 * q)).to_bits() as u32;
+                            let hi = half::bf16::from_f32(get(2 * q + 1)).to_bits() as u32;
+                            lo | (hi << 16)
+                        } else {
+                            get(q).to_bits()
+                        };
                     }
                 }
             }
         }
+    }
+
+    /// [`pack`] of bf16 pairs (AVX-512 F, BW, BF16).
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    pub(super) unsafe fn pack_bf16(
+        op: Operand,
+        r0: usize,
+        rn: usize,
+        rr: usize,
+        p0: usize,
+        pn: usize,
+        out: *mut u32,
+    ) {
+        // SAFETY: the caller's contract, and the features are enabled.
+        unsafe { pack::<true>(op, r0, rn, rr, p0, pn, out) }
+    }
+
+    /// [`pack`] of f32 (AVX-512 F, BW).
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub(super) unsafe fn pack_f32(
+        op: Operand,
+        r0: usize,
+        rn: usize,
+        rr: usize,
+        p0: usize,
+        pn: usize,
+        out: *mut u32,
+    ) {
+        // SAFETY: the caller's contract, and the features are enabled.
+        unsafe { pack::<false>(op, r0, rn, rr, p0, pn, out) }
+    }
+
+    /// [`kernel`] on bf16 pairs (AVX-512 F, BW, BF16).
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    pub(super) unsafe fn kernel_bf16(
+        kq: usize,
+        a: *const u32,
+        b: *const u32,
+        c: *mut f32,
+        ldc: usize,
+        mr: usize,
+        nr: usize,
+        alpha: f32,
+        beta: f32,
+        round: bool,
+    ) {
+        // SAFETY: the caller's contract, and the features are enabled.
+        unsafe { kernel::<true>(kq, a, b, c, ldc, mr, nr, alpha, beta, round) }
+    }
+
+    /// [`kernel`] on f32 (AVX-512 F, BW).
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub(super) unsafe fn kernel_f32(
+        kq: usize,
+        a: *const u32,
+        b: *const u32,
+        c: *mut f32,
+        ldc: usize,
+        mr: usize,
+        nr: usize,
+        alpha: f32,
+        beta: f32,
+        round: bool,
+    ) {
+        // SAFETY: the caller's contract, and the features are enabled.
+        unsafe { kernel::<false>(kq, a, b, c, ldc, mr, nr, alpha, beta, round) }
     }
 
     /// Transposes a 16 × 16 block of 32-bit lanes (`out[j][i] = v[i][j]`):
@@ -389,15 +491,18 @@ mod x86 {
         _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)))
     }
 
-    /// The `MR × NR` register kernel over `kq` bf16 pairs, then
+    /// The `MR × NR` register kernel over `kq` packed words (`vdpbf16ps` on
+    /// bf16 pairs, or `vfmadd231ps` on f32), then
     /// `C[..mr, ..nr] = α·acc + β·C` (β = 0: C not read), rounded to bf16
     /// with `round`.
+    ///
+    /// Inlined into [`kernel_bf16`] / [`kernel_f32`].
     #[allow(clippy::too_many_arguments)]
-    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-    pub(super) unsafe fn kernel(
+    #[inline(always)]
+    unsafe fn kernel<const BF16: bool>(
         kq: usize,
         a: *const u32,
-        b: *const u16,
+        b: *const u32,
         c: *mut f32,
         ldc: usize,
         mr: usize,
@@ -406,7 +511,7 @@ mod x86 {
         beta: f32,
         round: bool,
     ) {
-        // SAFETY (whole body): `a` holds kq·MR pairs, `b` kq·NR pairs, and
+        // SAFETY (whole body): `a` holds kq·MR words, `b` kq·NR words, and
         // the tile's mr rows × nr columns lie in C (masked beyond nr).
         unsafe {
             if beta != 0.0 {
@@ -419,16 +524,24 @@ mod x86 {
             let mut ap = a;
             let mut bp = b;
             for _ in 0..kq {
-                let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(bp as *const __m512i));
-                let b1: __m512bh =
-                    std::mem::transmute(_mm512_loadu_si512(bp.add(32) as *const __m512i));
+                let b0 = _mm512_loadu_si512(bp as *const __m512i);
+                let b1 = _mm512_loadu_si512(bp.add(16) as *const __m512i);
                 for i in 0..MR {
-                    let ai: __m512bh = std::mem::transmute(_mm512_set1_epi32(*ap.add(i) as i32));
-                    acc[2 * i] = _mm512_dpbf16_ps(acc[2 * i], ai, b0);
-                    acc[2 * i + 1] = _mm512_dpbf16_ps(acc[2 * i + 1], ai, b1);
+                    let ai = _mm512_set1_epi32(*ap.add(i) as i32);
+                    if BF16 {
+                        let ai: __m512bh = std::mem::transmute(ai);
+                        acc[2 * i] = _mm512_dpbf16_ps(acc[2 * i], ai, std::mem::transmute(b0));
+                        acc[2 * i + 1] =
+                            _mm512_dpbf16_ps(acc[2 * i + 1], ai, std::mem::transmute(b1));
+                    } else {
+                        let ai = _mm512_castsi512_ps(ai);
+                        acc[2 * i] = _mm512_fmadd_ps(ai, _mm512_castsi512_ps(b0), acc[2 * i]);
+                        acc[2 * i + 1] =
+                            _mm512_fmadd_ps(ai, _mm512_castsi512_ps(b1), acc[2 * i + 1]);
+                    }
                 }
                 ap = ap.add(MR);
-                bp = bp.add(2 * NR);
+                bp = bp.add(NR);
             }
             let va = _mm512_set1_ps(alpha);
             let vb = _mm512_set1_ps(beta);
@@ -447,7 +560,7 @@ mod x86 {
                     if beta != 0.0 {
                         r = _mm512_fmadd_ps(vb, _mm512_maskz_loadu_ps(m, p), r);
                     }
-                    if round {
+                    if BF16 && round {
                         r = round_ps(r);
                     }
                     _mm512_mask_storeu_ps(p, m, r);
