@@ -14,6 +14,8 @@ struct Buffers<T> {
     y: T,
     a: T,
     b: T,
+    /// The `k × k` identity, to fold `a·X` into `B` (`B = a·I + b·A + c·A·A`).
+    eye: T,
 }
 
 /// A Newton–Schulz-type polar factor iteration (SPEC §2):
@@ -23,8 +25,8 @@ struct Buffers<T> {
 /// if m > n: work on Xᵀ                  (the Gram matrix is min(m,n)²)
 /// for (a, b, c) in coefficients:
 ///     A ← X·Xᵀ                           (Backend::syrk: one triangle where the backend can)
-///     B ← b·A + c·A·A                    (A·A = A·Aᵀ: syrk again; skipped when c = 0)
-///     X ← a·X + B·X                      (one GEMM accumulating onto a·X)
+///     B ← a·I + b·A + c·A·A              (A·A = A·Aᵀ: syrk again; skipped when c = 0)
+///     X ← B·X                            (= a·X + (b·A + c·A·A)·X: one GEMM, no k×l pass for a·X)
 /// ```
 ///
 /// Per step, `k = min(m,n)`, `l = max(m,n)`: `k²l + k³ + 2k²l` flops with a
@@ -109,6 +111,13 @@ impl<B: Backend> NewtonSchulz<B> {
                 y: B::zeros(g, Shape::matrix(k, l)),
                 a: B::zeros(g, Shape::matrix(k, k)),
                 b: B::zeros(g, Shape::matrix(k, k)),
+                eye: {
+                    let mut e = B::zeros(g, Shape::matrix(k, k));
+                    for i in 0..k {
+                        B::set(&mut e, i * k + i, B::Scalar::one());
+                    }
+                    e
+                },
             });
         }
         let s = B::Scalar::of(self.input_scale(fro.as_f64()));
@@ -121,15 +130,21 @@ impl<B: Backend> NewtonSchulz<B> {
         }
         let one = B::Scalar::one();
         let zero = B::Scalar::zero();
-        for i in 0..self.cfg.steps {
+        let steps = self.cfg.steps;
+        for i in 0..steps {
             let [a, b, c] = self.cfg.coefficients.step(i).map(B::Scalar::of);
             B::syrk(one, x, zero, &mut buf.a);
             B::scale(b, &buf.a, &mut buf.b);
+            B::axpby(a, &buf.eye, one, &mut buf.b);
             if c != zero {
                 B::syrk(c, &buf.a, one, &mut buf.b);
             }
-            B::scale(a, x, y);
-            B::gemm(one, &buf.b, Trans::No, x, Trans::No, one, y);
+            if wide && i + 1 == steps {
+                // The last product goes straight to the caller's buffer.
+                B::gemm(one, &buf.b, Trans::No, x, Trans::No, zero, out);
+                return Ok(());
+            }
+            B::gemm(one, &buf.b, Trans::No, x, Trans::No, zero, y);
             core::mem::swap(x, y);
         }
         if wide {
