@@ -293,6 +293,16 @@ fn main() {
             .first()
             .ok_or("usage: lmo-bench <gemm|orth|brox|step> [options]")?;
         let o = opts(&args[1..])?;
+        // Which kernels this CPU gets (reported in the bench's versions line).
+        let f32_syrk = if lmo_ndarray::native::available(lmo_ndarray::native::Kind::F32) {
+            "native avx512f (one triangle)"
+        } else {
+            "faer (recursive lower triangle)"
+        };
+        println!(
+            "{{\"versions\":{{\"bf16_kernel\":\"{}\",\"f32_syrk_kernel\":\"{f32_syrk}\"}}}}",
+            lmo_ndarray::bf16_kernel()
+        );
         match suite.as_str() {
             "gemm" => gemm_suite(&o),
             "orth" => orth_suite(&o)?,
