@@ -14,8 +14,6 @@ struct Buffers<T> {
     y: T,
     a: T,
     b: T,
-    /// The `k × k` identity, to fold `a·X` into `B` (`B = a·I + b·A + c·A·A`).
-    eye: T,
 }
 
 /// A Newton–Schulz-type polar factor iteration (SPEC §2):
@@ -25,8 +23,9 @@ struct Buffers<T> {
 /// if m > n: work on Xᵀ                  (the Gram matrix is min(m,n)²)
 /// for (a, b, c) in coefficients:
 ///     A ← X·Xᵀ                           (Backend::syrk: one triangle where the backend can)
-///     B ← a·I + b·A + c·A·A              (A·A = A·Aᵀ: syrk again; skipped when c = 0)
-///     X ← B·X                            (= a·X + (b·A + c·A·A)·X: one GEMM, no k×l pass for a·X)
+///     B ← b·A + c·A·A                    (A·A = A·Aᵀ: syrk again; skipped when c = 0)
+///     X ← a·X + B·X                      (one GEMM accumulating onto a·X; the
+///                                         last step writes into the output)
 /// ```
 ///
 /// Per step, `k = min(m,n)`, `l = max(m,n)`: `k²l + k³ + 2k²l` flops with a
@@ -111,13 +110,6 @@ impl<B: Backend> NewtonSchulz<B> {
                 y: B::zeros(g, Shape::matrix(k, l)),
                 a: B::zeros(g, Shape::matrix(k, k)),
                 b: B::zeros(g, Shape::matrix(k, k)),
-                eye: {
-                    let mut e = B::zeros(g, Shape::matrix(k, k));
-                    for i in 0..k {
-                        B::set(&mut e, i * k + i, B::Scalar::one());
-                    }
-                    e
-                },
             });
         }
         let s = B::Scalar::of(self.input_scale(fro.as_f64()));
@@ -135,16 +127,17 @@ impl<B: Backend> NewtonSchulz<B> {
             let [a, b, c] = self.cfg.coefficients.step(i).map(B::Scalar::of);
             B::syrk(one, x, zero, &mut buf.a);
             B::scale(b, &buf.a, &mut buf.b);
-            B::axpby(a, &buf.eye, one, &mut buf.b);
             if c != zero {
                 B::syrk(c, &buf.a, one, &mut buf.b);
             }
             if wide && i + 1 == steps {
                 // The last product goes straight to the caller's buffer.
-                B::gemm(one, &buf.b, Trans::No, x, Trans::No, zero, out);
+                B::scale(a, x, out);
+                B::gemm(one, &buf.b, Trans::No, x, Trans::No, one, out);
                 return Ok(());
             }
-            B::gemm(one, &buf.b, Trans::No, x, Trans::No, zero, y);
+            B::scale(a, x, y);
+            B::gemm(one, &buf.b, Trans::No, x, Trans::No, one, y);
             core::mem::swap(x, y);
         }
         if wide {
