@@ -105,6 +105,25 @@ pub trait Backend: 'static {
         c: &mut Self::Tensor,
     );
 
+    /// `out = α·op(a)·op(b) + β·src` (`src` has `out`'s shape and is not
+    /// `out`): the GEMM of a Newton–Schulz step, `X ← a·X + B·X`, without a
+    /// separate pass for `a·X` where the backend can fuse it. The default
+    /// is [`Backend::scale`] then [`Backend::gemm`] with `β = 1`.
+    #[allow(clippy::too_many_arguments)]
+    fn gemm_from(
+        alpha: Self::Scalar,
+        a: &Self::Tensor,
+        ta: Trans,
+        b: &Self::Tensor,
+        tb: Trans,
+        beta: Self::Scalar,
+        src: &Self::Tensor,
+        out: &mut Self::Tensor,
+    ) {
+        Self::scale(beta, src, out);
+        Self::gemm(alpha, a, ta, b, tb, num_traits::One::one(), out);
+    }
+
     /// `c = α·x·xᵀ + β·c` for a `k × l` matrix `x` and a `k × k` matrix `c`
     /// (a symmetric rank-k update, BLAS `syrk`). The result is written in
     /// full (both triangles). The default is one [`Backend::gemm`]

@@ -24,8 +24,9 @@ struct Buffers<T> {
 /// for (a, b, c) in coefficients:
 ///     A ← X·Xᵀ                           (Backend::syrk: one triangle where the backend can)
 ///     B ← b·A + c·A·A                    (A·A = A·Aᵀ: syrk again; skipped when c = 0)
-///     X ← a·X + B·X                      (one GEMM accumulating onto a·X; the
-///                                         last step writes into the output)
+///     X ← a·X + B·X                      (Backend::gemm_from: one GEMM onto a·X, fused
+///                                         where the backend can; the last step
+///                                         writes into the output)
 /// ```
 ///
 /// Per step, `k = min(m,n)`, `l = max(m,n)`: `k²l + k³ + 2k²l` flops with a
@@ -132,12 +133,10 @@ impl<B: Backend> NewtonSchulz<B> {
             }
             if wide && i + 1 == steps {
                 // The last product goes straight to the caller's buffer.
-                B::scale(a, x, out);
-                B::gemm(one, &buf.b, Trans::No, x, Trans::No, one, out);
+                B::gemm_from(one, &buf.b, Trans::No, x, Trans::No, a, x, out);
                 return Ok(());
             }
-            B::scale(a, x, y);
-            B::gemm(one, &buf.b, Trans::No, x, Trans::No, one, y);
+            B::gemm_from(one, &buf.b, Trans::No, x, Trans::No, a, x, y);
             core::mem::swap(x, y);
         }
         if wide {

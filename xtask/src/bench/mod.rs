@@ -75,10 +75,15 @@ struct Opts {
     peers: Vec<String>,
     json: PathBuf,
     compare: Option<PathBuf>,
+    /// Only the cases of these shapes (the gemm roofline always runs).
+    shapes: Option<Vec<String>>,
+    /// Idle seconds before each timed process.
+    settle: f64,
 }
 
 const USAGE: &str = "usage: cargo xtask bench [SUITE…] [--quick] [--reps N] [--threads T]
                          [--peers numpy,torch|none] [--json PATH] [--compare OLD.json]
+                         [--shapes 768x768,…] [--settle SECONDS]
 suites: gemm orth brox step (default: all). Output: target/bench/{bench.json,*.svg,*.png}";
 
 fn parse(args: &[String]) -> Result<Opts, String> {
@@ -93,6 +98,8 @@ fn parse(args: &[String]) -> Result<Opts, String> {
         peers: vec![],
         json: root().join("target/bench/bench.json"),
         compare: None,
+        shapes: None,
+        settle: -1.0,
     };
     let mut peers_set = false;
     let mut it = args.iter();
@@ -120,6 +127,14 @@ fn parse(args: &[String]) -> Result<Opts, String> {
             }
             "--json" => o.json = PathBuf::from(val()?),
             "--compare" => o.compare = Some(PathBuf::from(val()?)),
+            "--shapes" => o.shapes = Some(val()?.split(',').map(String::from).collect()),
+            "--settle" => {
+                o.settle = val()?
+                    .parse()
+                    .ok()
+                    .filter(|s: &f64| *s >= 0.0)
+                    .ok_or("--settle: seconds ≥ 0")?
+            }
             "-h" | "--help" => {
                 let list: Vec<String> = suites::all()
                     .iter()
@@ -145,6 +160,13 @@ fn parse(args: &[String]) -> Result<Opts, String> {
     }
     if o.threads == 0 {
         return Err("--threads must be ≥ 1".into());
+    }
+    if o.settle < 0.0 {
+        // After a heavy process (a 4096³ GEMM) this 2-core VM runs the next
+        // few seconds measurably slower (seen: 768² NS5 f32 69 ms instead of
+        // 53 ms for its first reps); an idle pause before every timed process
+        // keeps that from landing on whoever runs next.
+        o.settle = if o.quick { 0.0 } else { 5.0 };
     }
     if !peers_set {
         // The quick run (CI) exercises the numpy peer only: PyTorch's wheel
@@ -324,7 +346,23 @@ pub fn run(args: &[String]) -> Result<(), String> {
                 .into_iter()
                 .map(move |c| (s.name.to_string(), c))
         })
+        .filter(|(suite, c)| {
+            // `--shapes` keeps the cases of those shapes; the roofline stays.
+            suite == "gemm"
+                || o.shapes.as_ref().is_none_or(|want| {
+                    c.ours
+                        .windows(2)
+                        .any(|w| w[0] == "--shapes" && want.contains(&w[1]))
+                })
+        })
         .collect();
+    if cases.iter().all(|(suite, _)| suite == "gemm") && o.suites.iter().any(|s| s != "gemm") {
+        return Err(format!(
+            "--shapes {:?} matches no case of {}",
+            o.shapes.as_deref().unwrap_or_default(),
+            o.suites.join(", ")
+        ));
+    }
     let bar = ProgressBar::new(cases.len() as u64);
     bar.set_style(
         ProgressStyle::with_template("{bar:30} {pos}/{len} {elapsed_precise} {msg}")
@@ -332,6 +370,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
     );
     for (_, case) in &cases {
         bar.set_message(format!("{} (ours)", case.label));
+        std::thread::sleep(std::time::Duration::from_secs_f64(o.settle));
         let out = Command::new(&ours_bin)
             .args(&case.ours)
             .envs(envs)
@@ -348,6 +387,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
         report.results.extend(recs);
         if let (Some(py), Some(pargs)) = (&python, &case.peers) {
             bar.set_message(format!("{} (peers)", case.label));
+            std::thread::sleep(std::time::Duration::from_secs_f64(o.settle));
             let out = Command::new(py)
                 .arg(root().join("bench/peers/peers.py"))
                 .args(pargs)

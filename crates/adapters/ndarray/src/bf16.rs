@@ -44,6 +44,68 @@ pub fn bf16_kernel() -> Bf16Kernel {
     })
 }
 
+/// `c = α·op(a)·op(b) + β·(src or c)` on the native bf16 kernel, rounded
+/// to bf16; `false` (nothing done) where the kernel is unavailable or the
+/// layout is not one it takes.
+#[allow(clippy::too_many_arguments)]
+fn native_gemm(
+    alpha: f32,
+    a: &ArrayD<f32>,
+    ta: Trans,
+    b: &ArrayD<f32>,
+    tb: Trans,
+    beta: f32,
+    src: Option<&ArrayD<f32>>,
+    c: &mut ArrayD<f32>,
+) -> bool {
+    let (av, bv) = (mat(a), mat(b));
+    let av = if ta == Trans::Yes {
+        av.reversed_axes()
+    } else {
+        av
+    };
+    let bv = if tb == Trans::Yes {
+        bv.reversed_axes()
+    } else {
+        bv
+    };
+    let (m, k, n) = (av.nrows(), av.ncols(), bv.ncols());
+    let src_ok = src.is_none_or(|s| s.shape() == [m, n] && s.is_standard_layout());
+    if bf16_kernel() != Bf16Kernel::Avx512Bf16
+        || k == 0
+        || bv.nrows() != k
+        || c.shape() != [m, n]
+        || !c.is_standard_layout()
+        || !src_ok
+    {
+        return false;
+    }
+    let (ao, bo) = (operand(&av, false), operand(&bv, true));
+    let sp = src.map(|s| (s.as_ptr(), n));
+    let cp = c.as_mut_ptr();
+    // SAFETY: the kernel is available; shapes checked above; `c` is a
+    // contiguous m × n array distinct from `a`, `b` and `src` (borrowck:
+    // they are shared borrows, `c` a unique one).
+    unsafe {
+        native::gemm(
+            Kind::Bf16,
+            m,
+            n,
+            k,
+            alpha,
+            ao,
+            bo,
+            beta,
+            sp,
+            cp,
+            n,
+            false,
+            true,
+        )
+    };
+    true
+}
+
 /// An f32 matrix view as a [`native::Operand`] read as `rows × inner`;
 /// `transposed` reads the view's columns as rows.
 fn operand(v: &ndarray::ArrayView2<'_, f32>, transposed: bool) -> native::Operand {
@@ -167,33 +229,26 @@ impl Backend for NdBf16 {
         beta: f32,
         c: &mut ArrayD<f32>,
     ) {
-        let (av, bv) = (mat(a), mat(b));
-        let av = if ta == Trans::Yes {
-            av.reversed_axes()
-        } else {
-            av
-        };
-        let bv = if tb == Trans::Yes {
-            bv.reversed_axes()
-        } else {
-            bv
-        };
-        let (m, k, n) = (av.nrows(), av.ncols(), bv.ncols());
-        if bf16_kernel() == Bf16Kernel::Avx512Bf16
-            && k > 0
-            && bv.nrows() == k
-            && c.shape() == [m, n]
-            && c.is_standard_layout()
-        {
-            let (ao, bo) = (operand(&av, false), operand(&bv, true));
-            let cp = c.as_mut_ptr();
-            // SAFETY: the kernel is available; shapes checked above; `c` is
-            // a contiguous m × n array distinct from `a` and `b` (borrowck).
-            unsafe { native::gemm(Kind::Bf16, m, n, k, alpha, ao, bo, beta, cp, n, false, true) };
-            return;
+        if !native_gemm(alpha, a, ta, b, tb, beta, None, c) {
+            Nd32::gemm(alpha, a, ta, b, tb, beta, c);
+            round_bf16(c);
         }
-        Nd32::gemm(alpha, a, ta, b, tb, beta, c);
-        round_bf16(c);
+    }
+    fn gemm_from(
+        alpha: f32,
+        a: &ArrayD<f32>,
+        ta: Trans,
+        b: &ArrayD<f32>,
+        tb: Trans,
+        beta: f32,
+        src: &ArrayD<f32>,
+        out: &mut ArrayD<f32>,
+    ) {
+        if !native_gemm(alpha, a, ta, b, tb, beta, Some(src), out) {
+            Nd32::scale(beta, src, out);
+            Nd32::gemm(alpha, a, ta, b, tb, 1.0, out);
+            round_bf16(out);
+        }
     }
     fn syrk(alpha: f32, x: &ArrayD<f32>, beta: f32, c: &mut ArrayD<f32>) {
         let xv = mat(x);
@@ -206,7 +261,23 @@ impl Backend for NdBf16 {
             let o = operand(&xv, false);
             let cp = c.as_mut_ptr();
             // SAFETY: as in `gemm`; x·xᵀ reads x as both operands.
-            unsafe { native::gemm(Kind::Bf16, m, m, k, alpha, o, o, beta, cp, m, true, true) };
+            unsafe {
+                native::gemm(
+                    Kind::Bf16,
+                    m,
+                    m,
+                    k,
+                    alpha,
+                    o,
+                    o,
+                    beta,
+                    None,
+                    cp,
+                    m,
+                    true,
+                    true,
+                )
+            };
             mirror_lower(&mut mat_mut(c));
             return;
         }

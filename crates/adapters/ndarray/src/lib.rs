@@ -210,6 +210,7 @@ fn native_syrk_f32<S: NdScalar>(alpha: f64, x: &ArrayD<S>, beta: f64, c: &mut Ar
             o,
             o,
             beta as f32,
+            None,
             cp,
             m,
             true,

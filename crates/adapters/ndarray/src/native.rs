@@ -135,7 +135,9 @@ fn with_buf<R>(
 /// for `A·Aᵀ`-type products), `C` row-major `m × n` with row stride `ldc`;
 /// `A` is `m × k`, `B` is `k × n` read as `n × k` (see [`Operand`]). With
 /// `round` (bf16 only), every written entry of `C` is rounded to bf16. `β = 0` never
-/// reads `C`. With `lower_only`, tiles above the diagonal are skipped and
+/// reads `C`. With `src = Some((ptr, ld))`, `β` multiplies that matrix
+/// (same shape, row stride `ld`, not overlapping `C`) instead of `C`:
+/// `C = α·A·B + β·S` in one pass. With `lower_only`, tiles above the diagonal are skipped and
 /// tiles across it also write some upper entries (the caller mirrors).
 ///
 /// # Safety
@@ -152,6 +154,7 @@ pub unsafe fn gemm(
     a: Operand,
     b: Operand,
     beta: f32,
+    src: Option<(*const f32, usize)>,
     c: *mut f32,
     ldc: usize,
     lower_only: bool,
@@ -171,6 +174,7 @@ pub unsafe fn gemm(
         };
         let npanels = n.div_ceil(NR);
         let c = OutPtr(c);
+        let src = src.map(|(p, ld)| (OutPtr(p as *mut f32), ld));
         with_buf(&B_BUF, npanels * NR * KW, |bpack| {
             let bp = PackPtr(bpack.as_mut_ptr());
             for pc in (0..k).step_by(kc) {
@@ -197,6 +201,9 @@ pub unsafe fn gemm(
                     (0..npanels).for_each(pack_b);
                 }
                 let beta_k = if pc == 0 { beta } else { 1.0 };
+                // The first inner block reads β·S (or β·C); later ones add
+                // onto the partial C.
+                let first_src = if pc == 0 { src } else { None };
                 let round_k = bf16 && round && pc + kc >= k;
                 let block = |blk: usize| {
                     let ic = blk * MC;
@@ -221,10 +228,18 @@ pub unsafe fn gemm(
                                 // SAFETY: the tile (i0.., j0..) lies in C and
                                 // belongs to this row block.
                                 unsafe {
+                                    let (sp, lds) = match first_src {
+                                        Some((s, ld)) => {
+                                            (s.get().add(i0 * ld + j0) as *const f32, ld)
+                                        }
+                                        None => (c.get().add(i0 * ldc + j0) as *const f32, ldc),
+                                    };
                                     kernel(
                                         kq,
                                         ap.add(ir * kq),
                                         bpanel,
+                                        sp,
+                                        lds,
                                         c.get().add(i0 * ldc + j0),
                                         ldc,
                                         mr,
@@ -248,7 +263,9 @@ pub unsafe fn gemm(
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (kind, m, n, k, alpha, a, b, beta, c, ldc, lower_only, round);
+        let _ = (
+            kind, m, n, k, alpha, a, b, beta, src, c, ldc, lower_only, round,
+        );
         unreachable!("native::gemm called where available() is false");
     }
 }
@@ -261,8 +278,20 @@ mod x86 {
     /// The signature of [`pack`].
     pub(super) type PackFn = unsafe fn(Operand, usize, usize, usize, usize, usize, *mut u32);
     /// The signature of [`kernel`].
-    pub(super) type KernelFn =
-        unsafe fn(usize, *const u32, *const u32, *mut f32, usize, usize, usize, f32, f32, bool);
+    pub(super) type KernelFn = unsafe fn(
+        usize,
+        *const u32,
+        *const u32,
+        *const f32,
+        usize,
+        *mut f32,
+        usize,
+        usize,
+        usize,
+        f32,
+        f32,
+        bool,
+    );
 
     /// Packs rows `r0 .. r0+rn` (zero rows up to `rr`) and inner indices
     /// `p0 .. p0+pn` of `op` as 32-bit words, `out[q·rr + r]` = word `q` of
@@ -329,7 +358,7 @@ mod x86 {
                         q0 += 16;
                     }
                 }
-            } else if op.rs == 1 && rr % 16 == 0 {
+            } else if op.rs == 1 && rr.is_multiple_of(16) {
                 // Rows are contiguous: a word row is one inner index (f32)
                 // or two interleaved (bf16).
                 let idx = _mm512_set_epi16(
@@ -410,6 +439,8 @@ mod x86 {
         kq: usize,
         a: *const u32,
         b: *const u32,
+        csrc: *const f32,
+        ldsrc: usize,
         c: *mut f32,
         ldc: usize,
         mr: usize,
@@ -419,7 +450,7 @@ mod x86 {
         round: bool,
     ) {
         // SAFETY: the caller's contract, and the features are enabled.
-        unsafe { kernel::<true>(kq, a, b, c, ldc, mr, nr, alpha, beta, round) }
+        unsafe { kernel::<true>(kq, a, b, csrc, ldsrc, c, ldc, mr, nr, alpha, beta, round) }
     }
 
     /// [`kernel`] on f32 (AVX-512 F, BW).
@@ -429,6 +460,8 @@ mod x86 {
         kq: usize,
         a: *const u32,
         b: *const u32,
+        csrc: *const f32,
+        ldsrc: usize,
         c: *mut f32,
         ldc: usize,
         mr: usize,
@@ -438,7 +471,7 @@ mod x86 {
         round: bool,
     ) {
         // SAFETY: the caller's contract, and the features are enabled.
-        unsafe { kernel::<false>(kq, a, b, c, ldc, mr, nr, alpha, beta, round) }
+        unsafe { kernel::<false>(kq, a, b, csrc, ldsrc, c, ldc, mr, nr, alpha, beta, round) }
     }
 
     /// Transposes a 16 × 16 block of 32-bit lanes (`out[j][i] = v[i][j]`):
@@ -493,8 +526,9 @@ mod x86 {
 
     /// The `MR × NR` register kernel over `kq` packed words (`vdpbf16ps` on
     /// bf16 pairs, or `vfmadd231ps` on f32), then
-    /// `C[..mr, ..nr] = α·acc + β·C` (β = 0: C not read), rounded to bf16
-    /// with `round`.
+    /// `C[..mr, ..nr] = α·acc + β·S` with `S` at `csrc` (row stride `ldsrc`;
+    /// `C` itself or another matrix; β = 0: not read), rounded to bf16 with
+    /// `round`.
     ///
     /// Inlined into [`kernel_bf16`] / [`kernel_f32`].
     #[allow(clippy::too_many_arguments)]
@@ -503,6 +537,8 @@ mod x86 {
         kq: usize,
         a: *const u32,
         b: *const u32,
+        csrc: *const f32,
+        ldsrc: usize,
         c: *mut f32,
         ldc: usize,
         mr: usize,
@@ -516,8 +552,8 @@ mod x86 {
         unsafe {
             if beta != 0.0 {
                 for i in 0..MR.min(mr) {
-                    _mm_prefetch::<_MM_HINT_T0>(c.add(i * ldc) as *const i8);
-                    _mm_prefetch::<_MM_HINT_T0>(c.add(i * ldc + 16) as *const i8);
+                    _mm_prefetch::<_MM_HINT_T0>(csrc.add(i * ldsrc) as *const i8);
+                    _mm_prefetch::<_MM_HINT_T0>(csrc.add(i * ldsrc + 16) as *const i8);
                 }
             }
             let mut acc = [_mm512_setzero_ps(); 2 * MR];
@@ -530,9 +566,16 @@ mod x86 {
                     let ai = _mm512_set1_epi32(*ap.add(i) as i32);
                     if BF16 {
                         let ai: __m512bh = std::mem::transmute(ai);
-                        acc[2 * i] = _mm512_dpbf16_ps(acc[2 * i], ai, std::mem::transmute(b0));
-                        acc[2 * i + 1] =
-                            _mm512_dpbf16_ps(acc[2 * i + 1], ai, std::mem::transmute(b1));
+                        acc[2 * i] = _mm512_dpbf16_ps(
+                            acc[2 * i],
+                            ai,
+                            std::mem::transmute::<__m512i, __m512bh>(b0),
+                        );
+                        acc[2 * i + 1] = _mm512_dpbf16_ps(
+                            acc[2 * i + 1],
+                            ai,
+                            std::mem::transmute::<__m512i, __m512bh>(b1),
+                        );
                     } else {
                         let ai = _mm512_castsi512_ps(ai);
                         acc[2 * i] = _mm512_fmadd_ps(ai, _mm512_castsi512_ps(b0), acc[2 * i]);
@@ -551,6 +594,7 @@ mod x86 {
                     break;
                 }
                 let row = c.add(i * ldc);
+                let srow = csrc.add(i * ldsrc);
                 for (v, &m) in masks.iter().enumerate() {
                     if m == 0 {
                         continue;
@@ -558,7 +602,7 @@ mod x86 {
                     let p = row.add(16 * v);
                     let mut r = _mm512_mul_ps(acc[2 * i + v], va);
                     if beta != 0.0 {
-                        r = _mm512_fmadd_ps(vb, _mm512_maskz_loadu_ps(m, p), r);
+                        r = _mm512_fmadd_ps(vb, _mm512_maskz_loadu_ps(m, srow.add(16 * v)), r);
                     }
                     if BF16 && round {
                         r = round_ps(r);

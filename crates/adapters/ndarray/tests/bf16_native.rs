@@ -123,6 +123,18 @@ fn gemm_matches_f64_on_edge_shapes_and_layouts() {
             };
             let what = format!("gemm {m}×{k}·{k}×{n} {ta:?}/{tb:?} α={alpha} β={beta}");
             check(&what, &c, alpha as f64, &am, &bm, beta as f64, &m2(&c0));
+            // The fused form out = α·A·B + β·src (src ≠ out) gives the same.
+            let mut out = ArrayD::from_elem(c0.raw_dim(), f32::NAN);
+            NdBf16::gemm_from(alpha, &a, ta, &b, tb, beta, &c0, &mut out);
+            check(
+                &format!("{what} (gemm_from)"),
+                &out,
+                alpha as f64,
+                &am,
+                &bm,
+                beta as f64,
+                &m2(&c0),
+            );
         }
     }
 }
