@@ -5,7 +5,7 @@ use lmo_core::{AdamWStep, Backend, Shape, Trans};
 use ndarray::ArrayD;
 
 use crate::native::{self, Kind};
-use crate::{Nd32, mat, mat_mut, mirror_lower};
+use crate::{Nd32, native_syrk, op_view};
 
 /// Which kernel [`NdBf16`]'s products run on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -58,17 +58,7 @@ fn native_gemm(
     src: Option<&ArrayD<f32>>,
     c: &mut ArrayD<f32>,
 ) -> bool {
-    let (av, bv) = (mat(a), mat(b));
-    let av = if ta == Trans::Yes {
-        av.reversed_axes()
-    } else {
-        av
-    };
-    let bv = if tb == Trans::Yes {
-        bv.reversed_axes()
-    } else {
-        bv
-    };
+    let (av, bv) = (op_view(a, ta), op_view(b, tb));
     let (m, k, n) = (av.nrows(), av.ncols(), bv.ncols());
     let src_ok = src.is_none_or(|s| s.shape() == [m, n] && s.is_standard_layout());
     if bf16_kernel() != Bf16Kernel::Avx512Bf16
@@ -251,38 +241,10 @@ impl Backend for NdBf16 {
         }
     }
     fn syrk(alpha: f32, x: &ArrayD<f32>, beta: f32, c: &mut ArrayD<f32>) {
-        let xv = mat(x);
-        let (m, k) = xv.dim();
-        if bf16_kernel() == Bf16Kernel::Avx512Bf16
-            && k > 0
-            && c.shape() == [m, m]
-            && c.is_standard_layout()
-        {
-            let o = operand(&xv, false);
-            let cp = c.as_mut_ptr();
-            // SAFETY: as in `gemm`; x·xᵀ reads x as both operands.
-            unsafe {
-                native::gemm(
-                    Kind::Bf16,
-                    m,
-                    m,
-                    k,
-                    alpha,
-                    o,
-                    o,
-                    beta,
-                    None,
-                    cp,
-                    m,
-                    true,
-                    true,
-                )
-            };
-            mirror_lower(&mut mat_mut(c));
-            return;
+        if bf16_kernel() != Bf16Kernel::Avx512Bf16 || !native_syrk(Kind::Bf16, alpha, x, beta, c) {
+            Nd32::syrk(alpha, x, beta, c);
+            round_bf16(c);
         }
-        Nd32::syrk(alpha, x, beta, c);
-        round_bf16(c);
     }
     fn transpose_into(a: f32, x: &ArrayD<f32>, out: &mut ArrayD<f32>) {
         Nd32::transpose_into(a, x, out);

@@ -186,9 +186,24 @@ fn native_syrk_f32<S: NdScalar>(alpha: f64, x: &ArrayD<S>, beta: f64, c: &mut Ar
     ) else {
         return false;
     };
+    native::available(native::Kind::F32)
+        && native_syrk(native::Kind::F32, alpha as f32, x, beta as f32, c)
+}
+
+/// `c = α·x·xᵀ + β·c` (both triangles; rounded to bf16 for
+/// [`native::Kind::Bf16`]) on the native kernel of `kind`, which the caller
+/// has checked is available; `false` (nothing done) when `x` is empty or
+/// `c` is not a contiguous `m × m` array.
+pub(crate) fn native_syrk(
+    kind: native::Kind,
+    alpha: f32,
+    x: &ArrayD<f32>,
+    beta: f32,
+    c: &mut ArrayD<f32>,
+) -> bool {
     let xv = mat(x);
     let (m, k) = xv.dim();
-    if k == 0 || !c.is_standard_layout() || !native::available(native::Kind::F32) {
+    if k == 0 || c.shape() != [m, m] || !c.is_standard_layout() {
         return false;
     }
     let s = xv.strides();
@@ -198,27 +213,23 @@ fn native_syrk_f32<S: NdScalar>(alpha: f64, x: &ArrayD<S>, beta: f64, c: &mut Ar
         ps: s[1],
     };
     let cp = c.as_mut_ptr();
-    // SAFETY: the kernel is available; `x` is m × k, `c` a contiguous m × m
-    // array distinct from `x` (one is borrowed shared, the other mutably).
-    unsafe {
-        native::gemm(
-            native::Kind::F32,
-            m,
-            m,
-            k,
-            alpha as f32,
-            o,
-            o,
-            beta as f32,
-            None,
-            cp,
-            m,
-            true,
-            false,
-        )
-    };
+    let round = kind == native::Kind::Bf16;
+    // SAFETY: the kernel is available (caller); `x` is m × k, `c` a
+    // contiguous m × m array distinct from `x` (one is borrowed shared, the
+    // other mutably).
+    unsafe { native::gemm(kind, m, m, k, alpha, o, o, beta, None, cp, m, true, round) };
     mirror_lower(&mut mat_mut(c));
     true
+}
+
+/// `op(x)` as a matrix view: `x` or its transpose.
+pub(crate) fn op_view<S>(x: &ArrayD<S>, t: Trans) -> ArrayView2<'_, S> {
+    let v = mat(x);
+    if t == Trans::Yes {
+        v.reversed_axes()
+    } else {
+        v
+    }
 }
 
 /// A raw pointer shared by the mirror's tasks, which touch disjoint entries.
@@ -394,18 +405,7 @@ impl<S: NdScalar> Backend for NdBackend<S> {
         beta: S,
         c: &mut ArrayD<S>,
     ) {
-        let a = mat(a);
-        let b = mat(b);
-        let a = if ta == Trans::Yes {
-            a.reversed_axes()
-        } else {
-            a
-        };
-        let b = if tb == Trans::Yes {
-            b.reversed_axes()
-        } else {
-            b
-        };
+        let (a, b) = (op_view(a, ta), op_view(b, tb));
         assert!(
             a.ncols() == b.nrows() && c.shape() == [a.nrows(), b.ncols()],
             "gemm: shape mismatch"

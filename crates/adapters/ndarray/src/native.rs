@@ -402,77 +402,42 @@ mod x86 {
         }
     }
 
-    /// [`pack`] of bf16 pairs (AVX-512 F, BW, BF16).
-    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-    pub(super) unsafe fn pack_bf16(
-        op: Operand,
-        r0: usize,
-        rn: usize,
-        rr: usize,
-        p0: usize,
-        pn: usize,
-        out: *mut u32,
-    ) {
-        // SAFETY: the caller's contract, and the features are enabled.
-        unsafe { pack::<true>(op, r0, rn, rr, p0, pn, out) }
+    /// A target-feature wrapper around a `BF16`-generic body (`#[inline(always)]`,
+    /// so the body is compiled with the wrapper's features).
+    macro_rules! variant {
+        ($(#[$doc:meta])* $name:ident = $body:ident::<$bf16:literal>, $features:literal,
+         ($($arg:ident: $ty:ty),*)) => {
+            $(#[$doc])*
+            #[allow(clippy::too_many_arguments)]
+            #[target_feature(enable = $features)]
+            pub(super) unsafe fn $name($($arg: $ty),*) {
+                // SAFETY: the caller's contract, and the features are enabled.
+                unsafe { $body::<$bf16>($($arg),*) }
+            }
+        };
     }
-
-    /// [`pack`] of f32 (AVX-512 F, BW).
-    #[target_feature(enable = "avx512f,avx512bw")]
-    pub(super) unsafe fn pack_f32(
-        op: Operand,
-        r0: usize,
-        rn: usize,
-        rr: usize,
-        p0: usize,
-        pn: usize,
-        out: *mut u32,
-    ) {
-        // SAFETY: the caller's contract, and the features are enabled.
-        unsafe { pack::<false>(op, r0, rn, rr, p0, pn, out) }
-    }
-
-    /// [`kernel`] on bf16 pairs (AVX-512 F, BW, BF16).
-    #[allow(clippy::too_many_arguments)]
-    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-    pub(super) unsafe fn kernel_bf16(
-        kq: usize,
-        a: *const u32,
-        b: *const u32,
-        csrc: *const f32,
-        ldsrc: usize,
-        c: *mut f32,
-        ldc: usize,
-        mr: usize,
-        nr: usize,
-        alpha: f32,
-        beta: f32,
-        round: bool,
-    ) {
-        // SAFETY: the caller's contract, and the features are enabled.
-        unsafe { kernel::<true>(kq, a, b, csrc, ldsrc, c, ldc, mr, nr, alpha, beta, round) }
-    }
-
-    /// [`kernel`] on f32 (AVX-512 F, BW).
-    #[allow(clippy::too_many_arguments)]
-    #[target_feature(enable = "avx512f,avx512bw")]
-    pub(super) unsafe fn kernel_f32(
-        kq: usize,
-        a: *const u32,
-        b: *const u32,
-        csrc: *const f32,
-        ldsrc: usize,
-        c: *mut f32,
-        ldc: usize,
-        mr: usize,
-        nr: usize,
-        alpha: f32,
-        beta: f32,
-        round: bool,
-    ) {
-        // SAFETY: the caller's contract, and the features are enabled.
-        unsafe { kernel::<false>(kq, a, b, csrc, ldsrc, c, ldc, mr, nr, alpha, beta, round) }
-    }
+    variant!(
+        /// [`pack`] of bf16 pairs (AVX-512 F, BW, BF16).
+        pack_bf16 = pack::<true>, "avx512f,avx512bw,avx512bf16",
+        (op: Operand, r0: usize, rn: usize, rr: usize, p0: usize, pn: usize, out: *mut u32)
+    );
+    variant!(
+        /// [`pack`] of f32 (AVX-512 F, BW).
+        pack_f32 = pack::<false>, "avx512f,avx512bw",
+        (op: Operand, r0: usize, rn: usize, rr: usize, p0: usize, pn: usize, out: *mut u32)
+    );
+    variant!(
+        /// [`kernel`] on bf16 pairs (AVX-512 F, BW, BF16).
+        kernel_bf16 = kernel::<true>, "avx512f,avx512bw,avx512bf16",
+        (kq: usize, a: *const u32, b: *const u32, csrc: *const f32, ldsrc: usize, c: *mut f32,
+         ldc: usize, mr: usize, nr: usize, alpha: f32, beta: f32, round: bool)
+    );
+    variant!(
+        /// [`kernel`] on f32 (AVX-512 F, BW).
+        kernel_f32 = kernel::<false>, "avx512f,avx512bw",
+        (kq: usize, a: *const u32, b: *const u32, csrc: *const f32, ldsrc: usize, c: *mut f32,
+         ldc: usize, mr: usize, nr: usize, alpha: f32, beta: f32, round: bool)
+    );
 
     /// Transposes a 16 × 16 block of 32-bit lanes (`out[j][i] = v[i][j]`):
     /// 32-bit and 64-bit unpacks within 128-bit lanes, then two rounds of
