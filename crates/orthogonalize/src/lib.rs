@@ -9,7 +9,8 @@
 //!   steps, Frobenius normalization with margin δ and guard ε, the
 //!   transpose for tall matrices. Written once against lmo-core's
 //!   [`lmo_core::Backend`]; on the ndarray backend its Gram products compute
-//!   one triangle and every GEMM runs through faer.
+//!   one triangle and its products run through faer or, where the CPU has
+//!   AVX-512 (and `avx512_bf16` for bf16), `lmo_ndarray::native`.
 //! - [`FaerPolar`]: the exact polar factor through faer's SVD (reference and
 //!   small-matrix option, no system library).
 //! - [`BatchPolar`]: many matrices at once, in parallel with rayon,
