@@ -218,6 +218,7 @@ pub unsafe fn gemm(
                         }
                         let jmax = if lower_only { (ic + mc).min(n) } else { n };
                         for j0 in (0..jmax).step_by(NR) {
+                            // SAFETY: panel j0/NR of the packed B (see pack_b).
                             let bpanel = unsafe { bp.get().add((j0 / NR) * NR * kq) };
                             for ir in (0..mc).step_by(MR) {
                                 let i0 = ic + ir;
