@@ -20,12 +20,12 @@ use crate::{NewtonSchulz, NsConfig};
 /// As an [`Orthogonalizer<Nd32>`] it plugs into `lmo_core::Spectral`, and
 /// gluon-optim selects it with `Orth::NewtonSchulzBf16`. Input handling as
 /// [`NewtonSchulz`]: non-finite entries → [`LmoError::NonFinite`] with
-/// `out` untouched; the two f32 staging buffers are allocated on the first
-/// call for a shape and reused.
+/// `out` untouched; the f32 staging buffer of the rounded input is
+/// allocated on the first call for a shape and reused, and the iteration
+/// writes `out` directly.
 pub struct NewtonSchulzBf16 {
     ns: NewtonSchulz<NdBf16>,
     x: ArrayD<f32>,
-    y: ArrayD<f32>,
 }
 
 impl NewtonSchulzBf16 {
@@ -35,7 +35,6 @@ impl NewtonSchulzBf16 {
         Ok(Self {
             ns: NewtonSchulz::new(cfg)?,
             x: ArrayD::zeros(ndarray::IxDyn(&[0])),
-            y: ArrayD::zeros(ndarray::IxDyn(&[0])),
         })
     }
 
@@ -61,14 +60,12 @@ impl NewtonSchulzBf16 {
         Nd32::check_finite(g)?;
         if self.x.shape() != g.shape() {
             self.x = g.clone();
-            self.y = ArrayD::zeros(g.raw_dim());
         } else {
             self.x.assign(g);
         }
         round_bf16(&mut self.x);
-        self.ns.run(&self.x, &mut self.y)?;
-        out.assign(&self.y);
-        Ok(())
+        // `x` is finite and shaped like `out`: the run cannot fail half-way.
+        self.ns.run(&self.x, out)
     }
 }
 

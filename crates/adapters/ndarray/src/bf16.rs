@@ -70,7 +70,10 @@ fn native_gemm(
     {
         return false;
     }
-    let (ao, bo) = (operand(&av, false), operand(&bv, true));
+    let (ao, bo) = (
+        native::Operand::of_view(&av, false),
+        native::Operand::of_view(&bv, true),
+    );
     let sp = src.map(|s| (s.as_ptr(), n));
     let cp = c.as_mut_ptr();
     // SAFETY: the kernel is available; shapes checked above; `c` is a
@@ -94,22 +97,6 @@ fn native_gemm(
         )
     };
     true
-}
-
-/// An f32 matrix view as a [`native::Operand`] read as `rows × inner`;
-/// `transposed` reads the view's columns as rows.
-fn operand(v: &ndarray::ArrayView2<'_, f32>, transposed: bool) -> native::Operand {
-    let s = v.strides();
-    let (rs, ps) = if transposed {
-        (s[1], s[0])
-    } else {
-        (s[0], s[1])
-    };
-    native::Operand {
-        ptr: v.as_ptr(),
-        rs,
-        ps,
-    }
 }
 
 /// The ndarray backend with **bf16 storage and f32 accumulation**, the

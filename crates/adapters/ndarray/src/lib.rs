@@ -44,8 +44,21 @@ pub type Nd32 = NdBackend<f32>;
 pub type Nd64 = NdBackend<f64>;
 
 /// A scalar the ndarray backend supports: `f32` and `f64`.
-pub trait NdScalar: Scalar + LinalgScalar + faer::traits::RealField {}
-impl NdScalar for f32 {}
+pub trait NdScalar: Scalar + LinalgScalar + faer::traits::RealField {
+    /// `c = α·x·xᵀ + β·c` (both triangles) on a native kernel of
+    /// [`native`] where this scalar has one on this CPU (f32 with
+    /// AVX-512); `false`, with nothing done, where it has none (f64, or no
+    /// AVX-512) or the layout does not suit it. Shapes are checked by the
+    /// caller.
+    fn native_syrk(_alpha: Self, _x: &ArrayD<Self>, _beta: Self, _c: &mut ArrayD<Self>) -> bool {
+        false
+    }
+}
+impl NdScalar for f32 {
+    fn native_syrk(alpha: f32, x: &ArrayD<f32>, beta: f32, c: &mut ArrayD<f32>) -> bool {
+        native::available(native::Kind::F32) && native_syrk(native::Kind::F32, alpha, x, beta, c)
+    }
+}
 impl NdScalar for f64 {}
 
 /// Views a rank-2 tensor as a matrix; panics on other ranks (callers check
@@ -174,22 +187,6 @@ fn mirror_lower<S: NdScalar>(c: &mut ArrayViewMut2<'_, S>) {
     }
 }
 
-/// `c = α·x·xᵀ + β·c` on the native f32 kernel ([`native`], one triangle,
-/// AVX-512) when the scalar is f32, the CPU has AVX-512 and `c` is
-/// contiguous; `false` (nothing done) otherwise. Shapes are checked by the
-/// caller.
-fn native_syrk_f32<S: NdScalar>(alpha: f64, x: &ArrayD<S>, beta: f64, c: &mut ArrayD<S>) -> bool {
-    use core::any::Any;
-    let (Some(x), Some(c)) = (
-        (x as &dyn Any).downcast_ref::<ArrayD<f32>>(),
-        (c as &mut dyn Any).downcast_mut::<ArrayD<f32>>(),
-    ) else {
-        return false;
-    };
-    native::available(native::Kind::F32)
-        && native_syrk(native::Kind::F32, alpha as f32, x, beta as f32, c)
-}
-
 /// `c = α·x·xᵀ + β·c` (both triangles; rounded to bf16 for
 /// [`native::Kind::Bf16`]) on the native kernel of `kind`, which the caller
 /// has checked is available; `false` (nothing done) when `x` is empty or
@@ -206,12 +203,7 @@ pub(crate) fn native_syrk(
     if k == 0 || c.shape() != [m, m] || !c.is_standard_layout() {
         return false;
     }
-    let s = xv.strides();
-    let o = native::Operand {
-        ptr: xv.as_ptr(),
-        rs: s[0],
-        ps: s[1],
-    };
+    let o = native::Operand::of_view(&xv, false);
     let cp = c.as_mut_ptr();
     let round = kind == native::Kind::Bf16;
     // SAFETY: the kernel is available (caller); `x` is m × k, `c` a
@@ -430,7 +422,7 @@ impl<S: NdScalar> Backend for NdBackend<S> {
             c.shape() == [xv.nrows(), xv.nrows()],
             "syrk: shape mismatch"
         );
-        if native_syrk_f32(alpha.as_f64(), x, beta.as_f64(), c) {
+        if S::native_syrk(alpha, x, beta, c) {
             return;
         }
         let Some(acc) = prepare_accumulator(beta, xv.ncols(), c) else {

@@ -86,6 +86,24 @@ pub struct Operand {
 unsafe impl Send for Operand {}
 unsafe impl Sync for Operand {}
 
+impl Operand {
+    /// An f32 matrix view read as `rows × inner`; `transposed` reads the
+    /// view's columns as rows (the `B` side of `A·B`).
+    pub fn of_view(v: &ndarray::ArrayView2<'_, f32>, transposed: bool) -> Self {
+        let s = v.strides();
+        let (rs, ps) = if transposed {
+            (s[1], s[0])
+        } else {
+            (s[0], s[1])
+        };
+        Operand {
+            ptr: v.as_ptr(),
+            rs,
+            ps,
+        }
+    }
+}
+
 #[derive(Clone, Copy)]
 struct OutPtr(*mut f32);
 // SAFETY: tasks write disjoint row blocks of C.
