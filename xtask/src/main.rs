@@ -58,6 +58,40 @@ const TORCH_WHEELS: &[&str] = &[
     "nvidia-cuda-cupti==13.0.85",
 ];
 
+/// NVRTC, a host library: with it the CUDA backend's kernel source is
+/// compiled by the tests on machines without a GPU.
+const NVRTC_WHEEL: &str = "nvidia-cuda-nvrtc==13.0.88";
+
+/// The CUDA 13 library directory of the torch venv's `nvidia` wheels.
+fn cuda_libs(libtorch: &Path) -> PathBuf {
+    libtorch.join("../nvidia/cu13/lib")
+}
+
+/// Installs [`NVRTC_WHEEL`] beside libtorch when it is missing (only for
+/// the venv under target/, never into a user's `$LIBTORCH`).
+fn ensure_nvrtc(libtorch: &Path) -> Result<(), String> {
+    let venv = root().join("target/torch/venv");
+    if cuda_libs(libtorch).join("libnvrtc.so.13").exists() || !libtorch.starts_with(&venv) {
+        return Ok(());
+    }
+    let mut c = Command::new(venv.join("bin/python"));
+    c.args([
+        "-m",
+        "pip",
+        "install",
+        "--no-cache-dir",
+        "--no-deps",
+        "--progress-bar",
+        "off",
+        NVRTC_WHEEL,
+    ])
+    .stdout(std::io::stderr());
+    step(
+        "pip install nvidia-cuda-nvrtc (NVRTC for the CUDA kernel test)",
+        c,
+    )
+}
+
 /// `$LIBTORCH` if set, else the torch package of `target/torch/venv`,
 /// installed there on first use.
 fn libtorch() -> Result<PathBuf, String> {
@@ -76,6 +110,7 @@ fn libtorch() -> Result<PathBuf, String> {
             .find(|t| t.join("lib/libtorch_cpu.so").exists())
     };
     if let Some(t) = find() {
+        ensure_nvrtc(&t)?;
         return Ok(t);
     }
     eprintln!(
@@ -101,13 +136,21 @@ fn libtorch() -> Result<PathBuf, String> {
     .args(TORCH_WHEELS)
     .stdout(std::io::stderr());
     step("pip install torch (libtorch for tch)", c)?;
-    find().ok_or_else(|| "torch installed but lib/libtorch_cpu.so not found".to_string())
+    let t =
+        find().ok_or_else(|| "torch installed but lib/libtorch_cpu.so not found".to_string())?;
+    ensure_nvrtc(&t)?;
+    Ok(t)
 }
 
 /// Sets `LIBTORCH` and `LD_LIBRARY_PATH` on `c` for the tch crates.
 fn with_libtorch(c: &mut Command) -> Result<(), String> {
     let lt = libtorch()?;
     let mut ld = lt.join("lib").into_os_string();
+    let cuda = cuda_libs(&lt);
+    if cuda.is_dir() {
+        ld.push(":");
+        ld.push(cuda);
+    }
     if let Some(old) = std::env::var_os("LD_LIBRARY_PATH") {
         ld.push(":");
         ld.push(old);
@@ -292,8 +335,14 @@ fn nanogpt(args: &[String]) -> Result<(), String> {
 fn print_libtorch() -> Result<(), String> {
     let lt = libtorch()?;
     println!("export LIBTORCH={}", lt.display());
+    let cuda = cuda_libs(&lt);
+    let extra = if cuda.is_dir() {
+        format!(":{}", cuda.display())
+    } else {
+        String::new()
+    };
     println!(
-        "export LD_LIBRARY_PATH={}${{LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}}",
+        "export LD_LIBRARY_PATH={}{extra}${{LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}}",
         lt.join("lib").display()
     );
     Ok(())

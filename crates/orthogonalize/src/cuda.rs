@@ -34,7 +34,33 @@ use cudarc::driver::{
     PushKernelArg,
 };
 use half::bf16;
-use lmo_core::{AdamWStep, Backend, Shape, Trans};
+use lmo_core::{AdamWStep, Backend, LmoError, Shape, Trans};
+
+/// `true` when NVRTC (a host library: no GPU needed) can be loaded.
+pub fn nvrtc_available() -> bool {
+    // SAFETY: only probes whether the shared library can be loaded.
+    unsafe { cudarc::nvrtc::sys::is_culib_present() }
+}
+
+/// Compiles [`KERNELS`] to PTX with NVRTC, for the virtual architecture
+/// `compute_{major}{minor}` when `arch` is given (NVRTC's default otherwise).
+/// Needs only libnvrtc, not a GPU.
+pub fn compile_kernels(arch: Option<(i32, i32)>) -> Result<cudarc::nvrtc::Ptx, CudaError> {
+    if !nvrtc_available() {
+        return Err(CudaError::Unavailable("no NVRTC library".into()));
+    }
+    let mut opts = cudarc::nvrtc::CompileOptions::default();
+    if let Some((major, minor)) = arch {
+        opts.options
+            .push(format!("--gpu-architecture=compute_{major}{minor}"));
+    }
+    cudarc::nvrtc::compile_ptx_with_opts(KERNELS, opts)
+        .map_err(|e| CudaError::Nvrtc(format!("{e:?}")))
+}
+
+/// cuBLAS workspace set on the handle (Hopper's recommended size): cuBLAS
+/// then never allocates during a call, which CUDA graph capture needs.
+const CUBLAS_WORKSPACE_BYTES: usize = 32 << 20;
 
 /// The kernel source, compiled by NVRTC when a [`CudaDevice`] is created.
 pub const KERNELS: &str = include_str!("cuda_kernels.cu");
@@ -50,6 +76,9 @@ pub enum CudaError {
     Nvrtc(String),
     /// cuBLAS failed.
     Cublas(String),
+    /// Bad input: shapes, dtypes, devices or hyper-parameters (nothing was
+    /// queued).
+    Input(LmoError),
 }
 
 impl core::fmt::Display for CudaError {
@@ -59,6 +88,7 @@ impl core::fmt::Display for CudaError {
             CudaError::Driver(s) => write!(f, "CUDA driver: {s}"),
             CudaError::Nvrtc(s) => write!(f, "NVRTC: {s}"),
             CudaError::Cublas(s) => write!(f, "cuBLAS: {s}"),
+            CudaError::Input(e) => write!(f, "bad input: {e}"),
         }
     }
 }
@@ -94,6 +124,14 @@ pub const KERNEL_NAMES: &[&str] = &[
     "first_index",
     "col_norms",
     "row_norms",
+    "batch_sumsq",
+    "batch_dot",
+    "batch_normalize",
+    "batch_normalize_t",
+    "momentum",
+    "lmo_update",
+    "cvt_normalize",
+    "cvt_normalize_t",
 ];
 
 /// The compiled kernels, by name and storage type.
@@ -143,6 +181,7 @@ impl Scratch {
 pub struct CudaDevice {
     stream: Arc<CudaStream>,
     blas: CudaBlas,
+    _workspace: CudaSlice<u8>,
     kernels: Kernels,
     scratch: Mutex<Scratch>,
     name: String,
@@ -179,8 +218,7 @@ impl CudaDevice {
     /// its own besides scalar reads.
     pub fn with_stream(stream: Arc<CudaStream>) -> Result<Arc<Self>, CudaError> {
         let ctx = stream.context().clone();
-        let ptx =
-            cudarc::nvrtc::compile_ptx(KERNELS).map_err(|e| CudaError::Nvrtc(format!("{e:?}")))?;
+        let ptx = compile_kernels(ctx.compute_capability().ok())?;
         let module = ctx.load_module(ptx).map_err(drv)?;
         let load = |suffix: &str| -> Result<Vec<CudaFunction>, CudaError> {
             KERNEL_NAMES
@@ -194,6 +232,23 @@ impl CudaDevice {
         };
         let blas =
             CudaBlas::new(stream.clone()).map_err(|e| CudaError::Cublas(format!("{e:?}")))?;
+        let workspace = stream
+            .alloc_zeros::<u8>(CUBLAS_WORKSPACE_BYTES)
+            .map_err(drv)?;
+        {
+            let (wp, _rw) = workspace.device_ptr(&stream);
+            // SAFETY: the workspace lives as long as the device (a field
+            // below) and is used only by this handle, on this stream.
+            unsafe {
+                cublas_sys::cublasSetWorkspace_v2(
+                    *blas.handle(),
+                    wp as *mut _,
+                    CUBLAS_WORKSPACE_BYTES,
+                )
+                .result()
+            }
+            .map_err(|e| CudaError::Cublas(format!("{e:?}")))?;
+        }
         let scratch = Scratch {
             acc: stream.alloc_zeros::<f64>(1).map_err(drv)?,
             bits: stream.alloc_zeros::<u32>(1).map_err(drv)?,
@@ -204,6 +259,7 @@ impl CudaDevice {
         Ok(Arc::new(CudaDevice {
             stream,
             blas,
+            _workspace: workspace,
             kernels,
             scratch: Mutex::new(scratch),
             name,
@@ -351,6 +407,26 @@ impl CudaTensor {
 
     fn buf(&self) -> &Buf {
         self.buf.as_ref().expect("live tensor")
+    }
+
+    /// The raw device address of the storage. Every operation of this
+    /// module is queued on the device's one stream, so the address is used
+    /// in stream order; the read/write events cudarc records for other
+    /// streams are recorded here, before the work that uses the address.
+    fn raw(&self) -> u64 {
+        let s = &self.dev.stream;
+        match self.buf() {
+            Buf::F32(b) => b.device_ptr(s).0,
+            Buf::Bf16(b) => b.device_ptr(s).0,
+        }
+    }
+
+    /// Element size in bytes.
+    fn elem(&self) -> usize {
+        match self.dtype() {
+            DType::F32 => 4,
+            DType::Bf16 => 2,
+        }
     }
 
     fn numel(&self) -> usize {
@@ -722,6 +798,41 @@ impl Backend for Cuda {
         }
     }
 
+    /// `out = α·op(A)·op(B) + β·src`: one device-to-device copy of `src`
+    /// into `out`, then one GEMM with `β` (cuBLAS's `C` is read and
+    /// written in place), instead of the default scale pass plus GEMM.
+    fn gemm_from(
+        alpha: f32,
+        a: &CudaTensor,
+        ta: Trans,
+        b: &CudaTensor,
+        tb: Trans,
+        beta: f32,
+        src: &CudaTensor,
+        out: &mut CudaTensor,
+    ) {
+        let n = out.numel();
+        if n != 0 && beta != 0.0 {
+            assert_eq!(src.dtype(), out.dtype(), "CUDA backend: gemm_from dtypes");
+            let bytes = n * out.elem();
+            let (d, s) = (out.raw(), src.raw());
+            // SAFETY: both buffers hold n elements of the same type, on
+            // this device; the copy is queued on its stream.
+            ok(
+                unsafe {
+                    cudarc::driver::result::memcpy_dtod_async(
+                        d,
+                        s,
+                        bytes,
+                        out.dev.stream.cu_stream(),
+                    )
+                },
+                "copy",
+            );
+        }
+        Self::gemm(alpha, a, ta, b, tb, beta, out);
+    }
+
     fn syrk(alpha: f32, x: &CudaTensor, beta: f32, c: &mut CudaTensor) {
         let (k, l) = x.shape.as_pair();
         if x.dtype() == DType::Bf16 || k * l == 0 {
@@ -903,3 +1014,7 @@ impl SetValue for bf16 {
         bf16::from_f32(v)
     }
 }
+
+mod plan;
+pub use plan::PolarPlan;
+pub mod step;

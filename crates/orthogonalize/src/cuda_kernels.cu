@@ -22,6 +22,12 @@ __device__ __forceinline__ void st(bf16_t* p, long long i, float v) {
     p[i] = (bf16_t)(u >> 16);
 }
 
+// 1/(f·(1+δ)+ε) for f = √ss (the Frobenius normalization of SPEC §2), 0 for a zero matrix.
+__device__ __forceinline__ float inv_scale(double ss, float delta, float eps) {
+    double f = sqrt(ss);
+    return f == 0.0 ? 0.0f : (float)(1.0 / (f * (1.0 + (double)delta) + (double)eps));
+}
+
 __device__ __forceinline__ long long gid() {
     return (long long)blockIdx.x * blockDim.x + threadIdx.x;
 }
@@ -41,6 +47,37 @@ __device__ void block_add(double v, double* out) {
         v = lane < nw ? sh[lane] : 0.0;
         for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
         if (lane == 0) atomicAdd(out, v);
+    }
+}
+
+// Batched normalization (SPEC §2's X = G/(‖G‖_F(1+δ)+ε)) from storage TI
+// to storage TO; matrix b of a stack starts at b·per, blockIdx.y (.z) is b.
+template <typename TI, typename TO>
+__device__ void normalize_impl(const TI* x, const double* acc, TO* out, long long per,
+                               float delta, float eps, int norm) {
+    float c = norm ? inv_scale(acc[blockIdx.y], delta, eps) : 1.0f;
+    long long o = (long long)blockIdx.y * per;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < per;
+         i += (long long)gridDim.x * blockDim.x)
+        st(out, o + i, c * ld(x, o + i));
+}
+
+// The same, transposed: x_b is m×n, out_b is n×m (grid n/32 × m/32 × batch).
+template <typename TI, typename TO>
+__device__ void normalize_t_impl(const TI* x, const double* acc, TO* out, long long m,
+                                 long long n, float delta, float eps, int norm) {
+    __shared__ float tile[32][33];
+    float c = norm ? inv_scale(acc[blockIdx.z], delta, eps) : 1.0f;
+    long long o = (long long)blockIdx.z * m * n;
+    long long bx = (long long)blockIdx.x * 32, by = (long long)blockIdx.y * 32;
+    for (int k = threadIdx.y; k < 32; k += blockDim.y) {
+        long long r = by + k, cc = bx + threadIdx.x;
+        if (r < m && cc < n) tile[k][threadIdx.x] = ld(x, o + r * n + cc);
+    }
+    __syncthreads();
+    for (int k = threadIdx.y; k < 32; k += blockDim.y) {
+        long long r = bx + k, cc = by + threadIdx.x;
+        if (r < n && cc < m) st(out, o + r * m + cc, c * tile[threadIdx.x][k]);
     }
 }
 
@@ -165,7 +202,88 @@ extern "C" __global__ void row_norms_##S(const T* x, double* out, long long m,  
         block_add(acc, out + r);                                                             \
         __syncthreads();                                                                     \
     }                                                                                        \
+}                                                                                            \
+/* Batched kernels: matrix b of a stack starts at b·per; blockIdx.y (or .z) is b. */         \
+/* acc[b] += Σ x_b² (acc zeroed) */                                                          \
+extern "C" __global__ void batch_sumsq_##S(const T* x, double* acc, long long per) {        \
+    const T* xb = x + (long long)blockIdx.y * per;                                           \
+    double s = 0.0;                                                                          \
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < per;            \
+         i += (long long)gridDim.x * blockDim.x) {                                           \
+        double v = ld(xb, i);                                                                \
+        s += v * v;                                                                          \
+    }                                                                                        \
+    block_add(s, acc + blockIdx.y);                                                          \
+}                                                                                            \
+/* acc[b] += <x_b, y_b> (acc zeroed) */                                                      \
+extern "C" __global__ void batch_dot_##S(const T* x, const T* y, double* acc,               \
+                                         long long per) {                                   \
+    long long o = (long long)blockIdx.y * per;                                               \
+    double s = 0.0;                                                                          \
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < per;            \
+         i += (long long)gridDim.x * blockDim.x)                                             \
+        s += (double)ld(x, o + i) * ld(y, o + i);                                            \
+    block_add(s, acc + blockIdx.y);                                                          \
+}                                                                                            \
+/* out_b = c_b·x_b with c_b = 1/(√acc[b]·(1+δ)+ε) (0 where acc[b] = 0), or 1 if !norm */     \
+extern "C" __global__ void batch_normalize_##S(const T* x, const double* acc, T* out,       \
+                                               long long per, float delta, float eps,       \
+                                               int norm) {                                  \
+    normalize_impl(x, acc, out, per, delta, eps, norm);                                      \
+}                                                                                            \
+/* the same, transposed: x_b is m×n, out_b is n×m (grid n/32 × m/32 × batch) */             \
+extern "C" __global__ void batch_normalize_t_##S(const T* x, const double* acc, T* out,     \
+                                                 long long m, long long n, float delta,     \
+                                                 float eps, int norm) {                     \
+    normalize_t_impl(x, acc, out, m, n, delta, eps, norm);                                   \
+}                                                                                            \
+/* m ← β·m + (1−β)·g; if nesterov: u ← β·m + (1−β)·g (the LMO's input) */                 \
+extern "C" __global__ void momentum_##S(const T* g, T* m, T* u, float beta, int nesterov,   \
+                                        long long n) {                                      \
+    for (long long i = gid(); i < n; i += gstride()) {                                       \
+        float gi = ld(g, i);                                                                 \
+        st(m, i, (1.0f - beta) * gi + beta * ld(m, i));                                      \
+        if (nesterov) st(u, i, beta * ld(m, i) + (1.0f - beta) * gi);                        \
+    }                                                                                        \
+}                                                                                            \
+/* The LMO step of one block with D = −s·o (o the polar factor):                             \
+   t = adaptive ? mult·d/(l0 + l1·d), d = s·dual[0] (t = 0 if d = 0) : t_host;                \
+   p ← (1 − t·wd)·p; then p ← p + t·D (unconstrained) or p ← (1−γ)·p + γ·ρ·D,               \
+   γ = clamp(t, 0, 1) (constrained). */                                                      \
+extern "C" __global__ void lmo_update_##S(T* p, const T* o, const double* dual, long long n, \
+                                          float t_host, float mult, float l0, float l1,     \
+                                          int adaptive, float s, float wd, int constrained, \
+                                          float rho) {                                      \
+    float t = t_host;                                                                        \
+    if (adaptive) {                                                                          \
+        double d = (double)s * dual[0];                                                      \
+        d = d > 0.0 ? d : 0.0;                                                               \
+        t = d == 0.0 ? 0.0f : (float)(mult * d / (l0 + l1 * d));                             \
+    }                                                                                        \
+    float decay = 1.0f - t * wd;                                                             \
+    float g = fminf(fmaxf(t, 0.0f), 1.0f);                                                   \
+    for (long long i = gid(); i < n; i += gstride()) {                                       \
+        float pi = decay * ld(p, i), d = -s * ld(o, i);                                      \
+        st(p, i, constrained ? (1.0f - g) * pi + g * rho * d : pi + t * d);                  \
+    }                                                                                        \
 }
 
 KERNELS(float, f32)
 KERNELS(bf16_t, bf16)
+
+// Mixed storage (f32 tensors, bf16 iteration): cvt_* read the suffix's
+// type and write the other one.
+#define CVT_KERNELS(TI, TO, S)                                                               \
+extern "C" __global__ void cvt_normalize_##S(const TI* x, const double* acc, TO* out,       \
+                                             long long per, float delta, float eps,         \
+                                             int norm) {                                    \
+    normalize_impl(x, acc, out, per, delta, eps, norm);                                      \
+}                                                                                            \
+extern "C" __global__ void cvt_normalize_t_##S(const TI* x, const double* acc, TO* out,     \
+                                               long long m, long long n, float delta,       \
+                                               float eps, int norm) {                       \
+    normalize_t_impl(x, acc, out, m, n, delta, eps, norm);                                   \
+}
+
+CVT_KERNELS(float, bf16_t, f32)
+CVT_KERNELS(bf16_t, float, bf16)

@@ -48,7 +48,7 @@ fn rel(a: &[f32], b: &[f32]) -> f32 {
 /// types (runs without a GPU).
 #[test]
 fn kernel_names_match_the_source() {
-    assert_eq!(KERNEL_NAMES.len(), 17);
+    assert_eq!(KERNEL_NAMES.len(), 25);
     for name in KERNEL_NAMES {
         assert!(
             KERNELS.contains(&format!("void {name}_##S(")),
@@ -196,4 +196,152 @@ fn optimizer_step_matches_cpu() {
             assert!(e < 1e-4, "step differs: {e:e}");
         }
     }
+}
+
+/// NVRTC (a host library: no GPU needed) compiles the kernel source, and
+/// the PTX has an entry for every kernel the backend loads. Skips when
+/// libnvrtc is not on the library path.
+#[test]
+fn nvrtc_compiles_the_kernels() {
+    if !orthogonalize::cuda::nvrtc_available() {
+        eprintln!("SKIPPED: libnvrtc not found (set LD_LIBRARY_PATH to a CUDA 13 lib dir)");
+        return;
+    }
+    // The default architecture and the H100/H200's (sm_90).
+    for arch in [None, Some((9, 0))] {
+        let ptx = orthogonalize::cuda::compile_kernels(arch)
+            .unwrap_or_else(|e| panic!("NVRTC ({arch:?}) rejects cuda_kernels.cu: {e}"));
+        let src = ptx.to_src();
+        if arch.is_some() {
+            assert!(src.contains(".target sm_90"), "PTX not for sm_90");
+        }
+        for name in KERNEL_NAMES {
+            for sfx in ["f32", "bf16"] {
+                assert!(
+                    src.contains(&format!(".entry {name}_{sfx}(")),
+                    "no PTX entry {name}_{sfx}"
+                );
+            }
+        }
+    }
+}
+
+/// The batched plan (wide and tall stacks; f32, bf16 and f32-with-bf16
+/// iteration; launch by launch and as a replayed CUDA graph) against NS5 on
+/// the CPU, matrix by matrix. Tolerances as above.
+#[test]
+fn polar_plan_matches_cpu() {
+    use orthogonalize::NsConfig;
+    use orthogonalize::cuda::PolarPlan;
+    let Some(dev) = device() else { return };
+    let mut rng = StdRng::seed_from_u64(4);
+    let batch = 3;
+    for (m, n) in [(64, 96), (120, 40)] {
+        let g = randn(&mut rng, batch * m * n);
+        let mut want = Vec::new();
+        for b in 0..batch {
+            let gn = nd(&g[b * m * n..(b + 1) * m * n], &[m, n]);
+            let mut on = Nd32::zeros_like(&gn);
+            NewtonSchulz::<Nd32>::muon().polar(&gn, &mut on).unwrap();
+            want.extend(on.iter().copied());
+        }
+        for (io, work, tol) in [
+            (DType::F32, DType::F32, 1e-4),
+            (DType::Bf16, DType::Bf16, 3e-2),
+            (DType::F32, DType::Bf16, 3e-2),
+        ] {
+            for graphs in [false, true] {
+                let gt = dev.tensor(&g, &[batch, m, n], io).unwrap();
+                let mut ot = dev.tensor(&vec![0.0; g.len()], &[batch, m, n], io).unwrap();
+                let mut plan = PolarPlan::mixed(&dev, &NsConfig::muon(), batch, m, n, io, work)
+                    .unwrap()
+                    .with_graphs(graphs);
+                assert!(plan.all_finite(&gt).unwrap());
+                // Twice: the second call replays the captured graph.
+                for _ in 0..2 {
+                    plan.run(&gt, &mut ot).unwrap();
+                    let e = rel(&ot.to_host(), &want);
+                    assert!(e < tol, "{m}×{n} {io:?}/{work:?} graphs={graphs}: {e:e}");
+                }
+                let wrong = dev.tensor(&g[..m * n], &[m, n], io).unwrap();
+                assert!(
+                    plan.run(&wrong, &mut ot).is_err(),
+                    "batch mismatch accepted"
+                );
+            }
+        }
+    }
+}
+
+/// The step primitives against their host formulas: momentum (with
+/// Nesterov), per-matrix inner products, and the LMO update with a
+/// constant and an on-device adaptive radius.
+#[test]
+fn step_primitives_match_host() {
+    use orthogonalize::cuda::step::{self, DeviceScalars, UpdateCoeffs};
+    let Some(dev) = device() else { return };
+    let mut rng = StdRng::seed_from_u64(5);
+    let (batch, m, n) = (2, 16, 24);
+    let per = m * n;
+    let g0 = randn(&mut rng, per);
+    let m0 = randn(&mut rng, batch * per);
+    let g = dev.tensor(&g0, &[m, n], DType::F32).unwrap();
+    let mut ms = dev.tensor(&m0, &[batch, m, n], DType::F32).unwrap();
+    let mut us = dev
+        .tensor(&vec![0.0; batch * per], &[batch, m, n], DType::F32)
+        .unwrap();
+    let beta = 0.9f32;
+    step::momentum(&g, &mut ms, 1, Some(&mut us), beta).unwrap();
+    let (mh, uh) = (ms.to_host(), us.to_host());
+    for i in 0..per {
+        let mi = (1.0 - beta) * g0[i] + beta * m0[per + i];
+        assert!((mh[per + i] - mi).abs() <= 1e-6 * (1.0 + mi.abs()));
+        let ui = beta * mi + (1.0 - beta) * g0[i];
+        assert!((uh[per + i] - ui).abs() <= 1e-6 * (1.0 + ui.abs()));
+        assert_eq!(mh[i], m0[i], "matrix 0 untouched");
+    }
+    let inner = DeviceScalars::new(&dev, batch).unwrap();
+    step::batch_dot(&ms, &us, &inner).unwrap();
+    let ih = inner.to_host().unwrap();
+    for b in 0..batch {
+        let want: f64 = (0..per)
+            .map(|i| mh[b * per + i] as f64 * uh[b * per + i] as f64)
+            .sum();
+        assert!((ih[b] - want).abs() <= 1e-9 * (1.0 + want.abs()));
+    }
+    for c in [
+        UpdateCoeffs {
+            t: 0.02,
+            mult: 1.0,
+            adaptive: None,
+            s: 1.5,
+            weight_decay: 0.1,
+            constrained: None,
+        },
+        UpdateCoeffs {
+            t: 0.0,
+            mult: 0.5,
+            adaptive: Some((2.0, 0.5)),
+            s: 1.0,
+            weight_decay: 0.0,
+            constrained: None,
+        },
+        UpdateCoeffs {
+            t: 0.3,
+            mult: 1.0,
+            adaptive: None,
+            s: 2.0,
+            weight_decay: 0.0,
+            constrained: Some(4.0),
+        },
+    ] {
+        let p0 = randn(&mut rng, per);
+        let mut p = dev.tensor(&p0, &[m, n], DType::F32).unwrap();
+        step::lmo_update(&mut p, &us, 1, &inner, &c).unwrap();
+        let mut want = p0.clone();
+        c.apply_host(&mut want, &uh[per..], ih[1]);
+        assert!(rel(&p.to_host(), &want) < 1e-6, "{c:?}");
+    }
+    let bad = dev.tensor(&[f32::NAN, 1.0], &[2], DType::F32).unwrap();
+    assert_eq!(step::count_nonfinite(&dev, &[&g, &bad, &bad]).unwrap(), 2);
 }
