@@ -160,7 +160,7 @@ fn with_libtorch(c: &mut Command) -> Result<(), String> {
 }
 
 /// The feature that compiles the CUDA backend (tests, clippy, docs).
-const CUDA_FEATURE: &str = "orthogonalize/cuda";
+const CUDA_FEATURE: &str = "orthogonalize/cuda,gluon-optim/cuda";
 
 fn test() -> Result<(), String> {
     let mut c = cargo();

@@ -15,9 +15,13 @@
 //! - [`presets`]: Muon, Scion, Gluon, normalized SGD, signSGD, AdamW.
 //! - [`LipschitzEstimator`] and [`fit_envelope`]: record
 //!   `(‖∇_i f‖_*, L̂)` along a probe run and fit `(L0, L1)` per block.
+//! - `cuda` (feature `cuda`): `DeviceOptimizer`, the same configuration
+//!   stepped resident on a GPU (batched polar factors, radii on the device).
 #![warn(missing_docs)]
 
 mod config;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 mod estimator;
 mod optimizer;
 pub mod presets;

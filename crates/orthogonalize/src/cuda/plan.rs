@@ -171,8 +171,16 @@ impl PolarPlan {
     /// Replays the iteration as a CUDA graph per (input, output) address
     /// pair (`true`), or queues it launch by launch (`false`, the default).
     pub fn with_graphs(mut self, on: bool) -> Self {
-        self.graphs = on.then(Vec::new);
+        self.set_graphs(on);
         self
+    }
+
+    /// [`PolarPlan::with_graphs`] in place (turning it off drops the
+    /// captured graphs).
+    pub fn set_graphs(&mut self, on: bool) {
+        if on != self.graphs.is_some() {
+            self.graphs = on.then(Vec::new);
+        }
     }
 
     /// The stack this plan was built for: `(batch, m, n)`.

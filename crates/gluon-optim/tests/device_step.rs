@@ -1,0 +1,285 @@
+//! The device-resident step (feature `cuda`).
+//!
+//! Without a GPU: the host side is checked against the generic optimizer
+//! on the CPU: the stacking plan, its errors, and the update coefficients
+//! (`update_coeffs` + `UpdateCoeffs::apply_host`, the formula the
+//! `lmo_update` kernel implements) reproduce `Optimizer::<Nd32>`'s update
+//! of a hidden block for every radius policy, both modes, Nesterov, weight
+//! decay, RMS→RMS and a schedule, to f32 rounding (1e-5 relative).
+//!
+//! With a GPU: `DeviceOptimizer` against `Optimizer::<Nd32>` over three
+//! steps (f32: 1e-4 relative; bf16 polar factors: 3e-2).
+#![cfg(feature = "cuda")]
+
+use gluon_optim::cuda::{BlockPlan, DevicePlan, update_coeffs};
+use gluon_optim::{
+    Config, GroupConfig, Label, LmoGroup, Mode, NormSpec, OptError, Optimizer, Orth, Radius,
+    Schedule, ShapeScale, presets,
+};
+use lmo_core::{Backend, Orthogonalizer};
+use lmo_ndarray::Nd32;
+use ndarray::{ArrayD, IxDyn};
+use orthogonalize::{NewtonSchulz, NsConfig};
+use rand::{Rng, SeedableRng, rngs::StdRng};
+use rand_distr::StandardNormal;
+
+fn randn(rng: &mut StdRng, n: usize) -> Vec<f32> {
+    (0..n)
+        .map(|_| rng.sample::<f32, _>(StandardNormal))
+        .collect()
+}
+
+fn nd(v: &[f32], dims: &[usize]) -> ArrayD<f32> {
+    ArrayD::from_shape_vec(IxDyn(dims), v.to_vec()).unwrap()
+}
+
+fn rel(a: &[f32], b: &[f32]) -> f32 {
+    let scale = b.iter().fold(1.0f32, |m, x| m.max(x.abs()));
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+        / scale
+}
+
+fn group(norm: NormSpec, radius: Radius) -> LmoGroup {
+    LmoGroup {
+        norm,
+        scale: 1.0,
+        shape_scale: ShapeScale::None,
+        radius,
+        beta: 0.9,
+        nesterov: false,
+        weight_decay: 0.0,
+        mode: Mode::Unconstrained,
+    }
+}
+
+fn ns() -> Orth {
+    Orth::NewtonSchulz(NsConfig::muon())
+}
+
+/// The stacking plan: same label and shape share a stack, in parameter
+/// order; AdamW blocks stay separate.
+#[test]
+fn plan_stacks_same_shapes() {
+    let labels = [
+        Label::Hidden,
+        Label::Embedding,
+        Label::Hidden,
+        Label::Hidden,
+        Label::Vector,
+    ];
+    let dims = [vec![8, 4], vec![10, 4], vec![4, 8], vec![8, 4], vec![4]];
+    let p = DevicePlan::new(&presets::muon(0.02, 3e-4), &labels, &dims).unwrap();
+    assert_eq!(p.stacks.len(), 2);
+    assert_eq!(p.stacks[0].members, vec![0, 3]);
+    assert_eq!(p.stacks[0].dims, (8, 4));
+    assert_eq!(p.stacks[1].members, vec![2]);
+    assert_eq!(p.blocks[3], BlockPlan::Lmo { stack: 0, index: 1 });
+    assert!(matches!(p.blocks[1], BlockPlan::AdamW(_)));
+    assert!(matches!(p.blocks[4], BlockPlan::AdamW(_)));
+    assert_eq!(p.stacks[0].work, None);
+    let bf = DevicePlan::new(&presets::muon(0.02, 3e-4).with_bf16_polar(), &labels, &dims).unwrap();
+    assert_eq!(bf.stacks[0].work, Some(orthogonalize::cuda::DType::Bf16));
+}
+
+/// What has no device path is refused at construction, with the block.
+#[test]
+fn plan_refuses_what_has_no_device_path() {
+    let one = |norm: NormSpec, dims: Vec<usize>| {
+        let c = Config::new().group(
+            Label::Hidden,
+            GroupConfig::Lmo(group(norm, Radius::Constant(0.1))),
+        );
+        DevicePlan::new(&c, &[Label::Hidden], &[dims])
+    };
+    for norm in [
+        NormSpec::Sign,
+        NormSpec::ColNorm,
+        NormSpec::Spectral(Orth::Exact),
+    ] {
+        match one(norm.clone(), vec![4, 4]) {
+            Err(OptError::Lmo { block: 0, .. }) => {}
+            other => panic!("{norm:?}: {other:?}"),
+        }
+    }
+    assert!(matches!(
+        one(NormSpec::Spectral(ns()), vec![2, 3, 4]),
+        Err(OptError::Lmo {
+            block: 0,
+            error: lmo_core::LmoError::UnsupportedRank(3)
+        })
+    ));
+    assert!(matches!(
+        DevicePlan::new(&presets::muon(0.02, 3e-4), &[Label::Hidden], &[]),
+        Err(OptError::CountMismatch { .. })
+    ));
+    let c = Config::new();
+    assert!(matches!(
+        DevicePlan::new(&c, &[Label::Head], &[vec![3, 3]]),
+        Err(OptError::NoGroup(Label::Head))
+    ));
+}
+
+/// `update_coeffs` + `apply_host` (the `lmo_update` kernel's formula)
+/// reproduce the generic optimizer's first step of a hidden block.
+#[test]
+fn update_coeffs_reproduce_the_generic_step() {
+    let mut rng = StdRng::seed_from_u64(7);
+    let mut cases = Vec::new();
+    for dims in [(12usize, 8usize), (8, 20)] {
+        cases.push((
+            group(NormSpec::Spectral(ns()), Radius::Constant(0.05)),
+            dims,
+        ));
+        let mut g = group(
+            NormSpec::RmsToRms(ns()),
+            Radius::Adaptive { l0: 2.0, l1: 0.5 },
+        );
+        g.weight_decay = 0.1;
+        g.nesterov = true;
+        cases.push((g, dims));
+        let mut g = group(NormSpec::Spectral(ns()), Radius::Theory { t0: 0.3 });
+        g.shape_scale = ShapeScale::MuonRatio;
+        g.scale = 1.7;
+        cases.push((g, dims));
+        let mut g = group(NormSpec::RmsToRms(ns()), Radius::Constant(0.4));
+        g.mode = Mode::Constrained { rho: 3.0 };
+        g.weight_decay = 0.05;
+        cases.push((g, dims));
+    }
+    for (g, (m, n)) in cases {
+        let config = Config::new()
+            .group(Label::Hidden, GroupConfig::Lmo(g.clone()))
+            .schedule(Schedule::Warmup { warmup: 4 });
+        let p0 = randn(&mut rng, m * n);
+        let gr = randn(&mut rng, m * n);
+        let mut params = vec![nd(&p0, &[m, n])];
+        let mut opt = Optimizer::<Nd32>::new(config.clone(), vec![Label::Hidden], &params).unwrap();
+        opt.step(&mut params, &[nd(&gr, &[m, n])]).unwrap();
+
+        // The same step by hand: momentum from zero, the polar factor on
+        // the CPU, then the device update formula.
+        let beta = gluon_optim::momentum(&g, 0) as f32;
+        let mom: Vec<f32> = gr.iter().map(|x| (1.0 - beta) * x).collect();
+        let u: Vec<f32> = if g.nesterov {
+            mom.iter()
+                .zip(&gr)
+                .map(|(mi, gi)| beta * mi + (1.0 - beta) * gi)
+                .collect()
+        } else {
+            mom
+        };
+        let un = nd(&u, &[m, n]);
+        let mut o = Nd32::zeros_like(&un);
+        NewtonSchulz::<Nd32>::new(NsConfig::muon())
+            .unwrap()
+            .polar(&un, &mut o)
+            .unwrap();
+        let o: Vec<f32> = o.iter().copied().collect();
+        let inner: f64 = u.iter().zip(&o).map(|(a, b)| *a as f64 * *b as f64).sum();
+        let c = update_coeffs(&g, (m, n), 0, config.schedule.at(0));
+        let mut want = p0.clone();
+        c.apply_host(&mut want, &o, inner);
+        let got: Vec<f32> = params[0].iter().copied().collect();
+        let e = rel(&got, &want);
+        assert!(e < 1e-5, "{g:?} {m}×{n}: {e:e}");
+        // And the step moved the parameters (the check is not vacuous).
+        assert!(rel(&got, &p0) > 1e-4, "{g:?}: no update");
+    }
+}
+
+/// `DeviceOptimizer` against `Optimizer::<Nd32>` over three steps (skips
+/// without a GPU).
+#[test]
+fn device_step_matches_cpu() {
+    use gluon_optim::cuda::DeviceOptimizer;
+    use orthogonalize::cuda::{CudaDevice, DType};
+    if !CudaDevice::available() {
+        eprintln!("SKIPPED: no CUDA driver or device (GPU tests run on a GPU machine)");
+        return;
+    }
+    let dev = CudaDevice::new(0).expect("device 0");
+    let mut rng = StdRng::seed_from_u64(8);
+    let spec = [
+        (Label::Hidden, vec![48, 32]),
+        (Label::Hidden, vec![32, 96]),
+        (Label::Hidden, vec![48, 32]),
+        (Label::Embedding, vec![50, 32]),
+        (Label::Vector, vec![32]),
+    ];
+    let labels: Vec<Label> = spec.iter().map(|s| s.0.clone()).collect();
+    let gluon = {
+        let mut c = presets::gluon((0.5, 2.0), (0.5, 1.0), 0.9);
+        for l in [Label::Embedding, Label::Vector] {
+            c = c.group(l, GroupConfig::AdamW(Default::default()));
+        }
+        c
+    };
+    for (cfg, graphs, tol) in [
+        (presets::muon(0.05, 0.01), false, 1e-4),
+        (gluon, true, 1e-4),
+        (presets::muon(0.05, 0.01).with_bf16_polar(), true, 3e-2),
+    ] {
+        let vals: Vec<Vec<f32>> = spec
+            .iter()
+            .map(|s| randn(&mut rng, s.1.iter().product()))
+            .collect();
+        let mut pc: Vec<ArrayD<f32>> = vals.iter().zip(&spec).map(|(v, s)| nd(v, &s.1)).collect();
+        let mut pg: Vec<_> = vals
+            .iter()
+            .zip(&spec)
+            .map(|(v, s)| dev.tensor(v, &s.1, DType::F32).unwrap())
+            .collect();
+        let mut oc = Optimizer::<Nd32>::new(cfg.clone(), labels.clone(), &pc).unwrap();
+        let mut og = DeviceOptimizer::new(&dev, cfg.clone(), &labels, &pg)
+            .unwrap()
+            .with_graphs(graphs);
+        for _ in 0..3 {
+            let gv: Vec<Vec<f32>> = spec
+                .iter()
+                .map(|s| randn(&mut rng, s.1.iter().product()))
+                .collect();
+            let gc: Vec<ArrayD<f32>> = gv.iter().zip(&spec).map(|(v, s)| nd(v, &s.1)).collect();
+            let gg: Vec<_> = gv
+                .iter()
+                .zip(&spec)
+                .map(|(v, s)| dev.tensor(v, &s.1, DType::F32).unwrap())
+                .collect();
+            let rep = oc.step(&mut pc, &gc).unwrap().clone();
+            assert!(og.step(&mut pg, &gg).unwrap());
+            let duals = og.dual_norms().unwrap();
+            for (b, d) in rep.blocks.iter().zip(&duals) {
+                assert!(
+                    (b.dual_norm - d).abs() <= tol as f64 * (1.0 + b.dual_norm),
+                    "dual"
+                );
+            }
+        }
+        for (c, g) in pc.iter().zip(&pg) {
+            let e = rel(&g.to_host(), c.as_slice().unwrap());
+            assert!(e < tol, "step differs: {e:e}");
+        }
+        // A NaN gradient: an error, and nothing changes.
+        let before: Vec<Vec<f32>> = pg.iter().map(|p| p.to_host()).collect();
+        let mut gv: Vec<Vec<f32>> = spec
+            .iter()
+            .map(|s| vec![0.1; s.1.iter().product()])
+            .collect();
+        gv[2][5] = f32::NAN;
+        let gg: Vec<_> = gv
+            .iter()
+            .zip(&spec)
+            .map(|(v, s)| dev.tensor(v, &s.1, DType::F32).unwrap())
+            .collect();
+        assert!(matches!(
+            og.step(&mut pg, &gg),
+            Err(gluon_optim::cuda::DeviceError::Opt(
+                OptError::NonFiniteGradient { block: 2 }
+            ))
+        ));
+        let after: Vec<Vec<f32>> = pg.iter().map(|p| p.to_host()).collect();
+        assert_eq!(before, after);
+    }
+}
