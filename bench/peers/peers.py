@@ -4,8 +4,11 @@ same thread count. Prints one JSON object per line, like lmo-bench.
 
 usage: python peers.py SUITE --shapes 768x768,... --reps N --threads T
        [--sets muon,...] [--precisions f32,bf16,f64]
-Suites: gemm, orth. Missing packages are reported as {"skip": ...} lines.
+Suites: gemm, orth, brox, step; on a CUDA GPU: gpu-gemm, gpu-orth,
+gpu-step (PyTorch only). Missing packages or devices are reported as
+{"skip": ...} lines.
 """
+import math
 import argparse
 import json
 import os
@@ -147,6 +150,91 @@ def step_peers(torch, layers, d, reps):
     emit("step", f"muon/{case}", "torch-muon-f32", 0.0, timeit(muon_f32, reps))
 
 
+def gpu_time(torch, fn, reps, sync=None):
+    """Seconds per run: each sample queues `inner` runs and synchronizes
+    once (inner chosen on the warm-up so a sample lasts >= 20 ms), the same
+    protocol as lmo-bench's GPU suites."""
+    sync = sync or torch.cuda.synchronize
+    fn()
+    sync()
+    t = time.perf_counter()
+    fn()
+    sync()
+    one = max(time.perf_counter() - t, 1e-6)
+    inner = min(1000, max(1, math.ceil(0.02 / one)))
+    out = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        for _ in range(inner):
+            fn()
+        sync()
+        out.append((time.perf_counter() - t) / inner)
+    return out
+
+
+def jordan_ns5(G, steps=5, eps=1e-7):
+    """K. Jordan's zeropower_via_newtonschulz5 (Muon reference): bf16, the
+    quintic (3.4445, -4.7750, 2.0315), Frobenius normalization."""
+    a, b, c = MUON
+    X = G.bfloat16()
+    tall = G.size(-2) > G.size(-1)
+    if tall:
+        X = X.mT
+    X = X / (X.norm(dim=(-2, -1), keepdim=True) + eps)
+    for _ in range(steps):
+        A = X @ X.mT
+        B = b * A + c * A @ A
+        X = a * X + B @ X
+    return X.mT if tall else X
+
+
+def gpu_peers(torch, suite, shapes, reps):
+    """The GPU suites' peers. LMO_BENCH_GPU_PEERS_ON_CPU=1 runs the same code
+    on the CPU (a smoke test of this script where no GPU is present; its
+    figures mean nothing)."""
+    sync = None
+    if os.environ.get("LMO_BENCH_GPU_PEERS_ON_CPU") == "1":
+        dev = torch.device("cpu")
+        sync = lambda: None  # noqa: E731
+    elif not torch.cuda.is_available():
+        print(json.dumps({"skip": suite, "why": "torch.cuda.is_available() is False"}), flush=True)
+        return
+    else:
+        dev = torch.device("cuda")
+        print(json.dumps({"versions": {"gpu": torch.cuda.get_device_name(0),
+                                       "torch_cuda": str(torch.version.cuda)}}), flush=True)
+    g = torch.Generator(device=dev).manual_seed(7)
+
+    def timed(fn):
+        return gpu_time(torch, fn, reps, sync)
+
+    for (m, n) in shapes:
+        if suite == "gpu-gemm":
+            A = torch.randn(m, n, device=dev, generator=g, dtype=torch.bfloat16)
+            B = torch.randn(n, n, device=dev, generator=g, dtype=torch.bfloat16)
+            emit(suite, f"bf16/{m}x{n}x{n}", "torch-cublas", 2.0 * m * n * n, timed(lambda: A @ B))
+        elif suite == "gpu-orth":
+            G = torch.randn(m, n, device=dev, generator=g, dtype=torch.bfloat16)
+            fl = ns_flops([MUON] * 5, m, n)
+            case = f"muon/bf16/{m}x{n}"
+            with torch.no_grad():
+                emit(suite, case, "torch-eager", fl, timed(lambda: jordan_ns5(G)))
+                compiled = torch.compile(jordan_ns5)
+                emit(suite, case, "torch-compile", fl, timed(lambda: compiled(G)))
+        elif suite == "gpu-step":
+            layers, d = m, n
+            hidden, _ = gpt2_shapes(layers, d)
+            mk = lambda s, sc: (torch.randn(*s, device=dev, generator=g) * sc)
+            hp = [mk(s, 0.02).requires_grad_(True) for s in hidden]
+            for p in hp:
+                p.grad = mk(p.shape, 0.01)
+            case = f"gpt2-hidden-{layers}x{d}"
+            muon = torch.optim.Muon(hp, lr=0.02, momentum=0.95, nesterov=True, weight_decay=0.0)
+            emit(suite, f"muon/{case}", "torch.optim.Muon-bf16", 0.0, timed(muon.step))
+            adam = torch.optim.AdamW(hp, lr=1e-3, betas=(0.9, 0.95), eps=1e-10, weight_decay=0.0, fused=True)
+            emit(suite, f"adamw/{case}", "torch-fused", 0.0, timed(adam.step))
+
+
 def ns_flops(coeffs, m, n):
     k, l = min(m, n), max(m, n)
     return sum(4.0 * k * k * l + (2.0 * k**3 if c != 0 else 0.0) for (_, _, c) in coeffs)
@@ -228,6 +316,9 @@ def main():
             if torch is None:
                 continue
             step_peers(torch, m, n, a.reps)
+        elif a.suite.startswith("gpu-"):
+            if torch is not None:
+                gpu_peers(torch, a.suite, [(m, n)], a.reps)
         elif a.suite == "brox":
             try:
                 from scipy.optimize._trustregion_exact import IterativeSubproblem

@@ -5,11 +5,14 @@
 //! Suites: `gemm` (sgemm/dgemm roofline), `orth` (polar factors), `brox`
 //! (exact trust-region subproblem), `step` (one optimizer step on
 //! GPT-2-small-shaped parameters per preset; `--shapes LxD` sets layers ×
-//! width, default 12x768).
+//! width, default 12x768); with `--features cuda`: `gpu-gemm`, `gpu-orth`,
+//! `gpu-step` (see `gpu.rs`; they print a skip line without a device).
 //! Options: `--shapes 768x768,2048x2048`, `--reps N`, `--sets muon,…`,
 //! `--precisions f32,bf16,f64`.
 
 use std::time::Instant;
+
+mod gpu;
 
 use lmo_core::{Backend, Trans};
 use lmo_ndarray::{Nd32, Nd64, NdBf16, NdScalar, round_bf16};
@@ -291,7 +294,7 @@ fn main() {
     let run = || -> Result<(), String> {
         let suite = args
             .first()
-            .ok_or("usage: lmo-bench <gemm|orth|brox|step> [options]")?;
+            .ok_or("usage: lmo-bench <gemm|orth|brox|step|gpu-gemm|gpu-orth|gpu-step> [options]")?;
         let o = opts(&args[1..])?;
         // Which kernels this CPU gets (reported in the bench's versions line).
         let f32_syrk = if lmo_ndarray::native::available(lmo_ndarray::native::Kind::F32) {
@@ -308,6 +311,7 @@ fn main() {
             "orth" => orth_suite(&o)?,
             "brox" => brox_suite(&o)?,
             "step" => step_suite(&o)?,
+            "gpu-gemm" | "gpu-orth" | "gpu-step" => gpu::run(suite, &o)?,
             other => return Err(format!("unknown suite {other:?}")),
         }
         Ok(())

@@ -7,6 +7,13 @@
 //! the same thread count, then prints a table of medians, spreads, ratios
 //! and % of the measured sgemm roofline, writes a JSON file with raw
 //! samples and machine facts, and SVG/PNG plots under `target/bench/`.
+//!
+//! GPU: `cargo xtask bench gpu` runs the CUDA suites where Rust and a GPU
+//! are on one machine. Where the GPU machine has no Rust, `--bundle DIR`
+//! builds everything here into DIR (the runner, the peers script and a
+//! `run.sh` with every case); run `DIR/run.sh > gpu.jsonl` there (PYTHON=
+//! a python with PyTorch), then `cargo xtask bench --import gpu.jsonl`
+//! here prints the tables and writes the JSON and plots.
 
 mod plot;
 mod suites;
@@ -63,6 +70,9 @@ pub struct Report {
     pub machine: BTreeMap<String, String>,
     pub versions: BTreeMap<String, String>,
     pub roofline_sgemm_gflops: Option<f64>,
+    /// The best measured bf16 GEMM rate on the GPU (the GPU tables' 100%).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub roofline_gpu_bf16_gflops: Option<f64>,
     pub skipped: Vec<String>,
     pub results: Vec<Record>,
 }
@@ -79,12 +89,19 @@ struct Opts {
     shapes: Option<Vec<String>>,
     /// Idle seconds before each timed process.
     settle: f64,
+    /// Write a self-contained runner into this folder instead of running.
+    bundle: Option<PathBuf>,
+    /// Build the report from these JSON lines instead of running.
+    import: Option<PathBuf>,
 }
 
 const USAGE: &str = "usage: cargo xtask bench [SUITE…] [--quick] [--reps N] [--threads T]
                          [--peers numpy,torch|none] [--json PATH] [--compare OLD.json]
                          [--shapes 768x768,…] [--settle SECONDS]
-suites: gemm orth brox step (default: all). Output: target/bench/{bench.json,*.svg,*.png}";
+                         [--bundle DIR | --import LINES.jsonl]
+suites: gemm orth brox step (default: these four), gpu (CUDA; --bundle DIR
+for a GPU machine without Rust, then --import its output).
+Output: target/bench/{bench.json,*.svg,*.png}";
 
 fn parse(args: &[String]) -> Result<Opts, String> {
     let cores = std::thread::available_parallelism()
@@ -100,6 +117,8 @@ fn parse(args: &[String]) -> Result<Opts, String> {
         compare: None,
         shapes: None,
         settle: -1.0,
+        bundle: None,
+        import: None,
     };
     let mut peers_set = false;
     let mut it = args.iter();
@@ -126,6 +145,8 @@ fn parse(args: &[String]) -> Result<Opts, String> {
                     .collect();
             }
             "--json" => o.json = PathBuf::from(val()?),
+            "--bundle" => o.bundle = Some(PathBuf::from(val()?)),
+            "--import" => o.import = Some(PathBuf::from(val()?)),
             "--compare" => o.compare = Some(PathBuf::from(val()?)),
             "--shapes" => o.shapes = Some(val()?.split(',').map(String::from).collect()),
             "--settle" => {
@@ -153,7 +174,12 @@ fn parse(args: &[String]) -> Result<Opts, String> {
         }
     }
     if o.suites.is_empty() {
-        o.suites = known.iter().map(|s| s.to_string()).collect();
+        // The GPU suite only when asked for.
+        o.suites = known
+            .iter()
+            .filter(|s| **s != "gpu")
+            .map(|s| s.to_string())
+            .collect();
     }
     if o.reps == 0 {
         o.reps = if o.quick { 2 } else { 5 };
@@ -168,7 +194,10 @@ fn parse(args: &[String]) -> Result<Opts, String> {
         // keeps that from landing on whoever runs next.
         o.settle = if o.quick { 0.0 } else { 5.0 };
     }
-    if !peers_set {
+    if !peers_set && o.suites.iter().any(|s| s == "gpu") {
+        // The GPU suites' peers are PyTorch on CUDA.
+        o.peers = vec!["torch".into()];
+    } else if !peers_set {
         // The quick run (CI) exercises the numpy peer only: PyTorch's wheel
         // and its CUDA dependencies are ~5 GB.
         o.peers = if o.quick {
@@ -287,8 +316,15 @@ fn parse_lines(out: &str, report: &mut Report, source: &str) -> Vec<Record> {
 pub fn run(args: &[String]) -> Result<(), String> {
     let o = parse(args)?;
     let t0 = Instant::now();
+    if let Some(lines) = &o.import {
+        return import(&o, lines, args);
+    }
+    let gpu = o.suites.iter().any(|s| s == "gpu");
     let mut c = cargo();
     c.args(["build", "--release", "--quiet", "-p", "lmo-bench"]);
+    if gpu {
+        c.args(["--features", "cuda"]);
+    }
     step("build lmo-bench (release)", c)?;
     let ours_bin = root().join("target/release/lmo-bench");
     let mut report = Report {
@@ -311,7 +347,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
     {
         report.versions.insert("git".into(), v);
     }
-    let python = if o.peers.is_empty() {
+    let python = if o.peers.is_empty() || o.bundle.is_some() {
         None
     } else {
         match peers_python(&o.peers) {
@@ -363,6 +399,9 @@ pub fn run(args: &[String]) -> Result<(), String> {
             o.suites.join(", ")
         ));
     }
+    if let Some(dir) = &o.bundle {
+        return bundle(&o, dir, &ours_bin, &cases);
+    }
     let bar = ProgressBar::new(cases.len() as u64);
     bar.set_style(
         ProgressStyle::with_template("{bar:30} {pos}/{len} {elapsed_precise} {msg}")
@@ -411,10 +450,21 @@ pub fn run(args: &[String]) -> Result<(), String> {
         bar.inc(1);
     }
     bar.finish_and_clear();
+    finish(&o, report, t0)
+}
+
+/// Roofline, tables, JSON, plots, comparison.
+fn finish(o: &Opts, mut report: Report, t0: Instant) -> Result<(), String> {
     report.roofline_sgemm_gflops = report
         .results
         .iter()
         .filter(|r| r.suite == "gemm" && r.imp.ends_with("sgemm"))
+        .map(Record::gflops)
+        .reduce(f64::max);
+    report.roofline_gpu_bf16_gflops = report
+        .results
+        .iter()
+        .filter(|r| r.suite == "gpu-gemm")
         .map(Record::gflops)
         .reduce(f64::max);
     print_tables(&report);
@@ -473,14 +523,21 @@ pub fn print_tables(r: &Report) {
             .collect::<Vec<_>>()
             .join(" ")
     );
-    let roof = r.roofline_sgemm_gflops;
-    if let Some(p) = roof {
+    if let Some(p) = r.roofline_sgemm_gflops {
         println!("roofline (best measured sgemm): {p:.1} GFLOP/s");
+    }
+    if let Some(p) = r.roofline_gpu_bf16_gflops {
+        println!("GPU roofline (best measured bf16 GEMM): {p:.1} GFLOP/s");
     }
     for s in &r.skipped {
         println!("skipped: {s}");
     }
     for suite in unique(r.results.iter().map(|x| x.suite.as_str())) {
+        let roof = if suite.starts_with("gpu") {
+            r.roofline_gpu_bf16_gflops
+        } else {
+            r.roofline_sgemm_gflops
+        };
         let recs: Vec<&Record> = r.results.iter().filter(|x| x.suite == suite).collect();
         let cases = unique(recs.iter().map(|x| x.case.as_str()));
         let mut impls: Vec<&str> = recs.iter().map(|x| x.imp.as_str()).collect();
@@ -609,4 +666,93 @@ fn compare(new: &Report, old_path: &Path) -> Result<(), String> {
     }
     println!("\n{regressions} regression(s) beyond the noise");
     Ok(())
+}
+
+/// `--bundle DIR`: the runner binary, the peers script and `run.sh` (every
+/// case, ours then peers, JSON lines on stdout) for a machine without Rust.
+fn bundle(
+    o: &Opts,
+    dir: &Path,
+    ours_bin: &Path,
+    cases: &[(String, suites::Case)],
+) -> Result<(), String> {
+    let io = |e: std::io::Error| format!("{}: {e}", dir.display());
+    std::fs::create_dir_all(dir).map_err(io)?;
+    std::fs::copy(ours_bin, dir.join("lmo-bench")).map_err(io)?;
+    std::fs::copy(root().join("bench/peers/peers.py"), dir.join("peers.py")).map_err(io)?;
+    let quote = |a: &[String]| {
+        a.iter()
+            .map(|x| format!("'{x}'"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let mut sh = String::from(
+        "#!/usr/bin/env bash\n\
+         # Written by `cargo xtask bench --bundle`: every case, ours then the\n\
+         # peers, as JSON lines on stdout (progress on stderr). PYTHON: a\n\
+         # python with PyTorch (default python3). Read the output back with\n\
+         # `cargo xtask bench --import FILE`.\n\
+         set -u\ncd \"$(dirname \"$0\")\"\nPY=${PYTHON:-python3}\n",
+    );
+    sh += &format!(
+        "echo '{{\"versions\":{{\"bundle_git\":\"{}\"}}}}'\n",
+        capture(
+            Command::new("git")
+                .current_dir(root())
+                .args(["rev-parse", "--short", "HEAD"])
+        )
+        .unwrap_or_default()
+    );
+    sh += "smi=$(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null | head -1)\n\
+           echo \"{\\\"versions\\\":{\\\"nvidia_smi\\\":\\\"${smi:-none}\\\",\\\"cores\\\":\\\"$(nproc)\\\"}}\"\n";
+    let threads = o.threads.to_string();
+    for (_, c) in cases {
+        sh += &format!(
+            "echo '== {}' >&2\n./lmo-bench {}\n",
+            c.label,
+            quote(&c.ours)
+        );
+        if let Some(p) = &c.peers {
+            sh += &format!(
+                "\"$PY\" peers.py {} --threads {threads} --impls {}\n",
+                quote(p),
+                o.peers.join(",")
+            );
+        }
+    }
+    let run = dir.join("run.sh");
+    std::fs::write(&run, sh).map_err(io)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o755)).map_err(io)?;
+    }
+    println!(
+        "bundle: {} ({} cases). On the GPU machine: {}/run.sh > gpu.jsonl; here: cargo xtask bench --import gpu.jsonl",
+        dir.display(),
+        cases.len(),
+        dir.display()
+    );
+    Ok(())
+}
+
+/// `--import FILE`: the report of JSON lines written by a bundle's run.sh.
+fn import(o: &Opts, lines: &Path, args: &[String]) -> Result<(), String> {
+    let text = std::fs::read_to_string(lines).map_err(|e| format!("{}: {e}", lines.display()))?;
+    let mut report = Report {
+        command: format!("cargo xtask bench {}", args.join(" ")),
+        ..Default::default()
+    };
+    report
+        .machine
+        .insert("imported_from".into(), lines.display().to_string());
+    let recs = parse_lines(&text, &mut report, "bundle");
+    if recs.is_empty() {
+        return Err(format!(
+            "{}: no measurements (only skip/version lines?)",
+            lines.display()
+        ));
+    }
+    report.results = recs;
+    finish(o, report, Instant::now())
 }

@@ -81,6 +81,33 @@ fn step(quick: bool, reps: usize) -> Vec<Case> {
     per_shape("step", shapes, &[], reps.min(3), true)
 }
 
+/// The GPU suites (our side needs lmo-bench built with `--features cuda`;
+/// peers: PyTorch on CUDA): the bf16 GEMM peak, NS5 polar factors in bf16
+/// (ours vs K. Jordan's reference eager and compiled), one Muon / AdamW
+/// step on GPT-2-small hidden shapes.
+fn gpu(quick: bool, reps: usize) -> Vec<Case> {
+    let (gemm, orth, step): (&[&str], &[&str], &[&str]) = if quick {
+        (&["256x256"], &["64x64", "96x48"], &["1x64"])
+    } else {
+        (
+            &["4096x4096", "8192x8192"],
+            &[
+                "768x768",
+                "768x3072",
+                "1024x1024",
+                "4096x4096",
+                "4096x11008",
+                "8192x8192",
+            ],
+            &["12x768"],
+        )
+    };
+    let mut v = per_shape("gpu-gemm", gemm, &[], reps, true);
+    v.extend(per_shape("gpu-orth", orth, &[], reps, true));
+    v.extend(per_shape("gpu-step", step, &[], reps, true));
+    v
+}
+
 /// Every suite, in the order they run.
 pub fn all() -> Vec<Suite> {
     vec![
@@ -103,6 +130,11 @@ pub fn all() -> Vec<Suite> {
             name: "step",
             about: "one optimizer step on GPT-2-small shapes per preset vs torch AdamW / Muon",
             cases: step,
+        },
+        Suite {
+            name: "gpu",
+            about: "CUDA (not in the default set): bf16 GEMM peak, NS5 polar vs Jordan eager/compiled, Muon/AdamW step",
+            cases: gpu,
         },
     ]
 }
