@@ -160,7 +160,7 @@ fn with_libtorch(c: &mut Command) -> Result<(), String> {
 }
 
 /// The feature that compiles the CUDA backend (tests, clippy, docs).
-const CUDA_FEATURE: &str = "orthogonalize/cuda,gluon-optim/cuda";
+const CUDA_FEATURE: &str = "orthogonalize/cuda,gluon-optim/cuda,lmo-tch/device-step";
 
 fn test() -> Result<(), String> {
     let mut c = cargo();

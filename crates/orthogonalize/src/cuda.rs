@@ -266,6 +266,17 @@ impl CudaDevice {
         }))
     }
 
+    /// Makes the device's context current on this thread (raw driver and
+    /// cuBLAS calls need it; cudarc's safe calls do it themselves).
+    fn bind(&self) -> Result<(), CudaError> {
+        self.stream.context().bind_to_thread().map_err(drv)
+    }
+
+    /// The device's ordinal (`cuda:N`).
+    pub fn ordinal(&self) -> usize {
+        self.stream.context().ordinal()
+    }
+
     /// The device's name.
     pub fn name(&self) -> &str {
         &self.name
@@ -732,6 +743,7 @@ impl Backend for Cuda {
             return;
         }
         let dev = a.dev.clone();
+        ok(dev.bind(), "bind context");
         let _ = br;
         fn cfg<T>(
             (ta, tb, m, n, k, ac, bc): (Trans, Trans, usize, usize, usize, usize, usize),
@@ -812,6 +824,7 @@ impl Backend for Cuda {
         out: &mut CudaTensor,
     ) {
         let n = out.numel();
+        ok(out.dev.bind(), "bind context");
         if n != 0 && beta != 0.0 {
             assert_eq!(src.dtype(), out.dtype(), "CUDA backend: gemm_from dtypes");
             let bytes = n * out.elem();
@@ -840,6 +853,7 @@ impl Backend for Cuda {
             return;
         }
         let dev = x.dev.clone();
+        ok(dev.bind(), "bind context");
         let (Buf::F32(xs), Some(Buf::F32(cs))) = (x.buf(), c.buf.as_mut()) else {
             panic!("CUDA backend: syrk on tensors of different dtypes");
         };

@@ -10,6 +10,8 @@
 //!   by name and shape ([`default_label`]: hidden matrices, embeddings,
 //!   head, vectors), reads their gradients and steps them in place under
 //!   `no_grad`; its state saves to JSON next to the `VarStore` checkpoint.
+//! - `device` (feature `device-step`): zero-copy views of libtorch CUDA
+//!   tensors for the CUDA backend and `gluon_optim::cuda::DeviceOptimizer`.
 //!
 //! libtorch comes from the PyPI wheel `torch==2.11.0` (tch `=0.24.0`):
 //! `cargo xtask test` and `cargo xtask nanogpt` install it into
@@ -38,6 +40,8 @@
 //! ```
 
 mod backend;
+#[cfg(feature = "device-step")]
+pub mod device;
 
 pub use backend::{Tch, Tch32, Tch64, TchScalar, TchTensor, shape_of};
 

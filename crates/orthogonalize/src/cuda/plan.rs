@@ -242,6 +242,7 @@ impl PolarPlan {
     pub fn run(&mut self, g: &CudaTensor, out: &mut CudaTensor) -> Result<(), CudaError> {
         self.check(g)?;
         self.check(out)?;
+        self.dev.bind()?;
         let (gp, op) = (g.raw(), out.raw());
         let Some(graphs) = self.graphs.as_ref() else {
             return self.enqueue(gp, op);

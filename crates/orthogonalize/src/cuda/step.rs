@@ -177,6 +177,7 @@ pub fn batch_dot(x: &CudaTensor, y: &CudaTensor, out: &DeviceScalars) -> Result<
         return Err(input("batch_dot: output too short or batch above 65535"));
     }
     let dev = &x.dev;
+    dev.bind()?;
     let per = x.numel() / batch.max(1);
     let op = out.ptr();
     // SAFETY: `out` holds at least `batch` f64 values.
