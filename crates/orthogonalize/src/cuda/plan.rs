@@ -62,6 +62,7 @@ pub struct PolarPlan {
     n: usize,
     steps: Vec<[f32; 3]>,
     norm: Option<(f32, f32)>,
+    ops: Vec<Op>,
     // Owned buffers; their addresses are fixed for the plan's lifetime.
     _bufs: Vec<Buf>,
     _acc: CudaSlice<f64>,
@@ -110,24 +111,9 @@ impl PolarPlan {
         io: DType,
         work: DType,
     ) -> Result<Self, CudaError> {
-        cfg.validate().map_err(CudaError::Input)?;
-        if m == 0 || n == 0 {
-            return Err(input("polar plan: empty matrix shape"));
-        }
-        if batch == 0 || batch > 65_535 {
-            return Err(input("polar plan: batch must be in 1..=65535"));
-        }
+        let Shape { steps, norm } = Shape::check(cfg, batch, m, n)?;
+        let ops = build_ops(&steps, norm.is_some(), m, n, io == work);
         let (k, l) = (m.min(n), m.max(n));
-        if l > i32::MAX as usize / 2 || k * l > (1usize << 40) {
-            return Err(input("polar plan: matrix too large for cuBLAS"));
-        }
-        let steps = (0..cfg.steps)
-            .map(|i| cfg.coefficients.step(i).map(|v| v as f32))
-            .collect();
-        let norm = match cfg.normalization {
-            Normalization::Frobenius { delta, eps } => Some((delta as f32, eps as f32)),
-            Normalization::None => None,
-        };
         let s = &dev.stream;
         let alloc = |len: usize| -> Result<Buf, CudaError> {
             Ok(match work {
@@ -157,6 +143,7 @@ impl PolarPlan {
             n,
             steps,
             norm,
+            ops,
             _bufs: bufs,
             _acc: acc,
             x,
@@ -270,26 +257,16 @@ impl PolarPlan {
         Ok(())
     }
 
-    fn elem(&self) -> usize {
-        match self.work {
-            DType::F32 => 4,
-            DType::Bf16 => 2,
+    fn dtype_of(&self, b: BufId) -> DType {
+        match b {
+            BufId::In | BufId::Out => self.io,
+            _ => self.work,
         }
     }
 
     /// One strided-batched product, column-major as cuBLAS sees it:
-    /// `C_b = α·op(A_b)·op(B_b) + β·C_b`.
-    #[allow(clippy::too_many_arguments)]
-    fn gemm(
-        &self,
-        ta: bool,
-        (m, n, k): (usize, usize, usize),
-        alpha: f32,
-        (a, lda, sa): (u64, usize, usize),
-        (b, ldb, sb): (u64, usize, usize),
-        beta: f32,
-        (c, ldc, sc): (u64, usize, usize),
-    ) -> Result<(), CudaError> {
+    /// `C_b = α·op(A_b)·B_b + β·C_b` (operands in the work storage).
+    fn gemm(&self, g: &Gemm, addr: &impl Fn(BufId) -> u64) -> Result<(), CudaError> {
         use cublas_sys::cublasOperation_t::{CUBLAS_OP_N, CUBLAS_OP_T};
         let ty = match self.work {
             DType::F32 => cublas_sys::cudaDataType_t::CUDA_R_32F,
@@ -297,30 +274,32 @@ impl PolarPlan {
         };
         // SAFETY: every (address, leading dimension, stride) triple
         // describes a buffer of the plan or a checked tensor of `batch`
-        // matrices; α and β are host f32 (pointer mode host), as the
-        // compute type CUBLAS_COMPUTE_32F requires.
+        // matrices (the host interpreter `simulate` runs the same ops on
+        // host buffers of exactly these sizes); α and β are host f32
+        // (pointer mode host), as the compute type CUBLAS_COMPUTE_32F
+        // requires.
         unsafe {
             cudarc::cublas::result::gemm_strided_batched_ex(
                 *self.dev.blas.handle(),
-                if ta { CUBLAS_OP_T } else { CUBLAS_OP_N },
+                if g.ta { CUBLAS_OP_T } else { CUBLAS_OP_N },
                 CUBLAS_OP_N,
-                m as i32,
-                n as i32,
-                k as i32,
-                (&alpha) as *const f32 as *const _,
-                a as *const _,
+                g.m as i32,
+                g.n as i32,
+                g.k as i32,
+                (&g.alpha) as *const f32 as *const _,
+                addr(g.a.buf) as *const _,
                 ty,
-                lda as i32,
-                sa as i64,
-                b as *const _,
+                g.a.ld as i32,
+                g.a.stride as i64,
+                addr(g.b.buf) as *const _,
                 ty,
-                ldb as i32,
-                sb as i64,
-                (&beta) as *const f32 as *const _,
-                c as *mut _,
+                g.b.ld as i32,
+                g.b.stride as i64,
+                (&g.beta) as *const f32 as *const _,
+                addr(g.c.buf) as *mut _,
                 ty,
-                ldc as i32,
-                sc as i64,
+                g.c.ld as i32,
+                g.c.stride as i64,
                 self.batch as i32,
                 cublas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
                 cublas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
@@ -329,147 +308,453 @@ impl PolarPlan {
         .map_err(|e| CudaError::Cublas(format!("{e:?}")))
     }
 
-    fn copy(&self, dst: u64, src: u64, elems: usize) -> Result<(), CudaError> {
-        // SAFETY: both addresses hold `elems` elements of the plan's dtype.
-        unsafe {
-            cudarc::driver::result::memcpy_dtod_async(
-                dst,
-                src,
-                elems * self.elem(),
-                self.dev.stream.cu_stream(),
-            )
-        }
-        .map_err(drv)
-    }
-
-    /// Queues the whole iteration from `gp` into `op` (no host sync, no
+    /// Queues the op list from `gp` into `op` (no host sync, no
     /// allocation: capturable).
     fn enqueue(&self, gp: u64, op: u64) -> Result<(), CudaError> {
         let dev = &self.dev;
         let (m, n, batch) = (self.m, self.n, self.batch);
-        let wide = m <= n;
-        let (k, l) = if wide { (m, n) } else { (n, m) };
-        let (kk, kl) = (k * k, k * l);
         let per = (m * n) as i64;
-        let blocks = (m * n).div_ceil(256).clamp(1, 1024) as u32;
         let row_cfg = LaunchConfig {
-            grid_dim: (blocks, batch as u32, 1),
+            grid_dim: ((m * n).div_ceil(256).clamp(1, 1024) as u32, batch as u32, 1),
             block_dim: (256, 1, 1),
             shared_mem_bytes: 0,
         };
-        let (delta, eps, normed) = match self.norm {
-            Some((d, e)) => (d, e, 1i32),
-            None => (0.0, 0.0, 0i32),
-        };
+        let (delta, eps) = self.norm.unwrap_or((0.0, 0.0));
         let acc = self.acc_ptr;
-        let (io, work) = (self.io, self.work);
-        let same = io == work;
-        if normed == 1 {
-            // SAFETY: `acc` holds `batch` f64 values.
-            unsafe {
-                cudarc::driver::result::memset_d8_async(acc, 0, batch * 8, dev.stream.cu_stream())
-            }
-            .map_err(drv)?;
-            launch!(dev, "batch_sumsq", io, row_cfg, [&gp, &acc, &per]);
-        }
-        // Normalize (or only convert/transpose, norm = 0) from `from`
-        // storage into the other buffer's storage.
-        let flat = |src: u64, dst: u64, from: DType, norm: i32| {
-            let name = if same {
-                "batch_normalize"
-            } else {
-                "cvt_normalize"
-            };
-            launch!(
-                dev,
-                name,
-                from,
-                row_cfg,
-                [&src, &acc, &dst, &per, &delta, &eps, &norm]
-            );
+        let same = self.io == self.work;
+        let addr = |b: BufId| match b {
+            BufId::In => gp,
+            BufId::Out => op,
+            BufId::X => self.x,
+            BufId::Y => self.y,
+            BufId::A => self.a,
+            BufId::B => self.b,
         };
-        let transposed = |src: u64, dst: u64, from: DType, rows: usize, cols: usize, norm: i32| {
-            let cfg = LaunchConfig {
-                grid_dim: (
-                    cols.div_ceil(32) as u32,
-                    rows.div_ceil(32) as u32,
-                    batch as u32,
-                ),
-                block_dim: (32, 8, 1),
-                shared_mem_bytes: 0,
-            };
-            let (r, c) = (rows as i64, cols as i64);
-            let name = if same {
-                "batch_normalize_t"
-            } else {
-                "cvt_normalize_t"
-            };
-            launch!(
-                dev,
-                name,
-                from,
-                cfg,
-                [&src, &acc, &dst, &r, &c, &delta, &eps, &norm]
-            );
-        };
-        if wide {
-            flat(gp, self.x, io, normed);
-        } else {
-            transposed(gp, self.x, io, m, n, normed);
-        }
-        // Row-major X (k×l) is column-major Xc = Xᵀ (l×k, ld l); the Gram
-        // matrices are symmetric, so row- and column-major agree on them.
-        let (mut x, mut y) = (self.x, self.y);
-        let last = self.steps.len();
-        for (i, &[a, b, c]) in self.steps.iter().enumerate() {
-            // A = X·Xᵀ = Xcᵀ·Xc.
-            self.gemm(
-                true,
-                (k, k, l),
-                1.0,
-                (x, l, kl),
-                (x, l, kl),
-                0.0,
-                (self.a, k, kk),
-            )?;
-            let (bm, alpha) = if c != 0.0 {
-                // B = b·A + c·A·A.
-                self.copy(self.b, self.a, batch * kk)?;
-                self.gemm(
-                    false,
-                    (k, k, k),
-                    c,
-                    (self.a, k, kk),
-                    (self.a, k, kk),
-                    b,
-                    (self.b, k, kk),
-                )?;
-                (self.b, 1.0)
-            } else {
-                (self.a, b)
-            };
-            // Y = a·X + B·X, i.e. Yc = a·Xc + Xc·B (column-major, B = Bᵀ).
-            let dst = if same && wide && i + 1 == last { op } else { y };
-            self.copy(dst, x, batch * kl)?;
-            self.gemm(
-                false,
-                (l, k, k),
-                alpha,
-                (x, l, kl),
-                (bm, k, kk),
-                a,
-                (dst, l, kl),
-            )?;
-            if dst == op {
-                return Ok(());
+        for o in &self.ops {
+            match o {
+                Op::Sumsq => {
+                    // SAFETY: `acc` holds `batch` f64 values.
+                    unsafe {
+                        cudarc::driver::result::memset_d8_async(
+                            acc,
+                            0,
+                            batch * 8,
+                            dev.stream.cu_stream(),
+                        )
+                    }
+                    .map_err(drv)?;
+                    launch!(dev, "batch_sumsq", self.io, row_cfg, [&gp, &acc, &per]);
+                }
+                Op::Scale {
+                    src,
+                    dst,
+                    transpose,
+                    norm,
+                } => {
+                    let (s, d, from) = (addr(*src), addr(*dst), self.dtype_of(*src));
+                    let norm = *norm as i32;
+                    match *transpose {
+                        None => {
+                            let name = if same {
+                                "batch_normalize"
+                            } else {
+                                "cvt_normalize"
+                            };
+                            launch!(
+                                dev,
+                                name,
+                                from,
+                                row_cfg,
+                                [&s, &acc, &d, &per, &delta, &eps, &norm]
+                            );
+                        }
+                        Some((rows, cols)) => {
+                            let cfg = LaunchConfig {
+                                grid_dim: (
+                                    cols.div_ceil(32) as u32,
+                                    rows.div_ceil(32) as u32,
+                                    batch as u32,
+                                ),
+                                block_dim: (32, 8, 1),
+                                shared_mem_bytes: 0,
+                            };
+                            let (r, c) = (rows as i64, cols as i64);
+                            let name = if same {
+                                "batch_normalize_t"
+                            } else {
+                                "cvt_normalize_t"
+                            };
+                            launch!(
+                                dev,
+                                name,
+                                from,
+                                cfg,
+                                [&s, &acc, &d, &r, &c, &delta, &eps, &norm]
+                            );
+                        }
+                    }
+                }
+                Op::Copy { dst, src, elems } => {
+                    let bytes = batch * elems * elem_size(self.dtype_of(*dst));
+                    // SAFETY: both buffers hold `batch·elems` elements of
+                    // the same storage type (the op list copies only
+                    // between buffers of one storage).
+                    unsafe {
+                        cudarc::driver::result::memcpy_dtod_async(
+                            addr(*dst),
+                            addr(*src),
+                            bytes,
+                            dev.stream.cu_stream(),
+                        )
+                    }
+                    .map_err(drv)?;
+                }
+                Op::Gemm(g) => self.gemm(g, &addr)?,
             }
-            core::mem::swap(&mut x, &mut y);
-        }
-        match (wide, same) {
-            (true, true) => self.copy(op, x, batch * kl)?,
-            (true, false) => flat(x, op, work, 0),
-            (false, _) => transposed(x, op, work, k, l, 0),
         }
         Ok(())
+    }
+
+    /// The host reference of [`PolarPlan::run`]: the same op list (the
+    /// same products with the same column-major operands, strides, copies,
+    /// normalization and conversions) executed on the CPU, with storage
+    /// rounding to bf16 (nearest even) where the plan stores bf16, f64
+    /// accumulation elsewhere. Needs no GPU: the tests check the op list
+    /// against [`crate::NewtonSchulz`] with it. `g` holds the stack
+    /// `[batch, m, n]` row-major (rounded to `io` first).
+    #[allow(clippy::too_many_arguments)]
+    pub fn simulate(
+        cfg: &NsConfig,
+        batch: usize,
+        m: usize,
+        n: usize,
+        io: DType,
+        work: DType,
+        g: &[f32],
+    ) -> Result<Vec<f32>, CudaError> {
+        let shape = Shape::check(cfg, batch, m, n)?;
+        if g.len() != batch * m * n {
+            return Err(CudaError::Input(LmoError::ShapeMismatch {
+                expected: (batch * m, n),
+                found: (g.len(), 1),
+            }));
+        }
+        let ops = build_ops(&shape.steps, shape.norm.is_some(), m, n, io == work);
+        let (k, l) = (m.min(n), m.max(n));
+        let store = |d: DType, v: f64| -> f32 {
+            match d {
+                DType::F32 => v as f32,
+                DType::Bf16 => bf16::from_f32(v as f32).to_f32(),
+            }
+        };
+        let dtype_of = |b: BufId| match b {
+            BufId::In | BufId::Out => io,
+            _ => work,
+        };
+        let mut bufs: Vec<Vec<f32>> = vec![
+            g.iter().map(|&v| store(io, v as f64)).collect(),
+            vec![0.0; batch * m * n],
+            vec![0.0; batch * k * l],
+            vec![0.0; batch * k * l],
+            vec![0.0; batch * k * k],
+            vec![0.0; batch * k * k],
+        ];
+        let mut acc = vec![0.0f64; batch];
+        let (delta, eps) = shape.norm.unwrap_or((0.0, 0.0));
+        let per = m * n;
+        for o in &ops {
+            match o {
+                Op::Sumsq => {
+                    for (b, a) in acc.iter_mut().enumerate() {
+                        *a = bufs[0][b * per..(b + 1) * per]
+                            .iter()
+                            .map(|&v| v as f64 * v as f64)
+                            .sum();
+                    }
+                }
+                Op::Scale {
+                    src,
+                    dst,
+                    transpose,
+                    norm,
+                } => {
+                    let s = bufs[*src as usize].clone();
+                    let dt = dtype_of(*dst);
+                    let d = &mut bufs[*dst as usize];
+                    for b in 0..batch {
+                        let c = if *norm {
+                            inv_scale(acc[b], delta, eps)
+                        } else {
+                            1.0
+                        };
+                        let o = b * per;
+                        match *transpose {
+                            None => {
+                                for i in 0..per {
+                                    d[o + i] = store(dt, (c * s[o + i]) as f64);
+                                }
+                            }
+                            Some((rows, cols)) => {
+                                for r in 0..rows {
+                                    for cc in 0..cols {
+                                        d[o + cc * rows + r] =
+                                            store(dt, (c * s[o + r * cols + cc]) as f64);
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+                Op::Copy { dst, src, elems } => {
+                    let s = bufs[*src as usize][..batch * elems].to_vec();
+                    bufs[*dst as usize][..batch * elems].copy_from_slice(&s);
+                }
+                Op::Gemm(gm) => {
+                    let (a, bb) = (
+                        bufs[gm.a.buf as usize].clone(),
+                        bufs[gm.b.buf as usize].clone(),
+                    );
+                    let dt = dtype_of(gm.c.buf);
+                    let c = &mut bufs[gm.c.buf as usize];
+                    for t in 0..batch {
+                        let (ao, bo, co) = (t * gm.a.stride, t * gm.b.stride, t * gm.c.stride);
+                        for j in 0..gm.n {
+                            for i in 0..gm.m {
+                                let mut sum = 0.0f64;
+                                for p in 0..gm.k {
+                                    let x = if gm.ta {
+                                        a[ao + p + i * gm.a.ld]
+                                    } else {
+                                        a[ao + i + p * gm.a.ld]
+                                    };
+                                    sum += x as f64 * bb[bo + p + j * gm.b.ld] as f64;
+                                }
+                                let at = co + i + j * gm.c.ld;
+                                let old = if gm.beta == 0.0 {
+                                    0.0
+                                } else {
+                                    gm.beta as f64 * c[at] as f64
+                                };
+                                c[at] = store(dt, gm.alpha as f64 * sum + old);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        Ok(bufs.swap_remove(1))
+    }
+}
+
+fn elem_size(d: DType) -> usize {
+    match d {
+        DType::F32 => 4,
+        DType::Bf16 => 2,
+    }
+}
+
+/// The kernels' `inv_scale`: `1/(√ss·(1+δ)+ε)`, 0 for a zero matrix.
+fn inv_scale(ss: f64, delta: f32, eps: f32) -> f32 {
+    let f = ss.sqrt();
+    if f == 0.0 {
+        0.0
+    } else {
+        (1.0 / (f * (1.0 + delta as f64) + eps as f64)) as f32
+    }
+}
+
+/// The buffers an op names: the caller's input and output, the plan's two
+/// `k × l` stacks and two `k × k` stacks (the index into the host
+/// interpreter's buffer list).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum BufId {
+    In = 0,
+    Out = 1,
+    X = 2,
+    Y = 3,
+    A = 4,
+    B = 5,
+}
+
+/// One column-major operand of a strided-batched product.
+#[derive(Clone, Copy, Debug)]
+struct Operand {
+    buf: BufId,
+    ld: usize,
+    stride: usize,
+}
+
+fn opnd(buf: BufId, ld: usize, stride: usize) -> Operand {
+    Operand { buf, ld, stride }
+}
+
+/// `C_b = α·op(A_b)·B_b + β·C_b`, column-major, `op` = transpose if `ta`.
+#[derive(Clone, Debug)]
+struct Gemm {
+    ta: bool,
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: f32,
+    a: Operand,
+    b: Operand,
+    beta: f32,
+    c: Operand,
+}
+
+/// One step of the plan's launch sequence.
+#[derive(Clone, Debug)]
+enum Op {
+    /// `acc[b] = Σ In_b²` (acc zeroed first).
+    Sumsq,
+    /// `dst_b = c_b·src_b` (`c_b` from acc if `norm`, else 1), converted to
+    /// dst's storage, transposed when `transpose = Some((rows, cols))`
+    /// (`src_b` is rows × cols).
+    Scale {
+        src: BufId,
+        dst: BufId,
+        transpose: Option<(usize, usize)>,
+        norm: bool,
+    },
+    /// `batch·elems` elements from src to dst (same storage).
+    Copy {
+        dst: BufId,
+        src: BufId,
+        elems: usize,
+    },
+    /// A strided-batched product.
+    Gemm(Gemm),
+}
+
+/// The launch sequence of the iteration (the struct docs of
+/// [`PolarPlan`]). Row-major X (k×l) is column-major Xc = Xᵀ (l×k, ld l);
+/// the Gram matrices are symmetric, so row- and column-major agree on them.
+fn build_ops(steps: &[[f32; 3]], normed: bool, m: usize, n: usize, same: bool) -> Vec<Op> {
+    use BufId::*;
+    let wide = m <= n;
+    let (k, l) = if wide { (m, n) } else { (n, m) };
+    let (kk, kl) = (k * k, k * l);
+    let mut v = Vec::new();
+    if normed {
+        v.push(Op::Sumsq);
+    }
+    v.push(Op::Scale {
+        src: In,
+        dst: X,
+        transpose: (!wide).then_some((m, n)),
+        norm: normed,
+    });
+    let (mut x, mut y) = (X, Y);
+    for (i, &[a, b, c]) in steps.iter().enumerate() {
+        // A = X·Xᵀ = Xcᵀ·Xc.
+        v.push(Op::Gemm(Gemm {
+            ta: true,
+            m: k,
+            n: k,
+            k: l,
+            alpha: 1.0,
+            a: opnd(x, l, kl),
+            b: opnd(x, l, kl),
+            beta: 0.0,
+            c: opnd(A, k, kk),
+        }));
+        let (bm, alpha) = if c != 0.0 {
+            // B = b·A + c·A·A.
+            v.push(Op::Copy {
+                dst: B,
+                src: A,
+                elems: kk,
+            });
+            v.push(Op::Gemm(Gemm {
+                ta: false,
+                m: k,
+                n: k,
+                k,
+                alpha: c,
+                a: opnd(A, k, kk),
+                b: opnd(A, k, kk),
+                beta: b,
+                c: opnd(B, k, kk),
+            }));
+            (B, 1.0)
+        } else {
+            (A, b)
+        };
+        // Y = a·X + B·X, i.e. Yc = a·Xc + Xc·B (column-major, B = Bᵀ).
+        let dst = if same && wide && i + 1 == steps.len() {
+            Out
+        } else {
+            y
+        };
+        v.push(Op::Copy {
+            dst,
+            src: x,
+            elems: kl,
+        });
+        v.push(Op::Gemm(Gemm {
+            ta: false,
+            m: l,
+            n: k,
+            k,
+            alpha,
+            a: opnd(x, l, kl),
+            b: opnd(bm, k, kk),
+            beta: a,
+            c: opnd(dst, l, kl),
+        }));
+        if dst == Out {
+            return v;
+        }
+        core::mem::swap(&mut x, &mut y);
+    }
+    v.push(match (wide, same) {
+        (true, true) => Op::Copy {
+            dst: Out,
+            src: x,
+            elems: kl,
+        },
+        (true, false) => Op::Scale {
+            src: x,
+            dst: Out,
+            transpose: None,
+            norm: false,
+        },
+        (false, _) => Op::Scale {
+            src: x,
+            dst: Out,
+            transpose: Some((k, l)),
+            norm: false,
+        },
+    });
+    v
+}
+
+/// The validated, device-free part of a plan.
+struct Shape {
+    steps: Vec<[f32; 3]>,
+    norm: Option<(f32, f32)>,
+}
+
+impl Shape {
+    fn check(cfg: &NsConfig, batch: usize, m: usize, n: usize) -> Result<Self, CudaError> {
+        cfg.validate().map_err(CudaError::Input)?;
+        if m == 0 || n == 0 {
+            return Err(input("polar plan: empty matrix shape"));
+        }
+        if batch == 0 || batch > 65_535 {
+            return Err(input("polar plan: batch must be in 1..=65535"));
+        }
+        let (k, l) = (m.min(n), m.max(n));
+        if l > i32::MAX as usize / 2 || k * l > (1usize << 40) {
+            return Err(input("polar plan: matrix too large for cuBLAS"));
+        }
+        let steps = (0..cfg.steps)
+            .map(|i| cfg.coefficients.step(i).map(|v| v as f32))
+            .collect();
+        let norm = match cfg.normalization {
+            Normalization::Frobenius { delta, eps } => Some((delta as f32, eps as f32)),
+            Normalization::None => None,
+        };
+        Ok(Shape { steps, norm })
     }
 }
