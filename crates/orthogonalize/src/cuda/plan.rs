@@ -481,9 +481,9 @@ impl PolarPlan {
                     let s = bufs[*src as usize].clone();
                     let dt = dtype_of(*dst);
                     let d = &mut bufs[*dst as usize];
-                    for b in 0..batch {
+                    for (b, &ss) in acc.iter().enumerate() {
                         let c = if *norm {
-                            inv_scale(acc[b], delta, eps)
+                            inv_scale(ss, delta, eps)
                         } else {
                             1.0
                         };
