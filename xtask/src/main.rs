@@ -67,13 +67,9 @@ fn cuda_libs(libtorch: &Path) -> PathBuf {
     libtorch.join("../nvidia/cu13/lib")
 }
 
-/// Installs [`NVRTC_WHEEL`] beside libtorch when it is missing (only for
-/// the venv under target/, never into a user's `$LIBTORCH`).
-fn ensure_nvrtc(libtorch: &Path) -> Result<(), String> {
-    let venv = root().join("target/torch/venv");
-    if cuda_libs(libtorch).join("libnvrtc.so.13").exists() || !libtorch.starts_with(&venv) {
-        return Ok(());
-    }
+/// `pip install --no-deps` of pinned wheels into `venv`, progress on
+/// stderr (stdout is the env that `cargo xtask libtorch` prints).
+fn pip_install(venv: &Path, wheels: &[&str], what: &str) -> Result<(), String> {
     let mut c = Command::new(venv.join("bin/python"));
     c.args([
         "-m",
@@ -83,12 +79,23 @@ fn ensure_nvrtc(libtorch: &Path) -> Result<(), String> {
         "--no-deps",
         "--progress-bar",
         "off",
-        NVRTC_WHEEL,
     ])
+    .args(wheels)
     .stdout(std::io::stderr());
-    step(
+    step(what, c)
+}
+
+/// Installs [`NVRTC_WHEEL`] beside libtorch when it is missing (only for
+/// the venv under target/, never into a user's `$LIBTORCH`).
+fn ensure_nvrtc(libtorch: &Path) -> Result<(), String> {
+    let venv = root().join("target/torch/venv");
+    if cuda_libs(libtorch).join("libnvrtc.so.13").exists() || !libtorch.starts_with(&venv) {
+        return Ok(());
+    }
+    pip_install(
+        &venv,
+        &[NVRTC_WHEEL],
         "pip install nvidia-cuda-nvrtc (NVRTC for the CUDA kernel test)",
-        c,
     )
 }
 
@@ -123,19 +130,7 @@ fn libtorch() -> Result<PathBuf, String> {
     let mut c = Command::new("python3");
     c.args(["-m", "venv"]).arg(&venv).stdout(std::io::stderr());
     step("python3 -m venv target/torch/venv", c)?;
-    let mut c = Command::new(venv.join("bin/python"));
-    c.args([
-        "-m",
-        "pip",
-        "install",
-        "--no-cache-dir",
-        "--no-deps",
-        "--progress-bar",
-        "off",
-    ])
-    .args(TORCH_WHEELS)
-    .stdout(std::io::stderr());
-    step("pip install torch (libtorch for tch)", c)?;
+    pip_install(&venv, TORCH_WHEELS, "pip install torch (libtorch for tch)")?;
     let t =
         find().ok_or_else(|| "torch installed but lib/libtorch_cpu.so not found".to_string())?;
     ensure_nvrtc(&t)?;

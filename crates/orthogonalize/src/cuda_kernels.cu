@@ -225,18 +225,6 @@ extern "C" __global__ void batch_dot_##S(const T* x, const T* y, double* acc,   
         s += (double)ld(x, o + i) * ld(y, o + i);                                            \
     block_add(s, acc + blockIdx.y);                                                          \
 }                                                                                            \
-/* out_b = c_b·x_b with c_b = 1/(√acc[b]·(1+δ)+ε) (0 where acc[b] = 0), or 1 if !norm */     \
-extern "C" __global__ void batch_normalize_##S(const T* x, const double* acc, T* out,       \
-                                               long long per, float delta, float eps,       \
-                                               int norm) {                                  \
-    normalize_impl(x, acc, out, per, delta, eps, norm);                                      \
-}                                                                                            \
-/* the same, transposed: x_b is m×n, out_b is n×m (grid n/32 × m/32 × batch) */             \
-extern "C" __global__ void batch_normalize_t_##S(const T* x, const double* acc, T* out,     \
-                                                 long long m, long long n, float delta,     \
-                                                 float eps, int norm) {                     \
-    normalize_t_impl(x, acc, out, m, n, delta, eps, norm);                                   \
-}                                                                                            \
 /* m ← β·m + (1−β)·g; if nesterov: u ← β·m + (1−β)·g (the LMO's input) */                 \
 extern "C" __global__ void momentum_##S(const T* g, T* m, T* u, float beta, int nesterov,   \
                                         long long n) {                                      \
@@ -271,19 +259,20 @@ extern "C" __global__ void lmo_update_##S(T* p, const T* o, const double* dual, 
 KERNELS(float, f32)
 KERNELS(bf16_t, bf16)
 
-// Mixed storage (f32 tensors, bf16 iteration): cvt_* read the suffix's
-// type and write the other one.
-#define CVT_KERNELS(TI, TO, S)                                                               \
-extern "C" __global__ void cvt_normalize_##S(const TI* x, const double* acc, TO* out,       \
-                                             long long per, float delta, float eps,         \
-                                             int norm) {                                    \
+// Normalization kernels (normalize_impl, normalize_t_impl) for each pair
+// of storages: batch_normalize[_t]_<S> keep storage S; cvt_normalize[_t]_<S>
+// read S and write the other one (f32 tensors, bf16 iteration).
+#define NORMALIZE_KERNELS(TI, TO, FLAT, TRANS)                                               \
+extern "C" __global__ void FLAT(const TI* x, const double* acc, TO* out, long long per,     \
+                                float delta, float eps, int norm) {                         \
     normalize_impl(x, acc, out, per, delta, eps, norm);                                      \
 }                                                                                            \
-extern "C" __global__ void cvt_normalize_t_##S(const TI* x, const double* acc, TO* out,     \
-                                               long long m, long long n, float delta,       \
-                                               float eps, int norm) {                       \
+extern "C" __global__ void TRANS(const TI* x, const double* acc, TO* out, long long m,      \
+                                 long long n, float delta, float eps, int norm) {           \
     normalize_t_impl(x, acc, out, m, n, delta, eps, norm);                                   \
 }
 
-CVT_KERNELS(float, bf16_t, f32)
-CVT_KERNELS(bf16_t, float, bf16)
+NORMALIZE_KERNELS(float, float, batch_normalize_f32, batch_normalize_t_f32)
+NORMALIZE_KERNELS(bf16_t, bf16_t, batch_normalize_bf16, batch_normalize_t_bf16)
+NORMALIZE_KERNELS(float, bf16_t, cvt_normalize_f32, cvt_normalize_t_f32)
+NORMALIZE_KERNELS(bf16_t, float, cvt_normalize_bf16, cvt_normalize_t_bf16)
