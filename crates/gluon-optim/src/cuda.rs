@@ -19,13 +19,20 @@
 //!   read ([`DeviceOptimizer::with_finiteness_check`] turns it off: then a
 //!   step has no host synchronization at all).
 //!
-//! Supported groups: spectral and RMS→RMS groups with a Newton–Schulz-type
-//! polar factor ([`Orth::NewtonSchulz`] in the tensors' precision,
-//! [`Orth::NewtonSchulzBf16`] in bf16 with f32 tensors, as
-//! `torch.optim.Muon`), every radius policy, both modes, Nesterov, weight
-//! decay, the schedule; and AdamW groups (one fused kernel per tensor).
-//! Other norms and the exact polar factor give an error at construction
-//! (use [`crate::Optimizer<Cuda>`](crate::Optimizer) for those).
+//! Supported groups (every radius policy, both modes, Nesterov, weight
+//! decay, the schedule):
+//! - spectral and RMS→RMS groups with a Newton–Schulz-type polar factor
+//!   ([`Orth::NewtonSchulz`] in the tensors' precision,
+//!   [`Orth::NewtonSchulzBf16`] in bf16 with f32 tensors, as
+//!   `torch.optim.Muon`), stacked;
+//! - sign (ℓ∞), Frobenius and vector-RMS groups, one tensor at a time
+//!   (the direction and its inner product on the device): with these,
+//!   the Scion and Gluon presets run whole;
+//! - AdamW groups (one fused kernel per tensor).
+//!
+//! ℓ1, column/row-norm groups and the exact polar factor give an error at
+//! construction (use [`crate::Optimizer<Cuda>`](crate::Optimizer) for
+//! those).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -83,8 +90,24 @@ pub enum BlockPlan {
         /// Position in that stack.
         index: usize,
     },
+    /// An elementwise LMO of group `group`, stepped on its own.
+    Elementwise {
+        /// The group's configuration.
+        group: LmoGroup,
+        /// The direction.
+        kind: ElemKind,
+    },
     /// AdamW.
     AdamW(AdamWGroup),
+}
+
+/// The direction `O` of an elementwise LMO (the update is `−s·O`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ElemKind {
+    /// `O = sign(U)` (ℓ∞ ball; `⟨U, O⟩ = Σ|U|`).
+    Sign,
+    /// `O = U/‖U‖₂` (Frobenius and vector-RMS balls; `⟨U, O⟩ = ‖U‖₂`).
+    Euclidean,
 }
 
 /// One stack: the hidden matrices of one group and one shape.
@@ -143,12 +166,24 @@ impl DevicePlan {
             match group {
                 GroupConfig::AdamW(a) => blocks.push(BlockPlan::AdamW(*a)),
                 GroupConfig::Lmo(g) => {
+                    let elem = |kind| BlockPlan::Elementwise {
+                        group: g.clone(),
+                        kind,
+                    };
                     let orth = match &g.norm {
                         NormSpec::Spectral(o) | NormSpec::RmsToRms(o) => o,
-                        _ => {
+                        NormSpec::Sign => {
+                            blocks.push(elem(ElemKind::Sign));
+                            continue;
+                        }
+                        NormSpec::Frobenius | NormSpec::VectorRms => {
+                            blocks.push(elem(ElemKind::Euclidean));
+                            continue;
+                        }
+                        NormSpec::L1 | NormSpec::ColNorm | NormSpec::RowNorm => {
                             return Err(unsupported(
-                                "the device step supports spectral (Newton–Schulz) and AdamW \
-                                 groups; use Optimizer<Cuda> for other norms",
+                                "the device step has no ℓ1, column- or row-norm LMO; use \
+                                 Optimizer<Cuda> for these norms",
                                 i,
                             ));
                         }
@@ -192,20 +227,22 @@ impl DevicePlan {
     }
 }
 
-/// The norm's total scale `s` of a block of shape `m × n` in group `g`
-/// (the group scale, its shape factor, and `√(m/n)` for RMS→RMS).
-pub fn total_scale(g: &LmoGroup, (m, n): (usize, usize)) -> f64 {
-    let s = g.scale * g.shape_scale.factor(&[m, n]);
-    match g.norm {
-        NormSpec::RmsToRms(_) => s * (m as f64 / n as f64).sqrt(),
+/// The norm's total scale `s` of a block of shape `dims` in group `g`: the
+/// group scale and its shape factor, times `√(m/n)` for RMS→RMS and `√d`
+/// (`d` entries) for vector RMS (lmo-core's definitions).
+pub fn total_scale(g: &LmoGroup, dims: &[usize]) -> f64 {
+    let s = g.scale * g.shape_scale.factor(dims);
+    match (&g.norm, dims) {
+        (NormSpec::RmsToRms(_), &[m, n]) => s * (m as f64 / n as f64).sqrt(),
+        (NormSpec::VectorRms, d) => s * (d.iter().product::<usize>() as f64).sqrt(),
         _ => s,
     }
 }
 
 /// The update coefficients of step `k` with schedule multiplier `mult` for
-/// a block of shape `m × n` in group `g` (SPEC §3; what
+/// a block of shape `dims` in group `g` (SPEC §3; what
 /// [`crate::Optimizer`] does, with the adaptive radius left to the device).
-pub fn update_coeffs(g: &LmoGroup, dims: (usize, usize), k: u64, mult: f64) -> UpdateCoeffs {
+pub fn update_coeffs(g: &LmoGroup, dims: &[usize], k: u64, mult: f64) -> UpdateCoeffs {
     let (t, adaptive) = match g.radius {
         Radius::Adaptive { l0, l1 } => (0.0, Some((l0 as f32, l1 as f32))),
         r => (radius(&r, k, 0.0) * mult, None),
@@ -237,6 +274,14 @@ struct Adam {
     v: CudaTensor,
 }
 
+struct Elem {
+    m: CudaTensor,
+    nest: Option<CudaTensor>,
+    out: CudaTensor,
+    inner: DeviceScalars,
+    scratch: DeviceScalars,
+}
+
 /// The layer-wise LMO step of [`Config`] on device tensors, resident on
 /// the GPU (module docs). Parameters and gradients are [`CudaTensor`]s of
 /// one dtype (f32 or bf16), for example wrapping a training framework's
@@ -249,6 +294,7 @@ pub struct DeviceOptimizer {
     dtype: DType,
     stacks: Vec<Stack>,
     adam: Vec<Option<Adam>>,
+    elems: Vec<Option<Elem>>,
     step: u64,
     skipped: u64,
     check_finite: bool,
@@ -299,9 +345,22 @@ impl DeviceOptimizer {
                     m: Cuda::zeros_like(p),
                     v: Cuda::zeros_like(p),
                 }),
-                BlockPlan::Lmo { .. } => None,
+                _ => None,
             })
             .collect();
+        let mut elems = Vec::with_capacity(params.len());
+        for (b, p) in plan.blocks.iter().zip(params) {
+            elems.push(match b {
+                BlockPlan::Elementwise { group, .. } => Some(Elem {
+                    m: Cuda::zeros_like(p),
+                    nest: group.nesterov.then(|| Cuda::zeros_like(p)),
+                    out: Cuda::zeros_like(p),
+                    inner: DeviceScalars::new(dev, 1)?,
+                    scratch: DeviceScalars::new(dev, 1)?,
+                }),
+                _ => None,
+            });
+        }
         Ok(DeviceOptimizer {
             dev: dev.clone(),
             config,
@@ -310,6 +369,7 @@ impl DeviceOptimizer {
             dtype,
             stacks,
             adam,
+            elems,
             step: 0,
             skipped: 0,
             check_finite: true,
@@ -414,10 +474,26 @@ impl DeviceOptimizer {
             let u = s.nest.as_ref().unwrap_or(&s.m);
             s.polar.run(u, &mut s.out)?;
             step::batch_dot(u, &s.out, &s.inner)?;
-            let c = update_coeffs(&s.plan.group, s.plan.dims, k, mult);
+            let (m, n) = s.plan.dims;
+            let c = update_coeffs(&s.plan.group, &[m, n], k, mult);
             for (j, &i) in s.plan.members.iter().enumerate() {
                 step::lmo_update(&mut params[i], &s.out, j, &s.inner, &c)?;
             }
+        }
+        for (i, (b, e)) in self.plan.blocks.iter().zip(&mut self.elems).enumerate() {
+            let (BlockPlan::Elementwise { group, kind }, Some(e)) = (b, e) else {
+                continue;
+            };
+            let beta = momentum(group, k) as f32;
+            step::momentum(&grads[i], &mut e.m, 0, e.nest.as_mut(), beta)?;
+            let u = e.nest.as_ref().unwrap_or(&e.m);
+            match kind {
+                ElemKind::Sign => Cuda::sign(1.0, u, &mut e.out),
+                ElemKind::Euclidean => step::normalize(u, &mut e.out, &e.scratch)?,
+            }
+            step::batch_dot(u, &e.out, &e.inner)?;
+            let c = update_coeffs(group, &self.dims[i], k, mult);
+            step::lmo_update(&mut params[i], &e.out, 0, &e.inner, &c)?;
         }
         let kk = (k + 1) as i32;
         for (i, (b, a)) in self.plan.blocks.iter().zip(&mut self.adam).enumerate() {
@@ -438,25 +514,29 @@ impl DeviceOptimizer {
         Ok(true)
     }
 
-    /// `‖U_i‖_* = s_i·⟨U_i, polar(U_i)⟩` of the last step for every
-    /// parameter (0 for AdamW blocks): one read per stack.
+    /// `‖U_i‖_* = s_i·⟨U_i, O_i⟩` of the last step for every parameter
+    /// (`O_i` the LMO's direction; 0 for AdamW blocks): one read per stack
+    /// and per elementwise block.
     pub fn dual_norms(&self) -> Result<Vec<f64>, DeviceError> {
         let inner: Vec<Vec<f64>> = self
             .stacks
             .iter()
             .map(|s| s.inner.to_host())
             .collect::<Result<_, _>>()?;
-        Ok(self
-            .plan
-            .blocks
-            .iter()
-            .map(|b| match b {
-                BlockPlan::Lmo { stack, index } => {
+        let mut out = Vec::with_capacity(self.plan.blocks.len());
+        for (i, (b, e)) in self.plan.blocks.iter().zip(&self.elems).enumerate() {
+            out.push(match (b, e) {
+                (BlockPlan::Lmo { stack, index }, _) => {
                     let sp = &self.stacks[*stack].plan;
-                    (total_scale(&sp.group, sp.dims) * inner[*stack][*index]).max(0.0)
+                    let (m, n) = sp.dims;
+                    (total_scale(&sp.group, &[m, n]) * inner[*stack][*index]).max(0.0)
                 }
-                BlockPlan::AdamW(_) => 0.0,
-            })
-            .collect())
+                (BlockPlan::Elementwise { group, .. }, Some(e)) => {
+                    (total_scale(group, &self.dims[i]) * e.inner.to_host()?[0]).max(0.0)
+                }
+                _ => 0.0,
+            });
+        }
+        Ok(out)
     }
 }

@@ -95,8 +95,9 @@ fn plan_refuses_what_has_no_device_path() {
         DevicePlan::new(&c, &[Label::Hidden], &[dims])
     };
     for norm in [
-        NormSpec::Sign,
+        NormSpec::L1,
         NormSpec::ColNorm,
+        NormSpec::RowNorm,
         NormSpec::Spectral(Orth::Exact),
     ] {
         match one(norm.clone(), vec![4, 4]) {
@@ -122,45 +123,116 @@ fn plan_refuses_what_has_no_device_path() {
     ));
 }
 
+/// Sign, Frobenius and vector-RMS groups are elementwise blocks; Scion and
+/// Gluon (whose embeddings, head and vectors use them) plan whole.
+#[test]
+fn plan_takes_elementwise_groups() {
+    use gluon_optim::cuda::ElemKind;
+    let labels = [Label::Embedding, Label::Hidden, Label::Vector, Label::Head];
+    let dims = [vec![10, 4], vec![4, 4], vec![4], vec![10, 4]];
+    for cfg in [
+        presets::scion(0.01, false),
+        presets::gluon((0.5, 2.0), (0.5, 1.0), 0.9),
+    ] {
+        let p = DevicePlan::new(&cfg, &labels, &dims).unwrap();
+        let kind = |i: usize| match &p.blocks[i] {
+            BlockPlan::Elementwise { kind, .. } => Some(*kind),
+            _ => None,
+        };
+        assert_eq!(kind(0), Some(ElemKind::Sign));
+        assert_eq!(p.blocks[1], BlockPlan::Lmo { stack: 0, index: 0 });
+        assert_eq!(kind(2), Some(ElemKind::Euclidean));
+        assert_eq!(kind(3), Some(ElemKind::Sign));
+    }
+}
+
+/// The LMO direction `O` (the update is `−s·O`) the device computes for
+/// the LMO input `u` of a block of group `g`, on the CPU.
+fn direction(g: &LmoGroup, u: &[f32], dims: &[usize]) -> Vec<f32> {
+    match &g.norm {
+        NormSpec::Sign => u
+            .iter()
+            .map(|x| {
+                if *x > 0.0 {
+                    1.0
+                } else if *x < 0.0 {
+                    -1.0
+                } else {
+                    0.0
+                }
+            })
+            .collect(),
+        NormSpec::Frobenius | NormSpec::VectorRms => {
+            let n = u.iter().map(|x| *x as f64 * *x as f64).sum::<f64>().sqrt();
+            u.iter().map(|x| (*x as f64 / n) as f32).collect()
+        }
+        _ => {
+            let un = nd(u, dims);
+            let mut o = Nd32::zeros_like(&un);
+            NewtonSchulz::<Nd32>::new(NsConfig::muon())
+                .unwrap()
+                .polar(&un, &mut o)
+                .unwrap();
+            o.iter().copied().collect()
+        }
+    }
+}
+
 /// `update_coeffs` + `apply_host` (the `lmo_update` kernel's formula)
-/// reproduce the generic optimizer's first step of a hidden block.
+/// reproduce the generic optimizer's first step of a block, for spectral,
+/// RMS→RMS, sign, Frobenius and vector-RMS groups.
 #[test]
 fn update_coeffs_reproduce_the_generic_step() {
     let mut rng = StdRng::seed_from_u64(7);
-    let mut cases = Vec::new();
-    for dims in [(12usize, 8usize), (8, 20)] {
-        cases.push((
-            group(NormSpec::Spectral(ns()), Radius::Constant(0.05)),
-            dims,
-        ));
+    let mut cases: Vec<(LmoGroup, Vec<usize>)> = Vec::new();
+    for (m, n) in [(12usize, 8usize), (8, 20)] {
+        let dims = vec![m, n];
+        let g = group(NormSpec::Spectral(ns()), Radius::Constant(0.05));
+        cases.push((g, dims.clone()));
         let mut g = group(
             NormSpec::RmsToRms(ns()),
             Radius::Adaptive { l0: 2.0, l1: 0.5 },
         );
         g.weight_decay = 0.1;
         g.nesterov = true;
-        cases.push((g, dims));
+        cases.push((g, dims.clone()));
         let mut g = group(NormSpec::Spectral(ns()), Radius::Theory { t0: 0.3 });
         g.shape_scale = ShapeScale::MuonRatio;
         g.scale = 1.7;
-        cases.push((g, dims));
+        cases.push((g, dims.clone()));
         let mut g = group(NormSpec::RmsToRms(ns()), Radius::Constant(0.4));
         g.mode = Mode::Constrained { rho: 3.0 };
         g.weight_decay = 0.05;
+        cases.push((g, dims.clone()));
+        let mut g = group(NormSpec::Sign, Radius::Adaptive { l0: 1.0, l1: 0.3 });
+        g.shape_scale = ShapeScale::InvFanIn;
+        g.nesterov = true;
+        cases.push((g, dims.clone()));
+        let mut g = group(NormSpec::Frobenius, Radius::Constant(0.2));
+        g.weight_decay = 0.1;
         cases.push((g, dims));
     }
-    for (g, (m, n)) in cases {
+    for d in [vec![24], vec![7]] {
+        let mut g = group(NormSpec::VectorRms, Radius::Adaptive { l0: 3.0, l1: 0.2 });
+        g.mode = Mode::Constrained { rho: 2.0 };
+        cases.push((g.clone(), d.clone()));
+        g.radius = Radius::Constant(0.1);
+        g.mode = Mode::Unconstrained;
+        cases.push((g, d));
+    }
+    for (g, dims) in cases {
+        let numel: usize = dims.iter().product();
         let config = Config::new()
             .group(Label::Hidden, GroupConfig::Lmo(g.clone()))
             .schedule(Schedule::Warmup { warmup: 4 });
-        let p0 = randn(&mut rng, m * n);
-        let gr = randn(&mut rng, m * n);
-        let mut params = vec![nd(&p0, &[m, n])];
+        let p0 = randn(&mut rng, numel);
+        let gr = randn(&mut rng, numel);
+        let mut params = vec![nd(&p0, &dims)];
         let mut opt = Optimizer::<Nd32>::new(config.clone(), vec![Label::Hidden], &params).unwrap();
-        opt.step(&mut params, &[nd(&gr, &[m, n])]).unwrap();
+        opt.step(&mut params, &[nd(&gr, &dims)]).unwrap();
 
-        // The same step by hand: momentum from zero, the polar factor on
-        // the CPU, then the device update formula.
+        // The same step by hand: momentum from zero, the direction on the
+        // CPU, then the device update formula.
         let beta = gluon_optim::momentum(&g, 0) as f32;
         let mom: Vec<f32> = gr.iter().map(|x| (1.0 - beta) * x).collect();
         let u: Vec<f32> = if g.nesterov {
@@ -171,20 +243,14 @@ fn update_coeffs_reproduce_the_generic_step() {
         } else {
             mom
         };
-        let un = nd(&u, &[m, n]);
-        let mut o = Nd32::zeros_like(&un);
-        NewtonSchulz::<Nd32>::new(NsConfig::muon())
-            .unwrap()
-            .polar(&un, &mut o)
-            .unwrap();
-        let o: Vec<f32> = o.iter().copied().collect();
+        let o = direction(&g, &u, &dims);
         let inner: f64 = u.iter().zip(&o).map(|(a, b)| *a as f64 * *b as f64).sum();
-        let c = update_coeffs(&g, (m, n), 0, config.schedule.at(0));
+        let c = update_coeffs(&g, &dims, 0, config.schedule.at(0));
         let mut want = p0.clone();
         c.apply_host(&mut want, &o, inner);
         let got: Vec<f32> = params[0].iter().copied().collect();
         let e = rel(&got, &want);
-        assert!(e < 1e-5, "{g:?} {m}×{n}: {e:e}");
+        assert!(e < 1e-5, "{g:?} {dims:?}: {e:e}");
         // And the step moved the parameters (the check is not vacuous).
         assert!(rel(&got, &p0) > 1e-4, "{g:?}: no update");
     }
@@ -210,16 +276,10 @@ fn device_step_matches_cpu() {
         (Label::Vector, vec![32]),
     ];
     let labels: Vec<Label> = spec.iter().map(|s| s.0.clone()).collect();
-    let gluon = {
-        let mut c = presets::gluon((0.5, 2.0), (0.5, 1.0), 0.9);
-        for l in [Label::Embedding, Label::Vector] {
-            c = c.group(l, GroupConfig::AdamW(Default::default()));
-        }
-        c
-    };
     for (cfg, graphs, tol) in [
         (presets::muon(0.05, 0.01), false, 1e-4),
-        (gluon, true, 1e-4),
+        (presets::gluon((0.5, 2.0), (0.5, 1.0), 0.9), true, 1e-4),
+        (presets::scion(0.01, true), true, 1e-4),
         (presets::muon(0.05, 0.01).with_bf16_polar(), true, 3e-2),
     ] {
         let vals: Vec<Vec<f32>> = spec

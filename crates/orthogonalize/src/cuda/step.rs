@@ -286,3 +286,46 @@ pub fn zeros_stack(
 ) -> Result<CudaTensor, CudaError> {
     dev.tensor(&vec![0.0; batch * m * n], &[batch, m, n], dtype)
 }
+
+/// `out = u/‖u‖₂` (0 for `u = 0`) for a tensor of any rank, the norm
+/// computed and used on the device (`scratch[0]` holds `‖u‖₂²` after).
+/// The direction of the Euclidean (Frobenius, vector-RMS) LMO.
+pub fn normalize(
+    u: &CudaTensor,
+    out: &mut CudaTensor,
+    scratch: &DeviceScalars,
+) -> Result<(), CudaError> {
+    same_dev(u, out)?;
+    if u.numel() != out.numel() {
+        return Err(CudaError::Input(LmoError::ShapeMismatch {
+            expected: u.shape.as_pair(),
+            found: out.shape.as_pair(),
+        }));
+    }
+    let dev = &u.dev;
+    dev.bind()?;
+    let sp = scratch.ptr();
+    // SAFETY: `scratch` holds at least one f64.
+    unsafe { cudarc::driver::result::memset_d8_async(sp, 0, 8, dev.stream.cu_stream()) }
+        .map_err(drv)?;
+    let per = u.numel();
+    if per == 0 {
+        return Ok(());
+    }
+    let cfg = LaunchConfig {
+        grid_dim: (per.div_ceil(256).clamp(1, 1024) as u32, 1, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let (up, op, n) = (u.raw(), out.raw(), per as i64);
+    let (delta, eps, norm) = (0.0f32, 0.0f32, 1i32);
+    launch!(dev, "batch_sumsq", u.dtype(), cfg, [&up, &sp, &n]);
+    launch!(
+        dev,
+        "batch_normalize",
+        u.dtype(),
+        cfg,
+        [&up, &sp, &op, &n, &delta, &eps, &norm]
+    );
+    Ok(())
+}
