@@ -29,12 +29,18 @@ const GRAPH_CACHE: usize = 4;
 ///     A ← X·Xᵀ                                  (cublasGemmStridedBatchedEx)
 ///     B ← b·A + c·A·A                           (copy A, then one GEMM with β = b; skipped if c = 0)
 ///     X ← a·X + B·X                             (copy X, then one GEMM with β = a; the last
-///                                                one writes the caller's output)
+///                                                one writes the caller's output when no
+///                                                conversion or transposition is left)
+/// out ← X (or Xᵀ), converted to the tensors' storage
 /// ```
 ///
-/// Storage is the tensors' dtype: f32, or bf16 with f32 accumulation
-/// (`CUBLAS_COMPUTE_32F`, tensor cores) and f32 `α`, `β` (the coefficients
-/// are not rounded). Flops per matrix and step: `2k²l` (Gram) `+ 2k³`
+/// Storage: f32, bf16, or f32 tensors with a bf16 iteration
+/// ([`PolarPlan::mixed`]); products accumulate in f32
+/// (`CUBLAS_COMPUTE_32F`, tensor cores for bf16) with f32 `α`, `β` (the
+/// coefficients are not rounded). The sequence is one list of operations
+/// run by the CUDA executor here and, on the CPU, by
+/// [`PolarPlan::simulate`], which the tests check against
+/// [`crate::NewtonSchulz`]. Flops per matrix and step: `2k²l` (Gram) `+ 2k³`
 /// (`A·A`, when `c ≠ 0`) `+ 2k²l`, `k = min(m,n)`, `l = max(m,n)`
 /// ([`PolarPlan::flops`]). cuBLAS has no bf16 `syrk`, so the Gram product
 /// is a full GEMM.
