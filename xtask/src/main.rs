@@ -137,11 +137,16 @@ fn libtorch() -> Result<PathBuf, String> {
     Ok(t)
 }
 
-/// Sets `LIBTORCH` and `LD_LIBRARY_PATH` on `c` for the tch crates.
+/// Sets `LIBTORCH` and `LD_LIBRARY_PATH` on `c` for the tch crates (and
+/// NVRTC's directory; then `LMO_EXPECT_NVRTC=1`, so that the kernel
+/// compile test fails instead of skipping if NVRTC does not load).
 fn with_libtorch(c: &mut Command) -> Result<(), String> {
     let lt = libtorch()?;
     let mut ld = lt.join("lib").into_os_string();
     let cuda = cuda_libs(&lt);
+    if cuda.join("libnvrtc.so.13").exists() {
+        c.env("LMO_EXPECT_NVRTC", "1");
+    }
     if cuda.is_dir() {
         ld.push(":");
         ld.push(cuda);
