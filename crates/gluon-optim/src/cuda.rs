@@ -260,47 +260,461 @@ pub fn update_coeffs(g: &LmoGroup, dims: &[usize], k: u64, mult: f64) -> UpdateC
     }
 }
 
-struct Stack {
+/// The operations the device step is written against. [`CudaExec`] runs
+/// them on a GPU; [`HostExec`] runs the same orchestration on the CPU with
+/// host twins of every kernel (the tests' reference: stacking, offsets,
+/// buffers, per-step scalars all exercised without a GPU).
+pub trait Exec {
+    /// A tensor.
+    type Tensor;
+    /// Per-matrix f64 values kept where the tensors are.
+    type Scalars;
+    /// A batched polar factor for one stack shape.
+    type Plan;
+    /// The dimensions of a tensor.
+    fn dims(t: &Self::Tensor) -> Vec<usize>;
+    /// The storage of a tensor.
+    fn dtype(t: &Self::Tensor) -> DType;
+    /// A zero tensor.
+    fn zeros(&self, dims: &[usize], dtype: DType) -> Result<Self::Tensor, DeviceError>;
+    /// `len` zero scalars.
+    fn scalars(&self, len: usize) -> Result<Self::Scalars, DeviceError>;
+    /// The scalars' values (on a GPU: a host synchronization).
+    fn read(&self, s: &Self::Scalars) -> Result<Vec<f64>, DeviceError>;
+    /// A polar plan for `batch` matrices `m × n` (see [`PolarPlan::mixed`]).
+    fn plan(
+        &self,
+        ns: &NsConfig,
+        shape: (usize, usize, usize),
+        io: DType,
+        work: DType,
+    ) -> Result<Self::Plan, DeviceError>;
+    /// Turns graph replay of a plan on or off.
+    fn set_graphs(plan: &mut Self::Plan, on: bool);
+    /// `out = polar(u)` per matrix of the stack.
+    fn polar(
+        &self,
+        plan: &mut Self::Plan,
+        u: &Self::Tensor,
+        out: &mut Self::Tensor,
+    ) -> Result<(), DeviceError>;
+    /// See [`step::momentum`].
+    fn momentum(
+        &self,
+        g: &Self::Tensor,
+        m: &mut Self::Tensor,
+        j: usize,
+        nest: Option<&mut Self::Tensor>,
+        beta: f32,
+    ) -> Result<(), DeviceError>;
+    /// See [`step::batch_dot`].
+    fn batch_dot(
+        &self,
+        x: &Self::Tensor,
+        y: &Self::Tensor,
+        out: &mut Self::Scalars,
+    ) -> Result<(), DeviceError>;
+    /// `out = sign(u)`.
+    fn sign(&self, u: &Self::Tensor, out: &mut Self::Tensor) -> Result<(), DeviceError>;
+    /// See [`step::normalize`].
+    fn normalize(
+        &self,
+        u: &Self::Tensor,
+        out: &mut Self::Tensor,
+        scratch: &mut Self::Scalars,
+    ) -> Result<(), DeviceError>;
+    /// See [`step::lmo_update`].
+    fn lmo_update(
+        &self,
+        p: &mut Self::Tensor,
+        o: &Self::Tensor,
+        j: usize,
+        inner: &Self::Scalars,
+        c: &UpdateCoeffs,
+    ) -> Result<(), DeviceError>;
+    /// One fused AdamW update (lmo-core's `Backend::adamw`).
+    fn adamw(
+        &self,
+        p: &mut Self::Tensor,
+        g: &Self::Tensor,
+        m: &mut Self::Tensor,
+        v: &mut Self::Tensor,
+        h: &AdamWStep<f32>,
+    ) -> Result<(), DeviceError>;
+    /// NaN/Inf entries over all of `ts` (on a GPU: one read).
+    fn count_nonfinite(&self, ts: &[&Self::Tensor]) -> Result<u64, DeviceError>;
+}
+
+/// [`Exec`] on a [`CudaDevice`]: the kernels and plans of
+/// `orthogonalize::cuda`.
+pub struct CudaExec(pub Arc<CudaDevice>);
+
+impl Exec for CudaExec {
+    type Tensor = CudaTensor;
+    type Scalars = DeviceScalars;
+    type Plan = PolarPlan;
+    fn dims(t: &CudaTensor) -> Vec<usize> {
+        Cuda::shape(t).dims().to_vec()
+    }
+    fn dtype(t: &CudaTensor) -> DType {
+        t.dtype()
+    }
+    fn zeros(&self, dims: &[usize], dtype: DType) -> Result<CudaTensor, DeviceError> {
+        let n = dims.iter().product();
+        Ok(self.0.tensor(&vec![0.0; n], dims, dtype)?)
+    }
+    fn scalars(&self, len: usize) -> Result<DeviceScalars, DeviceError> {
+        Ok(DeviceScalars::new(&self.0, len)?)
+    }
+    fn read(&self, s: &DeviceScalars) -> Result<Vec<f64>, DeviceError> {
+        Ok(s.to_host()?)
+    }
+    fn plan(
+        &self,
+        ns: &NsConfig,
+        (batch, m, n): (usize, usize, usize),
+        io: DType,
+        work: DType,
+    ) -> Result<PolarPlan, DeviceError> {
+        Ok(PolarPlan::mixed(&self.0, ns, batch, m, n, io, work)?)
+    }
+    fn set_graphs(plan: &mut PolarPlan, on: bool) {
+        plan.set_graphs(on);
+    }
+    fn polar(
+        &self,
+        plan: &mut PolarPlan,
+        u: &CudaTensor,
+        out: &mut CudaTensor,
+    ) -> Result<(), DeviceError> {
+        Ok(plan.run(u, out)?)
+    }
+    fn momentum(
+        &self,
+        g: &CudaTensor,
+        m: &mut CudaTensor,
+        j: usize,
+        nest: Option<&mut CudaTensor>,
+        beta: f32,
+    ) -> Result<(), DeviceError> {
+        Ok(step::momentum(g, m, j, nest, beta)?)
+    }
+    fn batch_dot(
+        &self,
+        x: &CudaTensor,
+        y: &CudaTensor,
+        out: &mut DeviceScalars,
+    ) -> Result<(), DeviceError> {
+        Ok(step::batch_dot(x, y, out)?)
+    }
+    fn sign(&self, u: &CudaTensor, out: &mut CudaTensor) -> Result<(), DeviceError> {
+        Cuda::sign(1.0, u, out);
+        Ok(())
+    }
+    fn normalize(
+        &self,
+        u: &CudaTensor,
+        out: &mut CudaTensor,
+        scratch: &mut DeviceScalars,
+    ) -> Result<(), DeviceError> {
+        Ok(step::normalize(u, out, scratch)?)
+    }
+    fn lmo_update(
+        &self,
+        p: &mut CudaTensor,
+        o: &CudaTensor,
+        j: usize,
+        inner: &DeviceScalars,
+        c: &UpdateCoeffs,
+    ) -> Result<(), DeviceError> {
+        Ok(step::lmo_update(p, o, j, inner, c)?)
+    }
+    fn adamw(
+        &self,
+        p: &mut CudaTensor,
+        g: &CudaTensor,
+        m: &mut CudaTensor,
+        v: &mut CudaTensor,
+        h: &AdamWStep<f32>,
+    ) -> Result<(), DeviceError> {
+        Cuda::adamw(p, g, m, v, h);
+        Ok(())
+    }
+    fn count_nonfinite(&self, ts: &[&CudaTensor]) -> Result<u64, DeviceError> {
+        Ok(step::count_nonfinite(&self.0, ts)?)
+    }
+}
+
+/// A host tensor of [`HostExec`]: row-major values stored as `dtype`
+/// (bf16 values are kept rounded in f32).
+#[derive(Clone, Debug, PartialEq)]
+pub struct HostTensor {
+    /// Dimensions.
+    pub dims: Vec<usize>,
+    /// Values, row-major.
+    pub data: Vec<f32>,
+    /// Storage (rounding on every store).
+    pub dtype: DType,
+}
+
+impl HostTensor {
+    /// An f32 tensor.
+    pub fn f32(data: Vec<f32>, dims: &[usize]) -> Self {
+        HostTensor {
+            dims: dims.to_vec(),
+            data,
+            dtype: DType::F32,
+        }
+    }
+
+    /// Matrix `j` of a stack `[batch, …]` (batch 1 for other ranks): its
+    /// element range.
+    fn member(&self, j: usize) -> Result<core::ops::Range<usize>, DeviceError> {
+        let batch = if self.dims.len() == 3 {
+            self.dims[0]
+        } else {
+            1
+        };
+        if j >= batch {
+            return Err(unsupported("stack index out of range", j).into());
+        }
+        let per = self.data.len() / batch;
+        Ok(j * per..(j + 1) * per)
+    }
+
+    fn store(&self, v: f32) -> f32 {
+        match self.dtype {
+            DType::F32 => v,
+            DType::Bf16 => half::bf16::from_f32(v).to_f32(),
+        }
+    }
+}
+
+/// A polar plan of [`HostExec`] (runs [`PolarPlan::simulate`]).
+pub struct HostPlan {
+    ns: NsConfig,
+    shape: (usize, usize, usize),
+    io: DType,
+    work: DType,
+}
+
+/// [`Exec`] on the CPU: each operation is the host twin of its kernel (the
+/// same formula in the same precision, f64 reductions) and the polar factor
+/// is [`PolarPlan::simulate`]. `DeviceOptimizer<HostExec>` is the device
+/// step's orchestration run without a GPU; the tests compare it with
+/// [`crate::Optimizer`].
+pub struct HostExec;
+
+fn mismatch(a: usize, b: usize) -> DeviceError {
+    DeviceError::Opt(OptError::Lmo {
+        block: usize::MAX,
+        error: LmoError::ShapeMismatch {
+            expected: (a, 1),
+            found: (b, 1),
+        },
+    })
+}
+
+impl Exec for HostExec {
+    type Tensor = HostTensor;
+    type Scalars = Vec<f64>;
+    type Plan = HostPlan;
+    fn dims(t: &HostTensor) -> Vec<usize> {
+        t.dims.clone()
+    }
+    fn dtype(t: &HostTensor) -> DType {
+        t.dtype
+    }
+    fn zeros(&self, dims: &[usize], dtype: DType) -> Result<HostTensor, DeviceError> {
+        Ok(HostTensor {
+            dims: dims.to_vec(),
+            data: vec![0.0; dims.iter().product()],
+            dtype,
+        })
+    }
+    fn scalars(&self, len: usize) -> Result<Vec<f64>, DeviceError> {
+        Ok(vec![0.0; len.max(1)])
+    }
+    fn read(&self, s: &Vec<f64>) -> Result<Vec<f64>, DeviceError> {
+        Ok(s.clone())
+    }
+    fn plan(
+        &self,
+        ns: &NsConfig,
+        shape: (usize, usize, usize),
+        io: DType,
+        work: DType,
+    ) -> Result<HostPlan, DeviceError> {
+        Ok(HostPlan {
+            ns: ns.clone(),
+            shape,
+            io,
+            work,
+        })
+    }
+    fn set_graphs(_: &mut HostPlan, _: bool) {}
+    fn polar(
+        &self,
+        plan: &mut HostPlan,
+        u: &HostTensor,
+        out: &mut HostTensor,
+    ) -> Result<(), DeviceError> {
+        let (b, m, n) = plan.shape;
+        out.data = PolarPlan::simulate(&plan.ns, b, m, n, plan.io, plan.work, &u.data)?;
+        Ok(())
+    }
+    fn momentum(
+        &self,
+        g: &HostTensor,
+        m: &mut HostTensor,
+        j: usize,
+        nest: Option<&mut HostTensor>,
+        beta: f32,
+    ) -> Result<(), DeviceError> {
+        let r = m.member(j)?;
+        if g.data.len() != r.len() {
+            return Err(mismatch(r.len(), g.data.len()));
+        }
+        let mut nest = nest;
+        for (i, k) in r.enumerate() {
+            let gi = g.data[i];
+            m.data[k] = m.store((1.0 - beta) * gi + beta * m.data[k]);
+            if let Some(u) = nest.as_deref_mut() {
+                u.data[k] = u.store(beta * m.data[k] + (1.0 - beta) * gi);
+            }
+        }
+        Ok(())
+    }
+    fn batch_dot(
+        &self,
+        x: &HostTensor,
+        y: &HostTensor,
+        out: &mut Vec<f64>,
+    ) -> Result<(), DeviceError> {
+        let batch = if x.dims.len() == 3 { x.dims[0] } else { 1 };
+        let per = x.data.len() / batch.max(1);
+        for (b, o) in out.iter_mut().enumerate().take(batch) {
+            *o = (b * per..(b + 1) * per)
+                .map(|i| x.data[i] as f64 * y.data[i] as f64)
+                .sum();
+        }
+        Ok(())
+    }
+    fn sign(&self, u: &HostTensor, out: &mut HostTensor) -> Result<(), DeviceError> {
+        for (o, &v) in out.data.iter_mut().zip(&u.data) {
+            *o = if v > 0.0 {
+                1.0
+            } else if v < 0.0 {
+                -1.0
+            } else {
+                0.0
+            };
+        }
+        Ok(())
+    }
+    fn normalize(
+        &self,
+        u: &HostTensor,
+        out: &mut HostTensor,
+        scratch: &mut Vec<f64>,
+    ) -> Result<(), DeviceError> {
+        let ss: f64 = u.data.iter().map(|&v| v as f64 * v as f64).sum();
+        scratch[0] = ss;
+        let f = ss.sqrt();
+        let c = if f == 0.0 { 0.0 } else { (1.0 / f) as f32 };
+        for k in 0..out.data.len() {
+            out.data[k] = out.store(c * u.data[k]);
+        }
+        Ok(())
+    }
+    fn lmo_update(
+        &self,
+        p: &mut HostTensor,
+        o: &HostTensor,
+        j: usize,
+        inner: &Vec<f64>,
+        c: &UpdateCoeffs,
+    ) -> Result<(), DeviceError> {
+        let r = o.member(j)?;
+        if p.data.len() != r.len() {
+            return Err(mismatch(r.len(), p.data.len()));
+        }
+        c.apply_host(&mut p.data, &o.data[r], inner[j]);
+        for k in 0..p.data.len() {
+            p.data[k] = p.store(p.data[k]);
+        }
+        Ok(())
+    }
+    fn adamw(
+        &self,
+        p: &mut HostTensor,
+        g: &HostTensor,
+        m: &mut HostTensor,
+        v: &mut HostTensor,
+        h: &AdamWStep<f32>,
+    ) -> Result<(), DeviceError> {
+        // The adamw kernel of cuda_kernels.cu, element by element.
+        for i in 0..g.data.len() {
+            let gi = g.data[i];
+            let mi = h.beta1 * m.data[i] + (1.0 - h.beta1) * gi;
+            let vi = h.beta2 * v.data[i] + (1.0 - h.beta2) * gi * gi;
+            m.data[i] = m.store(mi);
+            v.data[i] = v.store(vi);
+            let upd = (mi / h.bias1) / ((vi / h.bias2).sqrt() + h.eps);
+            p.data[i] = p.store((1.0 - h.lr * h.weight_decay) * p.data[i] - h.lr * upd);
+        }
+        Ok(())
+    }
+    fn count_nonfinite(&self, ts: &[&HostTensor]) -> Result<u64, DeviceError> {
+        Ok(ts
+            .iter()
+            .map(|t| t.data.iter().filter(|v| !v.is_finite()).count() as u64)
+            .sum())
+    }
+}
+
+struct Stack<E: Exec> {
     plan: StackPlan,
-    m: CudaTensor,
-    nest: Option<CudaTensor>,
-    out: CudaTensor,
-    polar: PolarPlan,
-    inner: DeviceScalars,
+    m: E::Tensor,
+    nest: Option<E::Tensor>,
+    out: E::Tensor,
+    polar: E::Plan,
+    inner: E::Scalars,
 }
 
-struct Adam {
-    m: CudaTensor,
-    v: CudaTensor,
+struct Adam<E: Exec> {
+    m: E::Tensor,
+    v: E::Tensor,
 }
 
-struct Elem {
-    m: CudaTensor,
-    nest: Option<CudaTensor>,
-    out: CudaTensor,
-    inner: DeviceScalars,
-    scratch: DeviceScalars,
+struct Elem<E: Exec> {
+    m: E::Tensor,
+    nest: Option<E::Tensor>,
+    out: E::Tensor,
+    inner: E::Scalars,
+    scratch: E::Scalars,
 }
 
-/// The layer-wise LMO step of [`Config`] on device tensors, resident on
-/// the GPU (module docs). Parameters and gradients are [`CudaTensor`]s of
-/// one dtype (f32 or bf16), for example wrapping a training framework's
-/// memory with [`CudaTensor::from_raw`].
-pub struct DeviceOptimizer {
-    dev: Arc<CudaDevice>,
+/// The layer-wise LMO step of [`Config`] resident on a device (module
+/// docs). With the default [`CudaExec`], parameters and gradients are
+/// [`CudaTensor`]s of one dtype (f32 or bf16), for example wrapping a
+/// training framework's memory with [`CudaTensor::from_raw`]; with
+/// [`HostExec`] the same step runs on host tensors (the tests' reference).
+pub struct DeviceOptimizer<E: Exec = CudaExec> {
+    exec: E,
     config: Config,
     plan: DevicePlan,
     dims: Vec<Vec<usize>>,
     dtype: DType,
-    stacks: Vec<Stack>,
-    adam: Vec<Option<Adam>>,
-    elems: Vec<Option<Elem>>,
+    stacks: Vec<Stack<E>>,
+    adam: Vec<Option<Adam<E>>>,
+    elems: Vec<Option<Elem<E>>>,
     step: u64,
     skipped: u64,
     check_finite: bool,
 }
 
-impl DeviceOptimizer {
+impl DeviceOptimizer<CudaExec> {
     /// Builds the optimizer for `params` (on `dev`) labelled by `labels`.
     /// Errors: everything [`DevicePlan::new`] checks, mixed dtypes, and
     /// device allocation failures.
@@ -310,13 +724,23 @@ impl DeviceOptimizer {
         labels: &[Label],
         params: &[CudaTensor],
     ) -> Result<Self, DeviceError> {
-        let dims: Vec<Vec<usize>> = params
-            .iter()
-            .map(|p| Cuda::shape(p).dims().to_vec())
-            .collect();
+        Self::with_exec(CudaExec(dev.clone()), config, labels, params)
+    }
+}
+
+impl<E: Exec> DeviceOptimizer<E> {
+    /// Builds the optimizer on executor `exec` (see
+    /// [`DeviceOptimizer::new`]).
+    pub fn with_exec(
+        exec: E,
+        config: Config,
+        labels: &[Label],
+        params: &[E::Tensor],
+    ) -> Result<Self, DeviceError> {
+        let dims: Vec<Vec<usize>> = params.iter().map(E::dims).collect();
         let plan = DevicePlan::new(&config, labels, &dims)?;
-        let dtype = params.first().map_or(DType::F32, |p| p.dtype());
-        if let Some(i) = params.iter().position(|p| p.dtype() != dtype) {
+        let dtype = params.first().map_or(DType::F32, E::dtype);
+        if let Some(i) = params.iter().position(|p| E::dtype(p) != dtype) {
             return Err(unsupported("parameters of different dtypes", i).into());
         }
         let mut stacks = Vec::with_capacity(plan.stacks.len());
@@ -325,44 +749,43 @@ impl DeviceOptimizer {
             let b = sp.members.len();
             let work = sp.work.unwrap_or(dtype);
             stacks.push(Stack {
-                m: step::zeros_stack(dev, b, m, n, dtype)?,
+                m: exec.zeros(&[b, m, n], dtype)?,
                 nest: match sp.group.nesterov {
-                    true => Some(step::zeros_stack(dev, b, m, n, dtype)?),
+                    true => Some(exec.zeros(&[b, m, n], dtype)?),
                     false => None,
                 },
-                out: step::zeros_stack(dev, b, m, n, dtype)?,
-                polar: PolarPlan::mixed(dev, &sp.ns, b, m, n, dtype, work)?,
-                inner: DeviceScalars::new(dev, b)?,
+                out: exec.zeros(&[b, m, n], dtype)?,
+                polar: exec.plan(&sp.ns, (b, m, n), dtype, work)?,
+                inner: exec.scalars(b)?,
                 plan: sp.clone(),
             });
         }
-        let adam = plan
-            .blocks
-            .iter()
-            .zip(params)
-            .map(|(b, p)| match b {
+        let mut adam = Vec::with_capacity(params.len());
+        let mut elems = Vec::with_capacity(params.len());
+        for (b, d) in plan.blocks.iter().zip(&dims) {
+            adam.push(match b {
                 BlockPlan::AdamW(_) => Some(Adam {
-                    m: Cuda::zeros_like(p),
-                    v: Cuda::zeros_like(p),
+                    m: exec.zeros(d, dtype)?,
+                    v: exec.zeros(d, dtype)?,
                 }),
                 _ => None,
-            })
-            .collect();
-        let mut elems = Vec::with_capacity(params.len());
-        for (b, p) in plan.blocks.iter().zip(params) {
+            });
             elems.push(match b {
                 BlockPlan::Elementwise { group, .. } => Some(Elem {
-                    m: Cuda::zeros_like(p),
-                    nest: group.nesterov.then(|| Cuda::zeros_like(p)),
-                    out: Cuda::zeros_like(p),
-                    inner: DeviceScalars::new(dev, 1)?,
-                    scratch: DeviceScalars::new(dev, 1)?,
+                    m: exec.zeros(d, dtype)?,
+                    nest: match group.nesterov {
+                        true => Some(exec.zeros(d, dtype)?),
+                        false => None,
+                    },
+                    out: exec.zeros(d, dtype)?,
+                    inner: exec.scalars(1)?,
+                    scratch: exec.scalars(1)?,
                 }),
                 _ => None,
             });
         }
         Ok(DeviceOptimizer {
-            dev: dev.clone(),
+            exec,
             config,
             plan,
             dims,
@@ -380,7 +803,7 @@ impl DeviceOptimizer {
     /// [`PolarPlan::with_graphs`]).
     pub fn with_graphs(mut self, on: bool) -> Self {
         for s in &mut self.stacks {
-            s.polar.set_graphs(on);
+            E::set_graphs(&mut s.polar, on);
         }
         self
     }
@@ -409,7 +832,7 @@ impl DeviceOptimizer {
         self.skipped
     }
 
-    fn check(&self, params: &[CudaTensor], grads: &[CudaTensor]) -> Result<bool, DeviceError> {
+    fn check(&self, params: &[E::Tensor], grads: &[E::Tensor]) -> Result<bool, DeviceError> {
         let n = self.dims.len();
         for len in [params.len(), grads.len()] {
             if len != n {
@@ -422,12 +845,13 @@ impl DeviceOptimizer {
         }
         for (i, (d, (p, g))) in self.dims.iter().zip(params.iter().zip(grads)).enumerate() {
             for t in [p, g] {
-                let found = Cuda::shape(t);
-                if found.dims() != d.as_slice() || t.dtype() != self.dtype {
-                    let expected = lmo_core::Shape::new(d).map_or((0, 0), |s| s.as_pair());
+                let found = E::dims(t);
+                if found != *d || E::dtype(t) != self.dtype {
+                    let pair =
+                        |v: &[usize]| lmo_core::Shape::new(v).map_or((0, 0), |s| s.as_pair());
                     let error = LmoError::ShapeMismatch {
-                        expected,
-                        found: found.as_pair(),
+                        expected: pair(d),
+                        found: pair(&found),
                     };
                     return Err(OptError::Lmo { block: i, error }.into());
                 }
@@ -436,14 +860,20 @@ impl DeviceOptimizer {
         if !self.check_finite {
             return Ok(true);
         }
-        let all: Vec<&CudaTensor> = grads.iter().collect();
-        if step::count_nonfinite(&self.dev, &all)? == 0 {
+        let all: Vec<&E::Tensor> = grads.iter().collect();
+        if self.exec.count_nonfinite(&all)? == 0 {
             return Ok(true);
         }
         match self.config.non_finite {
             NonFinitePolicy::Skip => Ok(false),
             NonFinitePolicy::Error => {
-                let block = grads.iter().position(|g| !Cuda::all_finite(g)).unwrap_or(0);
+                let mut block = 0;
+                for (i, g) in grads.iter().enumerate() {
+                    if self.exec.count_nonfinite(&[g])? > 0 {
+                        block = i;
+                        break;
+                    }
+                }
                 Err(OptError::NonFiniteGradient { block }.into())
             }
         }
@@ -457,8 +887,8 @@ impl DeviceOptimizer {
     /// on another stream.
     pub fn step(
         &mut self,
-        params: &mut [CudaTensor],
-        grads: &[CudaTensor],
+        params: &mut [E::Tensor],
+        grads: &[E::Tensor],
     ) -> Result<bool, DeviceError> {
         if !self.check(params, grads)? {
             self.skipped += 1;
@@ -466,18 +896,19 @@ impl DeviceOptimizer {
         }
         let k = self.step;
         let mult = self.config.schedule.at(k);
+        let ex = &self.exec;
         for s in &mut self.stacks {
             let beta = momentum(&s.plan.group, k) as f32;
             for (j, &i) in s.plan.members.iter().enumerate() {
-                step::momentum(&grads[i], &mut s.m, j, s.nest.as_mut(), beta)?;
+                ex.momentum(&grads[i], &mut s.m, j, s.nest.as_mut(), beta)?;
             }
             let u = s.nest.as_ref().unwrap_or(&s.m);
-            s.polar.run(u, &mut s.out)?;
-            step::batch_dot(u, &s.out, &s.inner)?;
+            ex.polar(&mut s.polar, u, &mut s.out)?;
+            ex.batch_dot(u, &s.out, &mut s.inner)?;
             let (m, n) = s.plan.dims;
             let c = update_coeffs(&s.plan.group, &[m, n], k, mult);
             for (j, &i) in s.plan.members.iter().enumerate() {
-                step::lmo_update(&mut params[i], &s.out, j, &s.inner, &c)?;
+                ex.lmo_update(&mut params[i], &s.out, j, &s.inner, &c)?;
             }
         }
         for (i, (b, e)) in self.plan.blocks.iter().zip(&mut self.elems).enumerate() {
@@ -485,15 +916,15 @@ impl DeviceOptimizer {
                 continue;
             };
             let beta = momentum(group, k) as f32;
-            step::momentum(&grads[i], &mut e.m, 0, e.nest.as_mut(), beta)?;
+            ex.momentum(&grads[i], &mut e.m, 0, e.nest.as_mut(), beta)?;
             let u = e.nest.as_ref().unwrap_or(&e.m);
             match kind {
-                ElemKind::Sign => Cuda::sign(1.0, u, &mut e.out),
-                ElemKind::Euclidean => step::normalize(u, &mut e.out, &e.scratch)?,
+                ElemKind::Sign => ex.sign(u, &mut e.out)?,
+                ElemKind::Euclidean => ex.normalize(u, &mut e.out, &mut e.scratch)?,
             }
-            step::batch_dot(u, &e.out, &e.inner)?;
+            ex.batch_dot(u, &e.out, &mut e.inner)?;
             let c = update_coeffs(group, &self.dims[i], k, mult);
-            step::lmo_update(&mut params[i], &e.out, 0, &e.inner, &c)?;
+            ex.lmo_update(&mut params[i], &e.out, 0, &e.inner, &c)?;
         }
         let kk = (k + 1) as i32;
         for (i, (b, a)) in self.plan.blocks.iter().zip(&mut self.adam).enumerate() {
@@ -507,7 +938,7 @@ impl DeviceOptimizer {
                     bias1: (1.0 - cfg.beta1.powi(kk)) as f32,
                     bias2: (1.0 - cfg.beta2.powi(kk)) as f32,
                 };
-                Cuda::adamw(&mut params[i], &grads[i], &mut a.m, &mut a.v, &h);
+                ex.adamw(&mut params[i], &grads[i], &mut a.m, &mut a.v, &h)?;
             }
         }
         self.step += 1;
@@ -521,7 +952,7 @@ impl DeviceOptimizer {
         let inner: Vec<Vec<f64>> = self
             .stacks
             .iter()
-            .map(|s| s.inner.to_host())
+            .map(|s| self.exec.read(&s.inner))
             .collect::<Result<_, _>>()?;
         let mut out = Vec::with_capacity(self.plan.blocks.len());
         for (i, (b, e)) in self.plan.blocks.iter().zip(&self.elems).enumerate() {
@@ -532,7 +963,7 @@ impl DeviceOptimizer {
                     (total_scale(&sp.group, &[m, n]) * inner[*stack][*index]).max(0.0)
                 }
                 (BlockPlan::Elementwise { group, .. }, Some(e)) => {
-                    (total_scale(group, &self.dims[i]) * e.inner.to_host()?[0]).max(0.0)
+                    (total_scale(group, &self.dims[i]) * self.exec.read(&e.inner)?[0]).max(0.0)
                 }
                 _ => 0.0,
             });
