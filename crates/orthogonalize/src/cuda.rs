@@ -218,7 +218,12 @@ impl CudaDevice {
     /// its own besides scalar reads.
     pub fn with_stream(stream: Arc<CudaStream>) -> Result<Arc<Self>, CudaError> {
         let ctx = stream.context().clone();
-        let ptx = compile_kernels(ctx.compute_capability().ok())?;
+        // The device's own architecture; NVRTC's default if this NVRTC
+        // does not know it (a GPU newer than the library).
+        let ptx = match compile_kernels(ctx.compute_capability().ok()) {
+            Ok(p) => p,
+            Err(_) => compile_kernels(None)?,
+        };
         let module = ctx.load_module(ptx).map_err(drv)?;
         let load = |suffix: &str| -> Result<Vec<CudaFunction>, CudaError> {
             KERNEL_NAMES
