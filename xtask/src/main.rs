@@ -159,8 +159,9 @@ fn with_libtorch(c: &mut Command) -> Result<(), String> {
     Ok(())
 }
 
-/// The feature that compiles the CUDA backend (tests, clippy, docs).
-const CUDA_FEATURE: &str = "orthogonalize/cuda,gluon-optim/cuda,lmo-tch/device-step";
+/// The features that compile the CUDA backend and its CPU kernel emulator
+/// (tests, clippy, docs).
+const CUDA_FEATURE: &str = "orthogonalize/cuda,orthogonalize/cuda-emu,gluon-optim/cuda,gluon-optim/cuda-emu,lmo-tch/device-step";
 
 fn test() -> Result<(), String> {
     let mut c = cargo();

@@ -79,6 +79,11 @@ pub enum CudaError {
     /// Bad input: shapes, dtypes, devices or hyper-parameters (nothing was
     /// queued).
     Input(LmoError),
+    /// The CPU kernel emulator (feature `cuda-emu`) refused a command (an
+    /// address outside every buffer, an argument list that does not match
+    /// the kernel's signature, launch dimensions beyond CUDA's limits) or
+    /// found a fault while running it (a divergent barrier).
+    Emulator(String),
 }
 
 impl core::fmt::Display for CudaError {
@@ -89,6 +94,7 @@ impl core::fmt::Display for CudaError {
             CudaError::Nvrtc(s) => write!(f, "NVRTC: {s}"),
             CudaError::Cublas(s) => write!(f, "cuBLAS: {s}"),
             CudaError::Input(e) => write!(f, "bad input: {e}"),
+            CudaError::Emulator(s) => write!(f, "CUDA emulator: {s}"),
         }
     }
 }
@@ -334,6 +340,92 @@ impl CudaDevice {
             shared_mem_bytes: 0,
         }
     }
+
+    /// Queues one [`cmd::Cmd`] on the stream: one driver call (memset,
+    /// copy, launch) or one `cublasGemmStridedBatchedEx` per command.
+    pub(crate) fn issue(&self, c: &cmd::Cmd) -> Result<(), CudaError> {
+        use cmd::{Arg, Cmd};
+        let cu = self.stream.cu_stream();
+        match c {
+            // SAFETY (Zero, Copy): the lowering functions derive every
+            // address and byte count from live tensors and plan buffers of
+            // at least that size (checked over host memory by the emulator
+            // of feature `cuda-emu`, which runs the same commands).
+            Cmd::Zero { ptr, bytes } => {
+                unsafe { cudarc::driver::result::memset_d8_async(*ptr, 0, *bytes, cu) }.map_err(drv)
+            }
+            Cmd::Copy { dst, src, bytes } => {
+                unsafe { cudarc::driver::result::memcpy_dtod_async(*dst, *src, *bytes, cu) }
+                    .map_err(drv)
+            }
+            Cmd::Launch(l) => {
+                let f = self.kernels.get(l.kernel, l.dtype);
+                let mut b = self.stream.launch_builder(f);
+                for a in l.args() {
+                    match a {
+                        Arg::Ptr(v) => b.arg(v),
+                        Arg::I64(v) => b.arg(v),
+                        Arg::I32(v) => b.arg(v),
+                        Arg::F32(v) => b.arg(v),
+                    };
+                }
+                let cfg = LaunchConfig {
+                    grid_dim: (l.grid[0], l.grid[1], l.grid[2]),
+                    block_dim: (l.block[0], l.block[1], l.block[2]),
+                    shared_mem_bytes: 0,
+                };
+                // SAFETY: the argument list is the kernel's signature in
+                // cuda_kernels.cu (number, order, kinds: checked against
+                // the C++ signatures by the emulator) and every index the
+                // kernel touches is below the lengths passed.
+                unsafe { b.launch(cfg) }.map(|_| ()).map_err(drv)
+            }
+            Cmd::Gemm(g) => self.strided_gemm(g),
+        }
+    }
+
+    /// One [`cmd::StridedGemm`] through `cublasGemmStridedBatchedEx`
+    /// (`CUBLAS_COMPUTE_32F`, host f32 `α`, `β`).
+    fn strided_gemm(&self, g: &cmd::StridedGemm) -> Result<(), CudaError> {
+        use cublas_sys::cublasOperation_t::{CUBLAS_OP_N, CUBLAS_OP_T};
+        let ty = match g.dtype {
+            DType::F32 => cublas_sys::cudaDataType_t::CUDA_R_32F,
+            DType::Bf16 => cublas_sys::cudaDataType_t::CUDA_R_16BF,
+        };
+        // SAFETY: every (address, leading dimension, stride) triple
+        // describes a buffer of a plan or a checked tensor of `batch`
+        // matrices (the emulator checks these extents over host memory);
+        // α and β are host f32 (pointer mode host), as the compute type
+        // CUBLAS_COMPUTE_32F requires.
+        unsafe {
+            cudarc::cublas::result::gemm_strided_batched_ex(
+                *self.blas.handle(),
+                if g.ta { CUBLAS_OP_T } else { CUBLAS_OP_N },
+                CUBLAS_OP_N,
+                g.m as i32,
+                g.n as i32,
+                g.k as i32,
+                (&g.alpha) as *const f32 as *const _,
+                g.a.0 as *const _,
+                ty,
+                g.a.1 as i32,
+                g.a.2 as i64,
+                g.b.0 as *const _,
+                ty,
+                g.b.1 as i32,
+                g.b.2 as i64,
+                (&g.beta) as *const f32 as *const _,
+                g.c.0 as *mut _,
+                ty,
+                g.c.1 as i32,
+                g.c.2 as i64,
+                g.batch as i32,
+                cublas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                cublas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+            )
+        }
+        .map_err(|e| CudaError::Cublas(format!("{e:?}")))
+    }
 }
 
 enum Buf {
@@ -447,6 +539,15 @@ impl CudaTensor {
 
     fn numel(&self) -> usize {
         self.shape.numel()
+    }
+
+    /// The tensor as the lowering functions see it.
+    fn desc(&self) -> cmd::Desc<'_> {
+        cmd::Desc {
+            ptr: self.raw(),
+            dims: self.shape.dims(),
+            dtype: self.dtype(),
+        }
     }
 }
 
@@ -581,15 +682,13 @@ impl Cuda {
     }
 
     /// Unary elementwise kernel `name(a, x, out, n)`.
-    fn unary(name: &str, a: f32, x: &CudaTensor, out: &mut CudaTensor) {
-        let dev = x.dev.clone();
-        let n = x.numel() as i64;
-        if n == 0 {
-            return;
+    fn unary(name: &'static str, a: f32, x: &CudaTensor, out: &mut CudaTensor) {
+        if x.dtype() != out.dtype() {
+            panic!("CUDA backend: {name} on tensors of different dtypes");
         }
-        let cfg = dev.grid(x.numel());
-        let dt = x.dtype();
-        with_pair!(x, out, name, (s, o) => launch!(dev, name, dt, cfg, [&a, s, o, &n]));
+        let dev = x.dev.clone();
+        let r = lower::unary(name, a, x.desc(), out.desc(), &mut |c| dev.issue(c));
+        ok(r, name);
     }
 }
 
@@ -932,50 +1031,17 @@ impl Backend for Cuda {
         v: &mut CudaTensor,
         h: &AdamWStep<f32>,
     ) {
+        if [p.dtype(), m.dtype(), v.dtype()]
+            .iter()
+            .any(|&d| d != g.dtype())
+        {
+            panic!("CUDA backend: adamw on tensors of different dtypes");
+        }
         let dev = g.dev.clone();
-        let n = g.numel() as i64;
-        if n == 0 {
-            return;
-        }
-        let cfg = dev.grid(g.numel());
-        let dt = g.dtype();
-        let args = [
-            h.lr,
-            h.beta1,
-            h.beta2,
-            h.eps,
-            h.weight_decay,
-            h.bias1,
-            h.bias2,
-        ];
-        match (
-            p.buf.as_mut().expect("live"),
-            g.buf(),
-            m.buf.as_mut().expect("live"),
-            v.buf.as_mut().expect("live"),
-        ) {
-            (Buf::F32(p), Buf::F32(g), Buf::F32(m), Buf::F32(v)) => launch!(
-                dev,
-                "adamw",
-                dt,
-                cfg,
-                [
-                    p, g, m, v, &args[0], &args[1], &args[2], &args[3], &args[4], &args[5],
-                    &args[6], &n
-                ]
-            ),
-            (Buf::Bf16(p), Buf::Bf16(g), Buf::Bf16(m), Buf::Bf16(v)) => launch!(
-                dev,
-                "adamw",
-                dt,
-                cfg,
-                [
-                    p, g, m, v, &args[0], &args[1], &args[2], &args[3], &args[4], &args[5],
-                    &args[6], &n
-                ]
-            ),
-            _ => panic!("CUDA backend: adamw on tensors of different dtypes"),
-        }
+        let r = lower::adamw(p.desc(), g.desc(), m.desc(), v.desc(), h, &mut |c| {
+            dev.issue(c)
+        });
+        ok(r, "adamw");
     }
 
     fn copy_to_slice(x: &CudaTensor, out: &mut [f32]) {
@@ -1034,6 +1100,11 @@ impl SetValue for bf16 {
     }
 }
 
+pub mod cmd;
+#[cfg(feature = "cuda-emu")]
+pub mod emu;
+mod lower;
 mod plan;
 pub use plan::PolarPlan;
 pub mod step;
+pub use step::UpdateCoeffs;

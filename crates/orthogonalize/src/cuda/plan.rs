@@ -4,13 +4,11 @@
 
 use std::sync::Arc;
 
-use cudarc::cublas::sys as cublas_sys;
-use cudarc::driver::{
-    CudaGraph, CudaSlice, DevicePtr, LaunchConfig, PushKernelArg, sys as drv_sys,
-};
+use cudarc::driver::{CudaGraph, CudaSlice, DevicePtr, PushKernelArg, sys as drv_sys};
 use half::bf16;
 use lmo_core::LmoError;
 
+use super::cmd::{Arg, Cmd, Launch, Sink, StridedGemm, elem_size, grid_batched, grid_tiles};
 use super::{Buf, CudaDevice, CudaError, CudaTensor, DType, drv, ok};
 use crate::{Normalization, NsConfig};
 
@@ -117,9 +115,7 @@ impl PolarPlan {
         io: DType,
         work: DType,
     ) -> Result<Self, CudaError> {
-        let Shape { steps, norm } = Shape::check(cfg, batch, m, n)?;
-        let ops = build_ops(&steps, norm.is_some(), m, n, io == work);
-        let (k, l) = (m.min(n), m.max(n));
+        let (Shape { steps, norm }, ops) = layout(cfg, batch, m, n, io == work)?;
         let s = &dev.stream;
         let alloc = |len: usize| -> Result<Buf, CudaError> {
             Ok(match work {
@@ -127,12 +123,10 @@ impl PolarPlan {
                 DType::Bf16 => Buf::Bf16(s.alloc_zeros::<bf16>(len).map_err(drv)?),
             })
         };
-        let bufs = vec![
-            alloc(batch * k * l)?,
-            alloc(batch * k * l)?,
-            alloc(batch * k * k)?,
-            alloc(batch * k * k)?,
-        ];
+        let bufs = buffer_lens(batch, m, n)
+            .into_iter()
+            .map(alloc)
+            .collect::<Result<Vec<_>, _>>()?;
         let acc = s.alloc_zeros::<f64>(batch).map_err(drv)?;
         let raw = |b: &Buf| match b {
             Buf::F32(v) => v.device_ptr(s).0,
@@ -263,162 +257,26 @@ impl PolarPlan {
         Ok(())
     }
 
-    fn dtype_of(&self, b: BufId) -> DType {
-        match b {
-            BufId::In | BufId::Out => self.io,
-            _ => self.work,
-        }
-    }
-
-    /// One strided-batched product, column-major as cuBLAS sees it:
-    /// `C_b = α·op(A_b)·B_b + β·C_b` (operands in the work storage).
-    fn gemm(&self, g: &Gemm, addr: &impl Fn(BufId) -> u64) -> Result<(), CudaError> {
-        use cublas_sys::cublasOperation_t::{CUBLAS_OP_N, CUBLAS_OP_T};
-        let ty = match self.work {
-            DType::F32 => cublas_sys::cudaDataType_t::CUDA_R_32F,
-            DType::Bf16 => cublas_sys::cudaDataType_t::CUDA_R_16BF,
-        };
-        // SAFETY: every (address, leading dimension, stride) triple
-        // describes a buffer of the plan or a checked tensor of `batch`
-        // matrices (the host interpreter `simulate` runs the same ops on
-        // host buffers of exactly these sizes); α and β are host f32
-        // (pointer mode host), as the compute type CUBLAS_COMPUTE_32F
-        // requires.
-        unsafe {
-            cudarc::cublas::result::gemm_strided_batched_ex(
-                *self.dev.blas.handle(),
-                if g.ta { CUBLAS_OP_T } else { CUBLAS_OP_N },
-                CUBLAS_OP_N,
-                g.m as i32,
-                g.n as i32,
-                g.k as i32,
-                (&g.alpha) as *const f32 as *const _,
-                addr(g.a.buf) as *const _,
-                ty,
-                g.a.ld as i32,
-                g.a.stride as i64,
-                addr(g.b.buf) as *const _,
-                ty,
-                g.b.ld as i32,
-                g.b.stride as i64,
-                (&g.beta) as *const f32 as *const _,
-                addr(g.c.buf) as *mut _,
-                ty,
-                g.c.ld as i32,
-                g.c.stride as i64,
-                self.batch as i32,
-                cublas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
-                cublas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
-            )
-        }
-        .map_err(|e| CudaError::Cublas(format!("{e:?}")))
-    }
-
     /// Queues the op list from `gp` into `op` (no host sync, no
     /// allocation: capturable).
     fn enqueue(&self, gp: u64, op: u64) -> Result<(), CudaError> {
         let dev = &self.dev;
-        let (m, n, batch) = (self.m, self.n, self.batch);
-        let per = (m * n) as i64;
-        let row_cfg = LaunchConfig {
-            grid_dim: ((m * n).div_ceil(256).clamp(1, 1024) as u32, batch as u32, 1),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        let (delta, eps) = self.norm.unwrap_or((0.0, 0.0));
-        let acc = self.acc_ptr;
-        let same = self.io == self.work;
-        let addr = |b: BufId| match b {
-            BufId::In => gp,
-            BufId::Out => op,
-            BufId::X => self.x,
-            BufId::Y => self.y,
-            BufId::A => self.a,
-            BufId::B => self.b,
-        };
-        for o in &self.ops {
-            match o {
-                Op::Sumsq => {
-                    // SAFETY: `acc` holds `batch` f64 values.
-                    unsafe {
-                        cudarc::driver::result::memset_d8_async(
-                            acc,
-                            0,
-                            batch * 8,
-                            dev.stream.cu_stream(),
-                        )
-                    }
-                    .map_err(drv)?;
-                    launch!(dev, "batch_sumsq", self.io, row_cfg, [&gp, &acc, &per]);
-                }
-                Op::Scale {
-                    src,
-                    dst,
-                    transpose,
-                    norm,
-                } => {
-                    let (s, d, from) = (addr(*src), addr(*dst), self.dtype_of(*src));
-                    let norm = *norm as i32;
-                    match *transpose {
-                        None => {
-                            let name = if same {
-                                "batch_normalize"
-                            } else {
-                                "cvt_normalize"
-                            };
-                            launch!(
-                                dev,
-                                name,
-                                from,
-                                row_cfg,
-                                [&s, &acc, &d, &per, &delta, &eps, &norm]
-                            );
-                        }
-                        Some((rows, cols)) => {
-                            let cfg = LaunchConfig {
-                                grid_dim: (
-                                    cols.div_ceil(32) as u32,
-                                    rows.div_ceil(32) as u32,
-                                    batch as u32,
-                                ),
-                                block_dim: (32, 8, 1),
-                                shared_mem_bytes: 0,
-                            };
-                            let (r, c) = (rows as i64, cols as i64);
-                            let name = if same {
-                                "batch_normalize_t"
-                            } else {
-                                "cvt_normalize_t"
-                            };
-                            launch!(
-                                dev,
-                                name,
-                                from,
-                                cfg,
-                                [&s, &acc, &d, &r, &c, &delta, &eps, &norm]
-                            );
-                        }
-                    }
-                }
-                Op::Copy { dst, src, elems } => {
-                    let bytes = batch * elems * elem_size(self.dtype_of(*dst));
-                    // SAFETY: both buffers hold `batch·elems` elements of
-                    // the same storage type (the op list copies only
-                    // between buffers of one storage).
-                    unsafe {
-                        cudarc::driver::result::memcpy_dtod_async(
-                            addr(*dst),
-                            addr(*src),
-                            bytes,
-                            dev.stream.cu_stream(),
-                        )
-                    }
-                    .map_err(drv)?;
-                }
-                Op::Gemm(g) => self.gemm(g, &addr)?,
-            }
+        self.lowering().run(gp, op, &mut |c| dev.issue(c))
+    }
+
+    /// The plan's op list with its buffer addresses.
+    fn lowering(&self) -> Lowering<'_> {
+        Lowering {
+            ops: &self.ops,
+            batch: self.batch,
+            m: self.m,
+            n: self.n,
+            io: self.io,
+            work: self.work,
+            norm: self.norm,
+            bufs: [self.x, self.y, self.a, self.b],
+            acc: self.acc_ptr,
         }
-        Ok(())
     }
 
     /// The host reference of [`PolarPlan::run`]: the same op list (the
@@ -438,15 +296,13 @@ impl PolarPlan {
         work: DType,
         g: &[f32],
     ) -> Result<Vec<f32>, CudaError> {
-        let shape = Shape::check(cfg, batch, m, n)?;
+        let (shape, ops) = layout(cfg, batch, m, n, io == work)?;
         if g.len() != batch * m * n {
             return Err(CudaError::Input(LmoError::ShapeMismatch {
                 expected: (batch * m, n),
                 found: (g.len(), 1),
             }));
         }
-        let ops = build_ops(&shape.steps, shape.norm.is_some(), m, n, io == work);
-        let (k, l) = (m.min(n), m.max(n));
         let store = |d: DType, v: f64| -> f32 {
             match d {
                 DType::F32 => v as f32,
@@ -460,11 +316,8 @@ impl PolarPlan {
         let mut bufs: Vec<Vec<f32>> = vec![
             g.iter().map(|&v| store(io, v as f64)).collect(),
             vec![0.0; batch * m * n],
-            vec![0.0; batch * k * l],
-            vec![0.0; batch * k * l],
-            vec![0.0; batch * k * k],
-            vec![0.0; batch * k * k],
         ];
+        bufs.extend(buffer_lens(batch, m, n).map(|len| vec![0.0; len]));
         let mut acc = vec![0.0f64; batch];
         let (delta, eps) = shape.norm.unwrap_or((0.0, 0.0));
         let per = m * n;
@@ -521,30 +374,25 @@ impl PolarPlan {
                         bufs[gm.b.buf as usize].clone(),
                     );
                     let dt = dtype_of(gm.c.buf);
-                    let c = &mut bufs[gm.c.buf as usize];
-                    for t in 0..batch {
-                        let (ao, bo, co) = (t * gm.a.stride, t * gm.b.stride, t * gm.c.stride);
-                        for j in 0..gm.n {
-                            for i in 0..gm.m {
-                                let mut sum = 0.0f64;
-                                for p in 0..gm.k {
-                                    let x = if gm.ta {
-                                        a[ao + p + i * gm.a.ld]
-                                    } else {
-                                        a[ao + i + p * gm.a.ld]
-                                    };
-                                    sum += x as f64 * bb[bo + p + j * gm.b.ld] as f64;
-                                }
-                                let at = co + i + j * gm.c.ld;
-                                let old = if gm.beta == 0.0 {
-                                    0.0
-                                } else {
-                                    gm.beta as f64 * c[at] as f64
-                                };
-                                c[at] = store(dt, gm.alpha as f64 * sum + old);
-                            }
-                        }
-                    }
+                    let mut c = HostOut {
+                        v: &mut bufs[gm.c.buf as usize],
+                        dtype: dt,
+                    };
+                    let dims = GemmDims {
+                        ta: gm.ta,
+                        m: gm.m,
+                        n: gm.n,
+                        k: gm.k,
+                        alpha: gm.alpha,
+                        beta: gm.beta,
+                        batch,
+                    };
+                    gemm_host(
+                        &dims,
+                        (&|i| a[i], gm.a.ld, gm.a.stride),
+                        (&|i| bb[i], gm.b.ld, gm.b.stride),
+                        (&mut c, gm.c.ld, gm.c.stride),
+                    );
                 }
             }
         }
@@ -552,10 +400,209 @@ impl PolarPlan {
     }
 }
 
-fn elem_size(d: DType) -> usize {
-    match d {
-        DType::F32 => 4,
-        DType::Bf16 => 2,
+/// An op list bound to addresses: the plan's work buffers `X, Y, A, B`
+/// (`[batch·k·l, batch·k·l, batch·k·k, batch·k·k]` elements of `work`,
+/// [`buffer_lens`]) and `batch` f64 accumulators. [`Lowering::run`] turns
+/// it into the [`Cmd`]s [`PolarPlan::run`] queues (and the emulator of
+/// feature `cuda-emu` runs over host memory).
+pub(crate) struct Lowering<'a> {
+    pub ops: &'a [Op],
+    pub batch: usize,
+    pub m: usize,
+    pub n: usize,
+    pub io: DType,
+    pub work: DType,
+    pub norm: Option<(f32, f32)>,
+    pub bufs: [u64; 4],
+    pub acc: u64,
+}
+
+impl Lowering<'_> {
+    fn dtype_of(&self, b: BufId) -> DType {
+        match b {
+            BufId::In | BufId::Out => self.io,
+            _ => self.work,
+        }
+    }
+
+    /// The commands of one polar factor from the stack at `gp` into the
+    /// stack at `op` (both `batch·m·n` elements of `io`).
+    pub fn run(&self, gp: u64, op: u64, sink: &mut Sink) -> Result<(), CudaError> {
+        let (m, n, batch) = (self.m, self.n, self.batch);
+        let per = Arg::I64((m * n) as i64);
+        let row = grid_batched(m * n, batch);
+        let (delta, eps) = self.norm.unwrap_or((0.0, 0.0));
+        let acc = Arg::Ptr(self.acc);
+        let same = self.io == self.work;
+        let addr = |b: BufId| match b {
+            BufId::In => gp,
+            BufId::Out => op,
+            BufId::X => self.bufs[0],
+            BufId::Y => self.bufs[1],
+            BufId::A => self.bufs[2],
+            BufId::B => self.bufs[3],
+        };
+        for o in self.ops {
+            let c = match o {
+                Op::Sumsq => {
+                    sink(&Cmd::Zero {
+                        ptr: self.acc,
+                        bytes: batch * 8,
+                    })?;
+                    let args = [Arg::Ptr(gp), acc, per];
+                    Cmd::Launch(Launch::new("batch_sumsq", self.io, row, &args))
+                }
+                Op::Scale {
+                    src,
+                    dst,
+                    transpose,
+                    norm,
+                } => {
+                    let (s, d, from) = (addr(*src), addr(*dst), self.dtype_of(*src));
+                    let (s, d, norm) = (Arg::Ptr(s), Arg::Ptr(d), Arg::I32(*norm as i32));
+                    let (delta, eps) = (Arg::F32(delta), Arg::F32(eps));
+                    match *transpose {
+                        None => {
+                            let name = if same {
+                                "batch_normalize"
+                            } else {
+                                "cvt_normalize"
+                            };
+                            let args = [s, acc, d, per, delta, eps, norm];
+                            Cmd::Launch(Launch::new(name, from, row, &args))
+                        }
+                        Some((rows, cols)) => {
+                            let name = if same {
+                                "batch_normalize_t"
+                            } else {
+                                "cvt_normalize_t"
+                            };
+                            let (r, c) = (Arg::I64(rows as i64), Arg::I64(cols as i64));
+                            let args = [s, acc, d, r, c, delta, eps, norm];
+                            let shape = grid_tiles(rows, cols, batch);
+                            Cmd::Launch(Launch::new(name, from, shape, &args))
+                        }
+                    }
+                }
+                Op::Copy { dst, src, elems } => Cmd::Copy {
+                    dst: addr(*dst),
+                    src: addr(*src),
+                    bytes: batch * elems * elem_size(self.dtype_of(*dst)),
+                },
+                Op::Gemm(g) => Cmd::Gemm(StridedGemm {
+                    ta: g.ta,
+                    m: g.m,
+                    n: g.n,
+                    k: g.k,
+                    alpha: g.alpha,
+                    a: (addr(g.a.buf), g.a.ld, g.a.stride),
+                    b: (addr(g.b.buf), g.b.ld, g.b.stride),
+                    beta: g.beta,
+                    c: (addr(g.c.buf), g.c.ld, g.c.stride),
+                    batch,
+                    dtype: self.work,
+                }),
+            };
+            sink(&c)?;
+        }
+        Ok(())
+    }
+}
+
+/// The element counts of a plan's work buffers `X, Y, A, B`.
+pub(crate) fn buffer_lens(batch: usize, m: usize, n: usize) -> [usize; 4] {
+    let (k, l) = (m.min(n), m.max(n));
+    [batch * k * l, batch * k * l, batch * k * k, batch * k * k]
+}
+
+/// The validated shape and op list of a plan (shared by
+/// [`PolarPlan::mixed`], [`PolarPlan::simulate`] and the emulator).
+pub(crate) fn layout(
+    cfg: &NsConfig,
+    batch: usize,
+    m: usize,
+    n: usize,
+    same: bool,
+) -> Result<(Shape, Vec<Op>), CudaError> {
+    let shape = Shape::check(cfg, batch, m, n)?;
+    let ops = build_ops(&shape.steps, shape.norm.is_some(), m, n, same);
+    Ok((shape, ops))
+}
+
+/// The sizes and scalars of a strided-batched product (see
+/// [`StridedGemm`]).
+pub(crate) struct GemmDims {
+    pub ta: bool,
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub alpha: f32,
+    pub beta: f32,
+    pub batch: usize,
+}
+
+/// The output operand of [`gemm_host`]: reads `C` and stores a value
+/// rounded to its storage.
+pub(crate) trait GemmOut {
+    fn get(&self, i: usize) -> f32;
+    fn set(&mut self, i: usize, v: f64);
+}
+
+/// A host buffer holding values of storage `dtype` (bf16 kept rounded in
+/// f32).
+pub(crate) struct HostOut<'a> {
+    pub v: &'a mut [f32],
+    pub dtype: DType,
+}
+
+impl GemmOut for HostOut<'_> {
+    fn get(&self, i: usize) -> f32 {
+        self.v[i]
+    }
+    fn set(&mut self, i: usize, v: f64) {
+        self.v[i] = match self.dtype {
+            DType::F32 => v as f32,
+            DType::Bf16 => bf16::from_f32(v as f32).to_f32(),
+        };
+    }
+}
+
+/// An operand of [`gemm_host`]: element loader, leading dimension, batch
+/// stride (elements).
+pub(crate) type HostOperand<'a> = (&'a dyn Fn(usize) -> f32, usize, usize);
+
+/// cuBLAS's strided-batched GEMM on host values, column-major: for
+/// `t < batch`, `C_t(i, j) = α·Σ_p op(A_t)(i, p)·B_t(p, j) + β·C_t(i, j)`
+/// with `op(A)(i, p) = A[p + i·lda]` if `ta` else `A[i + p·lda]`, sums in
+/// f64, one rounding to `C`'s storage; `β = 0` reads no `C`.
+pub(crate) fn gemm_host(
+    g: &GemmDims,
+    (a, lda, sa): HostOperand,
+    (b, ldb, sb): HostOperand,
+    (c, ldc, sc): (&mut dyn GemmOut, usize, usize),
+) {
+    for t in 0..g.batch {
+        let (ao, bo, co) = (t * sa, t * sb, t * sc);
+        for j in 0..g.n {
+            for i in 0..g.m {
+                let mut sum = 0.0f64;
+                for p in 0..g.k {
+                    let x = if g.ta {
+                        a(ao + p + i * lda)
+                    } else {
+                        a(ao + i + p * lda)
+                    };
+                    sum += x as f64 * b(bo + p + j * ldb) as f64;
+                }
+                let at = co + i + j * ldc;
+                let old = if g.beta == 0.0 {
+                    0.0
+                } else {
+                    g.beta as f64 * c.get(at) as f64
+                };
+                c.set(at, g.alpha as f64 * sum + old);
+            }
+        }
     }
 }
 
@@ -573,7 +620,7 @@ fn inv_scale(ss: f64, delta: f32, eps: f32) -> f32 {
 /// `k × l` stacks and two `k × k` stacks (the index into the host
 /// interpreter's buffer list).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum BufId {
+pub(crate) enum BufId {
     In = 0,
     Out = 1,
     X = 2,
@@ -584,7 +631,7 @@ enum BufId {
 
 /// One column-major operand of a strided-batched product.
 #[derive(Clone, Copy, Debug)]
-struct Operand {
+pub(crate) struct Operand {
     buf: BufId,
     ld: usize,
     stride: usize,
@@ -596,7 +643,7 @@ fn opnd(buf: BufId, ld: usize, stride: usize) -> Operand {
 
 /// `C_b = α·op(A_b)·B_b + β·C_b`, column-major, `op` = transpose if `ta`.
 #[derive(Clone, Debug)]
-struct Gemm {
+pub(crate) struct Gemm {
     ta: bool,
     m: usize,
     n: usize,
@@ -610,7 +657,7 @@ struct Gemm {
 
 /// One step of the plan's launch sequence.
 #[derive(Clone, Debug)]
-enum Op {
+pub(crate) enum Op {
     /// `acc[b] = Σ In_b²` (acc zeroed first).
     Sumsq,
     /// `dst_b = c_b·src_b` (`c_b` from acc if `norm`, else 1), converted to
@@ -736,9 +783,9 @@ fn build_ops(steps: &[[f32; 3]], normed: bool, m: usize, n: usize, same: bool) -
 }
 
 /// The validated, device-free part of a plan.
-struct Shape {
-    steps: Vec<[f32; 3]>,
-    norm: Option<(f32, f32)>,
+pub(crate) struct Shape {
+    pub(crate) steps: Vec<[f32; 3]>,
+    pub(crate) norm: Option<(f32, f32)>,
 }
 
 impl Shape {

@@ -6,10 +6,10 @@
 
 use std::sync::Arc;
 
-use cudarc::driver::{CudaSlice, DevicePtr, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaSlice, DevicePtr};
 use lmo_core::LmoError;
 
-use super::{CudaDevice, CudaError, CudaTensor, DType, drv, ok};
+use super::{CudaDevice, CudaError, CudaTensor, DType, drv, lower};
 
 fn input(msg: &'static str) -> CudaError {
     CudaError::Input(LmoError::InvalidHyperParameter(msg))
@@ -99,23 +99,9 @@ impl UpdateCoeffs {
     }
 }
 
-/// Matrix `j` of a stack `[batch, …]`: its address and element count.
-fn member(stack: &CudaTensor, j: usize) -> Result<(u64, usize), CudaError> {
-    let d = stack.shape.dims();
-    let batch = if d.len() == 3 { d[0] } else { 1 };
-    if j >= batch {
-        return Err(input("stack index out of range"));
-    }
-    let per = stack.numel() / batch;
-    Ok((stack.raw() + (j * per * stack.elem()) as u64, per))
-}
-
 fn same_dev(a: &CudaTensor, b: &CudaTensor) -> Result<(), CudaError> {
     if !Arc::ptr_eq(&a.dev, &b.dev) {
         return Err(input("tensors live on different CudaDevices"));
-    }
-    if a.dtype() != b.dtype() {
-        return Err(input("tensors of different dtypes"));
     }
     Ok(())
 }
@@ -131,69 +117,23 @@ pub fn momentum(
     beta: f32,
 ) -> Result<(), CudaError> {
     same_dev(g, m)?;
-    let (mp, per) = member(m, j)?;
-    if g.numel() != per {
-        return Err(CudaError::Input(LmoError::ShapeMismatch {
-            expected: (per, 1),
-            found: (g.numel(), 1),
-        }));
-    }
-    let (up, nest) = match nesterov {
-        Some(u) => {
-            same_dev(g, u)?;
-            (member(u, j)?.0, 1i32)
-        }
-        None => (mp, 0i32),
-    };
-    if per == 0 {
-        return Ok(());
+    if let Some(u) = nesterov.as_deref() {
+        same_dev(g, u)?;
     }
     let dev = &g.dev;
-    let (gp, n) = (g.raw(), per as i64);
-    let cfg = dev.grid(per);
-    launch!(
-        dev,
-        "momentum",
-        g.dtype(),
-        cfg,
-        [&gp, &mp, &up, &beta, &nest, &n]
-    );
-    Ok(())
+    let nest = nesterov.map(|u| u.desc());
+    lower::momentum(g.desc(), m.desc(), j, nest, beta, &mut |c| dev.issue(c))
 }
 
 /// `out[b] = ⟨X_b, Y_b⟩` for every matrix of two same-shape stacks, kept
 /// on the device (accumulated in f64).
 pub fn batch_dot(x: &CudaTensor, y: &CudaTensor, out: &DeviceScalars) -> Result<(), CudaError> {
     same_dev(x, y)?;
-    if x.shape.dims() != y.shape.dims() {
-        return Err(CudaError::Input(LmoError::ShapeMismatch {
-            expected: x.shape.as_pair(),
-            found: y.shape.as_pair(),
-        }));
-    }
-    let d = x.shape.dims();
-    let batch = if d.len() == 3 { d[0] } else { 1 };
-    if out.v.len() < batch || batch > 65_535 {
-        return Err(input("batch_dot: output too short or batch above 65535"));
-    }
     let dev = &x.dev;
     dev.bind()?;
-    let per = x.numel() / batch.max(1);
-    let op = out.ptr();
-    // SAFETY: `out` holds at least `batch` f64 values.
-    unsafe { cudarc::driver::result::memset_d8_async(op, 0, batch * 8, dev.stream.cu_stream()) }
-        .map_err(drv)?;
-    if per == 0 {
-        return Ok(());
-    }
-    let cfg = LaunchConfig {
-        grid_dim: (per.div_ceil(256).clamp(1, 1024) as u32, batch as u32, 1),
-        block_dim: (256, 1, 1),
-        shared_mem_bytes: 0,
-    };
-    let (xp, yp, n) = (x.raw(), y.raw(), per as i64);
-    launch!(dev, "batch_dot", x.dtype(), cfg, [&xp, &yp, &op, &n]);
-    Ok(())
+    lower::batch_dot(x.desc(), y.desc(), (out.ptr(), out.v.len()), &mut |c| {
+        dev.issue(c)
+    })
 }
 
 /// `P ← update(P, O_j)` per [`UpdateCoeffs`], with the dual norm read from
@@ -206,73 +146,22 @@ pub fn lmo_update(
     c: &UpdateCoeffs,
 ) -> Result<(), CudaError> {
     same_dev(p, o)?;
-    let (opp, per) = member(o, j)?;
-    if p.numel() != per {
-        return Err(CudaError::Input(LmoError::ShapeMismatch {
-            expected: (per, 1),
-            found: (p.numel(), 1),
-        }));
-    }
-    if j >= inner.v.len() {
-        return Err(input("lmo_update: no inner product for this index"));
-    }
-    if per == 0 {
-        return Ok(());
-    }
     let dev = p.dev.clone();
-    let dp = inner.ptr() + 8 * j as u64;
-    let (l0, l1, adaptive) = match c.adaptive {
-        Some((l0, l1)) => (l0, l1, 1i32),
-        None => (0.0, 0.0, 0i32),
-    };
-    let (rho, constrained) = match c.constrained {
-        Some(r) => (r, 1i32),
-        None => (0.0, 0i32),
-    };
-    let (pp, n) = (p.raw(), per as i64);
-    let cfg = dev.grid(per);
-    launch!(
-        dev,
-        "lmo_update",
-        p.dtype(),
-        cfg,
-        [
-            &pp,
-            &opp,
-            &dp,
-            &n,
-            &c.t,
-            &c.mult,
-            &l0,
-            &l1,
-            &adaptive,
-            &c.s,
-            &c.weight_decay,
-            &constrained,
-            &rho
-        ]
-    );
-    Ok(())
+    let inner = (inner.ptr(), inner.v.len());
+    lower::lmo_update(p.desc(), o.desc(), j, inner, c, &mut |c| dev.issue(c))
 }
 
 /// The number of NaN/Inf entries over all of `ts` (all on `dev`): one
 /// kernel per tensor into one counter, one 8-byte read.
 pub fn count_nonfinite(dev: &Arc<CudaDevice>, ts: &[&CudaTensor]) -> Result<u64, CudaError> {
-    let mut sc = dev.scratch.lock().unwrap_or_else(|e| e.into_inner());
-    let acc = sc.acc(dev, 1);
-    let ap = acc.device_ptr(&dev.stream).0;
-    for t in ts {
-        if !Arc::ptr_eq(&t.dev, dev) {
-            return Err(input("count_nonfinite: tensor on another CudaDevice"));
-        }
-        let n = t.numel() as i64;
-        if n == 0 {
-            continue;
-        }
-        let (tp, cfg) = (t.raw(), dev.grid(t.numel()));
-        launch!(dev, "nonfinite", t.dtype(), cfg, [&tp, &ap, &n]);
+    if ts.iter().any(|t| !Arc::ptr_eq(&t.dev, dev)) {
+        return Err(input("count_nonfinite: tensor on another CudaDevice"));
     }
-    let v = dev.stream.clone_dtoh(&acc.slice(0..1)).map_err(drv)?;
+    dev.bind()?;
+    let mut sc = dev.scratch.lock().unwrap_or_else(|e| e.into_inner());
+    let ap = sc.acc(dev, 1).device_ptr(&dev.stream).0;
+    lower::count_nonfinite(ts.iter().map(|t| t.desc()), ap, &mut |c| dev.issue(c))?;
+    let v = dev.stream.clone_dtoh(&sc.acc.slice(0..1)).map_err(drv)?;
     Ok(v[0] as u64)
 }
 
@@ -296,36 +185,7 @@ pub fn normalize(
     scratch: &DeviceScalars,
 ) -> Result<(), CudaError> {
     same_dev(u, out)?;
-    if u.numel() != out.numel() {
-        return Err(CudaError::Input(LmoError::ShapeMismatch {
-            expected: u.shape.as_pair(),
-            found: out.shape.as_pair(),
-        }));
-    }
     let dev = &u.dev;
     dev.bind()?;
-    let sp = scratch.ptr();
-    // SAFETY: `scratch` holds at least one f64.
-    unsafe { cudarc::driver::result::memset_d8_async(sp, 0, 8, dev.stream.cu_stream()) }
-        .map_err(drv)?;
-    let per = u.numel();
-    if per == 0 {
-        return Ok(());
-    }
-    let cfg = LaunchConfig {
-        grid_dim: (per.div_ceil(256).clamp(1, 1024) as u32, 1, 1),
-        block_dim: (256, 1, 1),
-        shared_mem_bytes: 0,
-    };
-    let (up, op, n) = (u.raw(), out.raw(), per as i64);
-    let (delta, eps, norm) = (0.0f32, 0.0f32, 1i32);
-    launch!(dev, "batch_sumsq", u.dtype(), cfg, [&up, &sp, &n]);
-    launch!(
-        dev,
-        "batch_normalize",
-        u.dtype(),
-        cfg,
-        [&up, &sp, &op, &n, &delta, &eps, &norm]
-    );
-    Ok(())
+    lower::normalize(u.desc(), out.desc(), scratch.ptr(), &mut |c| dev.issue(c))
 }

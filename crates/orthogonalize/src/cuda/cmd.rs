@@ -1,0 +1,206 @@
+//! Device commands: the launch sequence of the device-resident path as
+//! data. Every kernel launch, memset, copy and strided-batched GEMM that
+//! [`super::step`] and [`super::PolarPlan`] queue is first built as a
+//! [`Cmd`] by a device-free lowering function, then issued: on a GPU by
+//! [`super::CudaDevice`] (one driver or cuBLAS call per command), on the
+//! CPU by the kernel emulator of feature `cuda-emu`, which runs the same
+//! commands over host memory with the kernels of `cuda_kernels.cu`
+//! compiled as C++. What the emulator checks is therefore exactly what the
+//! GPU receives: kernel names, launch dimensions, argument order and types,
+//! addresses, byte counts, leading dimensions and strides.
+
+use super::{CudaError, DType};
+
+/// One kernel argument, as pushed to `cuLaunchKernel`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Arg {
+    /// A device address (any pointer parameter).
+    Ptr(u64),
+    /// A `long long` parameter.
+    I64(i64),
+    /// An `int` parameter.
+    I32(i32),
+    /// A `float` parameter.
+    F32(f32),
+}
+
+/// The most arguments a kernel of `cuda_kernels.cu` takes (`lmo_update`).
+pub const MAX_ARGS: usize = 13;
+
+/// One kernel launch: kernel `<kernel>_<f32|bf16>` on a `grid × block`
+/// launch with its arguments in order. Fixed size (no allocation).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Launch {
+    /// The kernel's base name (an entry of [`super::KERNEL_NAMES`]).
+    pub kernel: &'static str,
+    /// The storage variant (`_f32` or `_bf16`).
+    pub dtype: DType,
+    /// Grid dimensions `(x, y, z)`.
+    pub grid: [u32; 3],
+    /// Block dimensions `(x, y, z)`.
+    pub block: [u32; 3],
+    args: [Arg; MAX_ARGS],
+    len: usize,
+}
+
+impl Launch {
+    /// A launch of `kernel` with `args` on a `(grid, block)` shape.
+    /// Panics with more than [`MAX_ARGS`] arguments (no kernel takes more).
+    pub fn new(
+        kernel: &'static str,
+        dtype: DType,
+        (grid, block): ([u32; 3], [u32; 3]),
+        args: &[Arg],
+    ) -> Self {
+        assert!(
+            args.len() <= MAX_ARGS,
+            "kernel {kernel}: too many arguments"
+        );
+        let mut a = [Arg::I32(0); MAX_ARGS];
+        a[..args.len()].copy_from_slice(args);
+        Launch {
+            kernel,
+            dtype,
+            grid,
+            block,
+            args: a,
+            len: args.len(),
+        }
+    }
+
+    /// The arguments, in order.
+    pub fn args(&self) -> &[Arg] {
+        &self.args[..self.len]
+    }
+}
+
+/// A strided-batched product in cuBLAS's column-major convention
+/// (`cublasGemmStridedBatchedEx`, `CUBLAS_COMPUTE_32F`, operands and
+/// result in `dtype`): for `t < batch`,
+/// `C_t = α·op(A_t)·B_t + β·C_t`, `op(A) = Aᵀ` if `ta`, `X_t` starting
+/// `t·stride_x` elements after `x`, element `(i, j)` of a column-major
+/// operand at `i + j·ld`. `β = 0` does not read `C`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StridedGemm {
+    /// Transpose `A`.
+    pub ta: bool,
+    /// Rows of `C` (and of `op(A)`).
+    pub m: usize,
+    /// Columns of `C` (and of `B`).
+    pub n: usize,
+    /// The inner dimension.
+    pub k: usize,
+    /// `α` (host f32).
+    pub alpha: f32,
+    /// `A`'s address, leading dimension and batch stride (elements).
+    pub a: (u64, usize, usize),
+    /// `B`'s address, leading dimension and batch stride (elements).
+    pub b: (u64, usize, usize),
+    /// `β` (host f32).
+    pub beta: f32,
+    /// `C`'s address, leading dimension and batch stride (elements).
+    pub c: (u64, usize, usize),
+    /// The number of products.
+    pub batch: usize,
+    /// Storage of `A`, `B` and `C`.
+    pub dtype: DType,
+}
+
+/// One device command.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Cmd {
+    /// `bytes` zero bytes at `ptr` (`cuMemsetD8Async`).
+    Zero {
+        /// Address.
+        ptr: u64,
+        /// Byte count.
+        bytes: usize,
+    },
+    /// `bytes` bytes from `src` to `dst` (`cuMemcpyDtoDAsync`; the ranges
+    /// do not overlap).
+    Copy {
+        /// Destination address.
+        dst: u64,
+        /// Source address.
+        src: u64,
+        /// Byte count.
+        bytes: usize,
+    },
+    /// A kernel launch.
+    Launch(Launch),
+    /// A strided-batched GEMM.
+    Gemm(StridedGemm),
+}
+
+/// Where lowered commands go: the device's stream, or the emulator.
+pub(crate) type Sink<'a> = dyn FnMut(&Cmd) -> Result<(), CudaError> + 'a;
+
+/// The element size of a storage type in bytes.
+pub(crate) fn elem_size(d: DType) -> usize {
+    match d {
+        DType::F32 => 4,
+        DType::Bf16 => 2,
+    }
+}
+
+/// A tensor as the lowering functions see it: a device (or, emulated, host)
+/// address, its dimensions and its storage.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Desc<'a> {
+    pub ptr: u64,
+    pub dims: &'a [usize],
+    pub dtype: DType,
+}
+
+impl Desc<'_> {
+    pub fn numel(&self) -> usize {
+        self.dims.iter().product()
+    }
+
+    /// `[batch, m, n]` stacks have `batch` members; other ranks one.
+    pub fn batch(&self) -> usize {
+        if self.dims.len() == 3 {
+            self.dims[0]
+        } else {
+            1
+        }
+    }
+
+    /// Matrix `j` of a stack: its address and element count.
+    pub fn member(&self, j: usize) -> Option<(u64, usize)> {
+        let batch = self.batch();
+        if j >= batch {
+            return None;
+        }
+        let per = self.numel() / batch;
+        Some((self.ptr + (j * per * elem_size(self.dtype)) as u64, per))
+    }
+}
+
+/// The launch shape of the grid-stride elementwise kernels: 256 threads,
+/// up to 4096 blocks.
+pub(crate) fn grid1(n: usize) -> ([u32; 3], [u32; 3]) {
+    ([n.div_ceil(256).clamp(1, 4096) as u32, 1, 1], [256, 1, 1])
+}
+
+/// The launch shape of the batched kernels: up to 1024 blocks per matrix
+/// along x, one matrix per `y`.
+pub(crate) fn grid_batched(per: usize, batch: usize) -> ([u32; 3], [u32; 3]) {
+    (
+        [per.div_ceil(256).clamp(1, 1024) as u32, batch as u32, 1],
+        [256, 1, 1],
+    )
+}
+
+/// The launch shape of the tiled transposes of a `rows × cols` matrix:
+/// 32 × 32 tiles, `(32, 8)` threads, one matrix per `z`.
+pub(crate) fn grid_tiles(rows: usize, cols: usize, batch: usize) -> ([u32; 3], [u32; 3]) {
+    (
+        [
+            cols.div_ceil(32) as u32,
+            rows.div_ceil(32) as u32,
+            batch as u32,
+        ],
+        [32, 8, 1],
+    )
+}
