@@ -18,6 +18,12 @@
 //!   Nothing synchronizes with the host except the scalar reductions the
 //!   LMOs return (`dot`, norms, `argmax_abs`, the finiteness check).
 //!
+//! - [`cmd`]: the device-resident path's work as data (launches with typed
+//!   arguments, memsets, copies, strided-batched GEMMs), built by
+//!   device-free lowering functions and issued 1:1 by [`CudaDevice`];
+//!   `emu` (feature `cuda-emu`) runs the same commands on the CPU with
+//!   the kernels of `cuda_kernels.cu` compiled as C++.
+//!
 //! The CUDA libraries are loaded at run time (cudarc's `dynamic-loading`):
 //! this module builds on machines without CUDA; [`CudaDevice::available`]
 //! tells whether a driver and a device are present.
