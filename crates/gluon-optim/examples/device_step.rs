@@ -22,6 +22,9 @@ use rand_distr::StandardNormal;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     if !CudaDevice::available() {
+        if std::env::var("LMO_EXPECT_GPU").as_deref() == Ok("1") {
+            return Err("LMO_EXPECT_GPU=1 but no CUDA driver or device answers".into());
+        }
         println!("no CUDA driver or device: nothing to run (this example needs a GPU)");
         return Ok(());
     }

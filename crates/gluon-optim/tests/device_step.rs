@@ -263,6 +263,10 @@ fn device_step_matches_cpu() {
     use gluon_optim::cuda::DeviceOptimizer;
     use orthogonalize::cuda::{CudaDevice, DType};
     if !CudaDevice::available() {
+        assert!(
+            std::env::var("LMO_EXPECT_GPU").as_deref() != Ok("1"),
+            "LMO_EXPECT_GPU=1 but no CUDA driver or device answers"
+        );
         eprintln!("SKIPPED: no CUDA driver or device (GPU tests run on a GPU machine)");
         return;
     }

@@ -19,6 +19,12 @@ use rand_distr::StandardNormal;
 
 fn device() -> Option<Arc<CudaDevice>> {
     if !CudaDevice::available() {
+        // On the GPU machine (`cargo xtask gpu-bundle`'s run.sh) a missing
+        // device is a failure, not a skip.
+        assert!(
+            std::env::var("LMO_EXPECT_GPU").as_deref() != Ok("1"),
+            "LMO_EXPECT_GPU=1 but no CUDA driver or device answers"
+        );
         eprintln!("SKIPPED: no CUDA driver or device (GPU tests run on a GPU machine)");
         return None;
     }
