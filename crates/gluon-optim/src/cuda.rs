@@ -39,8 +39,6 @@ use std::sync::Arc;
 
 use lmo_core::{AdamWStep, Backend, LmoError};
 use orthogonalize::NsConfig;
-#[cfg(feature = "cuda-emu")]
-use orthogonalize::cuda::emu;
 use orthogonalize::cuda::step::{self, DeviceScalars, UpdateCoeffs};
 use orthogonalize::cuda::{Cuda, CudaDevice, CudaError, CudaTensor, DType, PolarPlan};
 
@@ -672,108 +670,6 @@ impl Exec for HostExec {
             .iter()
             .map(|t| t.data.iter().filter(|v| !v.is_finite()).count() as u64)
             .sum())
-    }
-}
-
-/// [`Exec`] on the CPU kernel emulator (feature `cuda-emu`): the device
-/// step's commands (the same lowering as [`CudaExec`]: kernel names,
-/// launch shapes, arguments, addresses, strides) run over host memory with
-/// the kernels of `cuda_kernels.cu` compiled as C++
-/// ([`orthogonalize::cuda::emu`]). `DeviceOptimizer<EmuExec>` is the GPU
-/// step minus the driver, cuBLAS and graph capture.
-#[cfg(feature = "cuda-emu")]
-pub struct EmuExec;
-
-#[cfg(feature = "cuda-emu")]
-impl Exec for EmuExec {
-    type Tensor = emu::EmuTensor;
-    type Scalars = emu::EmuScalars;
-    type Plan = emu::EmuPlan;
-    fn dims(t: &emu::EmuTensor) -> Vec<usize> {
-        t.dims().to_vec()
-    }
-    fn dtype(t: &emu::EmuTensor) -> DType {
-        t.dtype()
-    }
-    fn zeros(&self, dims: &[usize], dtype: DType) -> Result<emu::EmuTensor, DeviceError> {
-        Ok(emu::EmuTensor::zeros(dims, dtype))
-    }
-    fn scalars(&self, len: usize) -> Result<emu::EmuScalars, DeviceError> {
-        Ok(emu::EmuScalars::new(len))
-    }
-    fn read(&self, s: &emu::EmuScalars) -> Result<Vec<f64>, DeviceError> {
-        Ok(s.to_host())
-    }
-    fn plan(
-        &self,
-        ns: &NsConfig,
-        (batch, m, n): (usize, usize, usize),
-        io: DType,
-        work: DType,
-    ) -> Result<emu::EmuPlan, DeviceError> {
-        Ok(emu::EmuPlan::mixed(ns, batch, m, n, io, work)?)
-    }
-    /// Graph capture is not emulated: every call runs the commands.
-    fn set_graphs(_: &mut emu::EmuPlan, _: bool) {}
-    fn polar(
-        &self,
-        plan: &mut emu::EmuPlan,
-        u: &emu::EmuTensor,
-        out: &mut emu::EmuTensor,
-    ) -> Result<(), DeviceError> {
-        Ok(plan.run(u, out)?)
-    }
-    fn momentum(
-        &self,
-        g: &emu::EmuTensor,
-        m: &mut emu::EmuTensor,
-        j: usize,
-        nest: Option<&mut emu::EmuTensor>,
-        beta: f32,
-    ) -> Result<(), DeviceError> {
-        Ok(emu::momentum(g, m, j, nest, beta)?)
-    }
-    fn batch_dot(
-        &self,
-        x: &emu::EmuTensor,
-        y: &emu::EmuTensor,
-        out: &mut emu::EmuScalars,
-    ) -> Result<(), DeviceError> {
-        Ok(emu::batch_dot(x, y, out)?)
-    }
-    fn sign(&self, u: &emu::EmuTensor, out: &mut emu::EmuTensor) -> Result<(), DeviceError> {
-        Ok(emu::sign(1.0, u, out)?)
-    }
-    fn normalize(
-        &self,
-        u: &emu::EmuTensor,
-        out: &mut emu::EmuTensor,
-        scratch: &mut emu::EmuScalars,
-    ) -> Result<(), DeviceError> {
-        Ok(emu::normalize(u, out, scratch)?)
-    }
-    fn lmo_update(
-        &self,
-        p: &mut emu::EmuTensor,
-        o: &emu::EmuTensor,
-        j: usize,
-        inner: &emu::EmuScalars,
-        c: &UpdateCoeffs,
-    ) -> Result<(), DeviceError> {
-        Ok(emu::lmo_update(p, o, j, inner, c)?)
-    }
-    fn adamw(
-        &self,
-        p: &mut emu::EmuTensor,
-        g: &emu::EmuTensor,
-        m: &mut emu::EmuTensor,
-        v: &mut emu::EmuTensor,
-        h: &AdamWStep<f32>,
-    ) -> Result<(), DeviceError> {
-        Ok(emu::adamw(p, g, m, v, h)?)
-    }
-    fn count_nonfinite(&self, ts: &[&emu::EmuTensor]) -> Result<u64, DeviceError> {
-        Ok(emu::count_nonfinite(ts)?)
     }
 }
 

@@ -256,21 +256,38 @@ fn update_coeffs_reproduce_the_generic_step() {
     }
 }
 
-/// `DeviceOptimizer` against `Optimizer::<Nd32>` over three steps (skips
-/// without a GPU).
-#[test]
-fn device_step_matches_cpu() {
-    use gluon_optim::cuda::DeviceOptimizer;
-    use orthogonalize::cuda::{CudaDevice, DType};
-    if !CudaDevice::available() {
+/// The devices a GPU test runs on: the GPU when there is one (under
+/// `LMO_EXPECT_GPU=1` a missing one fails), then the CPU kernel emulator
+/// (feature `cuda-emu`), which runs the same commands.
+fn devices() -> Vec<std::sync::Arc<orthogonalize::cuda::CudaDevice>> {
+    use orthogonalize::cuda::CudaDevice;
+    let mut v = Vec::new();
+    if CudaDevice::available() {
+        v.push(CudaDevice::new(0).expect("device 0"));
+    } else {
         assert!(
             std::env::var("LMO_EXPECT_GPU").as_deref() != Ok("1"),
             "LMO_EXPECT_GPU=1 but no CUDA driver or device answers"
         );
-        eprintln!("SKIPPED: no CUDA driver or device (GPU tests run on a GPU machine)");
-        return;
+        eprintln!("no CUDA driver or device: GPU part skipped");
     }
-    let dev = CudaDevice::new(0).expect("device 0");
+    #[cfg(feature = "cuda-emu")]
+    v.push(CudaDevice::emulated());
+    v
+}
+
+/// `DeviceOptimizer` against `Optimizer::<Nd32>` over three steps, on the
+/// GPU and on the emulator.
+#[test]
+fn device_step_matches_cpu() {
+    for dev in devices() {
+        device_step_matches_cpu_on(&dev);
+    }
+}
+
+fn device_step_matches_cpu_on(dev: &std::sync::Arc<orthogonalize::cuda::CudaDevice>) {
+    use gluon_optim::cuda::DeviceOptimizer;
+    use orthogonalize::cuda::DType;
     let mut rng = StdRng::seed_from_u64(8);
     let spec = [
         (Label::Hidden, vec![48, 32]),
@@ -297,7 +314,7 @@ fn device_step_matches_cpu() {
             .map(|(v, s)| dev.tensor(v, &s.1, DType::F32).unwrap())
             .collect();
         let mut oc = Optimizer::<Nd32>::new(cfg.clone(), labels.clone(), &pc).unwrap();
-        let mut og = DeviceOptimizer::new(&dev, cfg.clone(), &labels, &pg)
+        let mut og = DeviceOptimizer::new(dev, cfg.clone(), &labels, &pg)
             .unwrap()
             .with_graphs(graphs);
         for _ in 0..3 {
@@ -364,21 +381,21 @@ fn host_exec_step_matches_the_generic_optimizer() {
     );
 }
 
-/// The same on the CPU kernel emulator (feature `cuda-emu`): here the
-/// step issues the commands a GPU would receive (the kernels of
-/// `cuda_kernels.cu` with the launch shapes, argument lists and addresses
-/// of `CudaExec`, the polar plan's copies and strided-batched GEMMs), run
+/// The same on the CPU kernel emulator (feature `cuda-emu`): `CudaExec`
+/// on an emulated device issues the commands a GPU would receive (the
+/// kernels of `cuda_kernels.cu` with their launch shapes, argument lists
+/// and addresses, the polar plan's copies and strided-batched GEMMs), run
 /// over host memory. What is left between this and a GPU run: the driver,
-/// cuBLAS, graph capture and the device's fused multiply-adds.
+/// cuBLAS, stream capture and the device's fused multiply-adds.
 #[cfg(feature = "cuda-emu")]
 #[test]
 fn emulated_device_step_matches_the_generic_optimizer() {
-    use gluon_optim::cuda::EmuExec;
-    use orthogonalize::cuda::DType;
-    use orthogonalize::cuda::emu::EmuTensor;
+    use gluon_optim::cuda::CudaExec;
+    use orthogonalize::cuda::{CudaDevice, DType};
+    let dev = CudaDevice::emulated();
     exec_matches_the_generic_optimizer(
-        || EmuExec,
-        |v, d| EmuTensor::new(v, d, DType::F32).unwrap(),
+        || CudaExec(dev.clone()),
+        |v, d| dev.tensor(v, d, DType::F32).unwrap(),
         |t| t.to_host(),
     );
 }

@@ -10,19 +10,21 @@
 //!   arithmetic (what PyTorch's Muon uses on GPUs). [`CudaTensor::from_raw`]
 //!   wraps memory someone else owns (a libtorch tensor's `data_ptr`) with no
 //!   copy.
-//! - [`Cuda`]: the backend. Products go to cuBLAS: `cublasSgemm` for f32,
-//!   `cublasGemmEx` with bf16 inputs and f32 accumulation (tensor cores) for
-//!   bf16; the Gram products `X·Xᵀ` and `A·A` use `cublasSsyrk` (one
-//!   triangle, `k²l` flops) plus a mirror kernel in f32, and a full GEMM in
-//!   bf16 (cuBLAS has no bf16 syrk). Everything else is one kernel launch.
-//!   Nothing synchronizes with the host except the scalar reductions the
-//!   LMOs return (`dot`, norms, `argmax_abs`, the finiteness check).
-//!
-//! - [`cmd`]: the device-resident path's work as data (launches with typed
-//!   arguments, memsets, copies, strided-batched GEMMs), built by
-//!   device-free lowering functions and issued 1:1 by [`CudaDevice`];
-//!   `emu` (feature `cuda-emu`) runs the same commands on the CPU with
-//!   the kernels of `cuda_kernels.cu` compiled as C++.
+//! - [`Cuda`]: the backend. Products go to cuBLAS:
+//!   `cublasGemmStridedBatchedEx` (batch 1 here) in f32, or with bf16
+//!   inputs and f32 accumulation (tensor cores); the Gram products `X·Xᵀ`
+//!   and `A·A` use `cublasSsyrk` (one triangle, `k²l` flops) plus a mirror
+//!   kernel in f32, and a full GEMM in bf16 (cuBLAS has no bf16 syrk).
+//!   Everything else is one kernel launch. Nothing synchronizes with the
+//!   host except the scalar reductions the LMOs return (`dot`, norms,
+//!   `argmax_abs`, the finiteness check).
+//! - [`cmd`]: all of this work as data (kernel launches with typed
+//!   arguments, memsets, copies, GEMMs, SYRKs), built by device-free
+//!   lowering functions and issued 1:1 by [`CudaDevice::issue`]. With
+//!   feature `cuda-emu`, `CudaDevice::emulated()` issues the same commands
+//!   to a CPU emulator that runs the kernels of `cuda_kernels.cu` compiled
+//!   as C++ (module `emu`): every operation here then runs, and is checked,
+//!   without a GPU.
 //!
 //! The CUDA libraries are loaded at run time (cudarc's `dynamic-loading`):
 //! this module builds on machines without CUDA; [`CudaDevice::available`]
@@ -34,10 +36,9 @@
 
 use std::sync::{Arc, Mutex};
 
-use cudarc::cublas::{CudaBlas, Gemm, GemmConfig, sys as cublas_sys};
+use cudarc::cublas::{CudaBlas, sys as cublas_sys};
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, LaunchConfig,
-    PushKernelArg,
+    CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, LaunchConfig, PushKernelArg,
 };
 use half::bf16;
 use lmo_core::{AdamWStep, Backend, LmoError, Shape, Trans};
@@ -165,37 +166,48 @@ impl Kernels {
     }
 }
 
-/// Reduction scratch: f64 accumulators, a u32 and a u64 slot.
+/// Device memory: an allocation of the device's driver (GPU memory, or
+/// host memory the emulator tracks), or memory someone else owns
+/// ([`CudaTensor::from_raw`]).
+pub(crate) enum Mem {
+    Gpu(CudaSlice<u8>),
+    #[cfg(feature = "cuda-emu")]
+    Host(emu::HostAlloc),
+    Borrowed {
+        ptr: u64,
+        #[cfg(feature = "cuda-emu")]
+        _registration: Option<emu::Registration>,
+    },
+}
+
+/// Reduction scratch: f64 accumulators, a u32 and a u64 slot, f32 scales.
 struct Scratch {
-    acc: CudaSlice<f64>,
-    bits: CudaSlice<u32>,
-    index: CudaSlice<u64>,
-    scales: CudaSlice<f32>,
+    acc: (Mem, usize),
+    bits: Mem,
+    index: Mem,
+    scales: (Mem, usize),
 }
 
-impl Scratch {
-    /// The first `len` f64 accumulators, zeroed (grown when needed: the
-    /// workspace reaches its size on the first step, as on the CPU).
-    fn acc(&mut self, dev: &CudaDevice, len: usize) -> &mut CudaSlice<f64> {
-        if self.acc.len() < len {
-            self.acc = ok(dev.stream.alloc_zeros::<f64>(len), "alloc");
-        } else {
-            ok(
-                dev.stream.memset_zeros(&mut self.acc.slice_mut(0..len)),
-                "memset",
-            );
-        }
-        &mut self.acc
-    }
+enum Driver {
+    Gpu(Gpu),
+    #[cfg(feature = "cuda-emu")]
+    Emu(Arc<emu::Emulator>),
 }
 
-/// A GPU with its stream, cuBLAS handle, kernels and scratch.
-pub struct CudaDevice {
+/// A GPU's stream, cuBLAS handle and kernels.
+struct Gpu {
     stream: Arc<CudaStream>,
     blas: CudaBlas,
     _workspace: CudaSlice<u8>,
     kernels: Kernels,
-    scratch: Mutex<Scratch>,
+}
+
+/// A GPU with its stream, cuBLAS handle, kernels and scratch, or (feature
+/// `cuda-emu`, [`CudaDevice::emulated`]) the CPU kernel emulator standing
+/// in for one.
+pub struct CudaDevice {
+    driver: Driver,
+    scratch: Mutex<Option<Scratch>>,
     name: String,
 }
 
@@ -266,32 +278,61 @@ impl CudaDevice {
             }
             .map_err(|e| CudaError::Cublas(format!("{e:?}")))?;
         }
-        let scratch = Scratch {
-            acc: stream.alloc_zeros::<f64>(1).map_err(drv)?,
-            bits: stream.alloc_zeros::<u32>(1).map_err(drv)?,
-            index: stream.alloc_zeros::<u64>(1).map_err(drv)?,
-            scales: stream.alloc_zeros::<f32>(1).map_err(drv)?,
-        };
         let name = ctx.name().unwrap_or_else(|_| "CUDA device".into());
         Ok(Arc::new(CudaDevice {
-            stream,
-            blas,
-            _workspace: workspace,
-            kernels,
-            scratch: Mutex::new(scratch),
+            driver: Driver::Gpu(Gpu {
+                stream,
+                blas,
+                _workspace: workspace,
+                kernels,
+            }),
+            scratch: Mutex::new(None),
             name,
         }))
+    }
+
+    /// A device that runs every command on the CPU kernel emulator
+    /// (feature `cuda-emu`, module `emu`): the kernels of
+    /// `cuda_kernels.cu` compiled as C++, a model of cuBLAS's GEMM and
+    /// SYRK, host memory whose every access the emulator checks. Every
+    /// operation of this module works on it, without a GPU or a CUDA
+    /// library; it is a test tool (slow, single-threaded), not a fast path.
+    #[cfg(feature = "cuda-emu")]
+    pub fn emulated() -> Arc<Self> {
+        Arc::new(CudaDevice {
+            driver: Driver::Emu(Arc::new(emu::Emulator::default())),
+            scratch: Mutex::new(None),
+            name: "CUDA emulator (CPU)".into(),
+        })
+    }
+
+    /// `true` for [`CudaDevice::emulated`] devices.
+    pub fn is_emulated(&self) -> bool {
+        !matches!(self.driver, Driver::Gpu(_))
+    }
+
+    fn gpu(&self) -> Option<&Gpu> {
+        match &self.driver {
+            Driver::Gpu(g) => Some(g),
+            #[cfg(feature = "cuda-emu")]
+            Driver::Emu(_) => None,
+        }
     }
 
     /// Makes the device's context current on this thread (raw driver and
     /// cuBLAS calls need it; cudarc's safe calls do it themselves).
     fn bind(&self) -> Result<(), CudaError> {
-        self.stream.context().bind_to_thread().map_err(drv)
+        match self.gpu() {
+            Some(g) => g.stream.context().bind_to_thread().map_err(drv),
+            None => Ok(()),
+        }
     }
 
-    /// The device's ordinal (`cuda:N`).
+    /// The device's ordinal (`cuda:N`); `usize::MAX` for an emulated
+    /// device.
     pub fn ordinal(&self) -> usize {
-        self.stream.context().ordinal()
+        self.gpu()
+            .map_or(usize::MAX, |g| g.stream.context().ordinal())
     }
 
     /// The device's name.
@@ -299,14 +340,18 @@ impl CudaDevice {
         &self.name
     }
 
-    /// The stream operations are queued on.
-    pub fn stream(&self) -> &Arc<CudaStream> {
-        &self.stream
+    /// The stream operations are queued on (`None` for an emulated
+    /// device, which runs each operation when it is issued).
+    pub fn stream(&self) -> Option<&Arc<CudaStream>> {
+        self.gpu().map(|g| &g.stream)
     }
 
     /// Waits for everything queued so far.
     pub fn synchronize(&self) -> Result<(), CudaError> {
-        self.stream.synchronize().map_err(drv)
+        match self.gpu() {
+            Some(g) => g.stream.synchronize().map_err(drv),
+            None => Ok(()),
+        }
     }
 
     /// A tensor of `dims` copied from row-major host data, stored as `dtype`.
@@ -323,40 +368,142 @@ impl CudaDevice {
                 data.len()
             )));
         }
-        let buf = match dtype {
-            DType::F32 => Buf::F32(self.stream.clone_htod(data).map_err(drv)?),
-            DType::Bf16 => {
-                let h: Vec<bf16> = data.iter().map(|&x| bf16::from_f32(x)).collect();
-                Buf::Bf16(self.stream.clone_htod(&h).map_err(drv)?)
-            }
-        };
-        Ok(CudaTensor {
+        let t = CudaTensor {
+            mem: self.alloc(shape.numel().max(1) * elem_size(dtype))?,
             dev: self.clone(),
-            buf: Some(buf),
             shape,
-            borrowed: false,
-        })
+            dtype,
+        };
+        self.upload(t.raw(), data, dtype)?;
+        Ok(t)
     }
 
-    fn grid(&self, n: usize) -> LaunchConfig {
-        let blocks = n.div_ceil(256).clamp(1, 4096) as u32;
-        LaunchConfig {
-            grid_dim: (blocks, 1, 1),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: 0,
+    /// `bytes` zeroed bytes of device memory.
+    pub(crate) fn alloc(&self, bytes: usize) -> Result<Mem, CudaError> {
+        match &self.driver {
+            Driver::Gpu(g) => Ok(Mem::Gpu(
+                g.stream.alloc_zeros::<u8>(bytes.max(1)).map_err(drv)?,
+            )),
+            #[cfg(feature = "cuda-emu")]
+            Driver::Emu(e) => Ok(Mem::Host(e.alloc(bytes))),
         }
     }
 
-    /// Queues one [`cmd::Cmd`] on the stream: one driver call (memset,
-    /// copy, launch) or one `cublasGemmStridedBatchedEx` per command.
-    pub(crate) fn issue(&self, c: &cmd::Cmd) -> Result<(), CudaError> {
+    /// The device address of `m`. Every operation of this module is
+    /// queued on the device's one stream, so the address is used in stream
+    /// order; the read/write events cudarc records for other streams are
+    /// recorded here, before the work that uses the address.
+    pub(crate) fn addr(&self, m: &Mem) -> u64 {
+        match m {
+            Mem::Gpu(s) => {
+                let g = self.gpu().expect("GPU memory on a GPU device");
+                s.device_ptr(&g.stream).0
+            }
+            #[cfg(feature = "cuda-emu")]
+            Mem::Host(h) => h.addr(),
+            Mem::Borrowed { ptr, .. } => *ptr,
+        }
+    }
+
+    /// Copies host bytes to the device address `dst` (synchronizes).
+    fn htod(&self, dst: u64, src: &[u8]) -> Result<(), CudaError> {
+        if src.is_empty() {
+            return Ok(());
+        }
+        match &self.driver {
+            Driver::Gpu(g) => {
+                self.bind()?;
+                // SAFETY: `dst` holds at least `src.len()` bytes (a checked
+                // tensor or scratch slot); the copy is queued on the
+                // device's stream and awaited before `src` goes away.
+                unsafe {
+                    cudarc::driver::result::memcpy_htod_async(dst, src, g.stream.cu_stream())
+                }
+                .map_err(drv)?;
+                g.stream.synchronize().map_err(drv)
+            }
+            #[cfg(feature = "cuda-emu")]
+            Driver::Emu(e) => e.write(dst, src),
+        }
+    }
+
+    /// Copies device bytes at `src` to the host (synchronizes).
+    fn dtoh(&self, src: u64, dst: &mut [u8]) -> Result<(), CudaError> {
+        if dst.is_empty() {
+            return Ok(());
+        }
+        match &self.driver {
+            Driver::Gpu(g) => {
+                self.bind()?;
+                // SAFETY: `src` holds at least `dst.len()` bytes; the copy
+                // is awaited before `dst` is read.
+                unsafe {
+                    cudarc::driver::result::memcpy_dtoh_async(dst, src, g.stream.cu_stream())
+                }
+                .map_err(drv)?;
+                g.stream.synchronize().map_err(drv)
+            }
+            #[cfg(feature = "cuda-emu")]
+            Driver::Emu(e) => e.read(src, dst),
+        }
+    }
+
+    /// `data` converted to `dtype` and copied to `dst`.
+    fn upload(&self, dst: u64, data: &[f32], dtype: DType) -> Result<(), CudaError> {
+        match dtype {
+            DType::F32 => self.htod(dst, bytemuck_f32(data)),
+            DType::Bf16 => {
+                let h: Vec<u16> = data.iter().map(|&x| bf16::from_f32(x).to_bits()).collect();
+                self.htod(dst, bytemuck_u16(&h))
+            }
+        }
+    }
+
+    /// `n` values of `dtype` at `src`, as f32.
+    fn download(&self, src: u64, out: &mut [f32], dtype: DType) -> Result<(), CudaError> {
+        match dtype {
+            DType::F32 => self.dtoh(src, bytemuck_f32_mut(out)),
+            DType::Bf16 => {
+                let mut h = vec![0u16; out.len()];
+                self.dtoh(src, bytemuck_u16_mut(&mut h))?;
+                for (o, b) in out.iter_mut().zip(h) {
+                    *o = bf16::from_bits(b).to_f32();
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// `len` f64 values at `src`.
+    pub(crate) fn read_f64(&self, src: u64, len: usize) -> Result<Vec<f64>, CudaError> {
+        let mut v = vec![0u64; len];
+        self.dtoh(src, bytemuck_u64_mut(&mut v))?;
+        Ok(v.into_iter().map(f64::from_bits).collect())
+    }
+
+    /// Issues one [`cmd::Cmd`]: on a GPU one driver call (memset, copy,
+    /// launch) or one cuBLAS call per command, queued on the stream; on an
+    /// emulated device, run and checked by the emulator at once.
+    ///
+    /// # Safety
+    /// Every address the command names must lie in live device memory of
+    /// this device, as large as the command says (the emulator checks
+    /// that; a GPU does not), and a launch's arguments must match the
+    /// kernel's signature in `cuda_kernels.cu`.
+    #[cfg_attr(
+        not(feature = "cuda-emu"),
+        allow(clippy::infallible_destructuring_match)
+    )]
+    pub unsafe fn issue(&self, c: &cmd::Cmd) -> Result<(), CudaError> {
+        let g = match &self.driver {
+            Driver::Gpu(g) => g,
+            #[cfg(feature = "cuda-emu")]
+            Driver::Emu(e) => return e.issue(c),
+        };
         use cmd::{Arg, Cmd};
-        let cu = self.stream.cu_stream();
+        let cu = g.stream.cu_stream();
         match c {
-            // SAFETY (Zero, Copy): the lowering functions derive every
-            // address and byte count from live tensors and plan buffers of
-            // at least that size (checked over host memory by the emulator
-            // of feature `cuda-emu`, which runs the same commands).
+            // SAFETY (Zero, Copy): the caller's contract.
             Cmd::Zero { ptr, bytes } => {
                 unsafe { cudarc::driver::result::memset_d8_async(*ptr, 0, *bytes, cu) }.map_err(drv)
             }
@@ -365,8 +512,8 @@ impl CudaDevice {
                     .map_err(drv)
             }
             Cmd::Launch(l) => {
-                let f = self.kernels.get(l.kernel, l.dtype);
-                let mut b = self.stream.launch_builder(f);
+                let f = g.kernels.get(l.kernel, l.dtype);
+                let mut b = g.stream.launch_builder(f);
                 for a in l.args() {
                     match a {
                         Arg::Ptr(v) => b.arg(v),
@@ -380,16 +527,60 @@ impl CudaDevice {
                     block_dim: (l.block[0], l.block[1], l.block[2]),
                     shared_mem_bytes: 0,
                 };
-                // SAFETY: the argument list is the kernel's signature in
-                // cuda_kernels.cu (number, order, kinds: checked against
-                // the C++ signatures by the emulator) and every index the
-                // kernel touches is below the lengths passed.
+                // SAFETY: the caller's contract.
                 unsafe { b.launch(cfg) }.map(|_| ()).map_err(drv)
             }
-            Cmd::Gemm(g) => self.strided_gemm(g),
+            Cmd::Gemm(gm) => g.strided_gemm(gm),
+            Cmd::Syrk(sy) => g.syrk(sy),
         }
     }
 
+    /// Issues commands built by a lowering function (the crate's own, so
+    /// the addresses are of live tensors and buffers).
+    pub(crate) fn run(
+        &self,
+        f: impl FnOnce(&mut cmd::Sink) -> Result<(), CudaError>,
+    ) -> Result<(), CudaError> {
+        self.bind()?;
+        // SAFETY: the crate's lowering functions derive every address from
+        // live tensors, plan buffers and scratch of this device, with the
+        // sizes they were checked to have (the emulator checks them).
+        f(&mut |c| unsafe { self.issue(c) })
+    }
+
+    /// The scratch, created on first use.
+    fn scratch(&self) -> Result<std::sync::MutexGuard<'_, Option<Scratch>>, CudaError> {
+        let mut sc = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
+        if sc.is_none() {
+            *sc = Some(Scratch {
+                acc: (self.alloc(8)?, 1),
+                bits: self.alloc(4)?,
+                index: self.alloc(8)?,
+                scales: (self.alloc(4)?, 1),
+            });
+        }
+        Ok(sc)
+    }
+
+    /// The address of `len` zeroed f64 accumulators of the scratch (grown
+    /// when needed: the workspace reaches its size on the first step, as on
+    /// the CPU).
+    fn acc(&self, sc: &mut Scratch, len: usize) -> Result<u64, CudaError> {
+        if sc.acc.1 < len {
+            sc.acc = (self.alloc(8 * len)?, len);
+        }
+        let p = self.addr(&sc.acc.0);
+        self.run(|sink| {
+            sink(&cmd::Cmd::Zero {
+                ptr: p,
+                bytes: 8 * len,
+            })
+        })?;
+        Ok(p)
+    }
+}
+
+impl Gpu {
     /// One [`cmd::StridedGemm`] through `cublasGemmStridedBatchedEx`
     /// (`CUBLAS_COMPUTE_32F`, host f32 `α`, `β`).
     fn strided_gemm(&self, g: &cmd::StridedGemm) -> Result<(), CudaError> {
@@ -407,7 +598,7 @@ impl CudaDevice {
             cudarc::cublas::result::gemm_strided_batched_ex(
                 *self.blas.handle(),
                 if g.ta { CUBLAS_OP_T } else { CUBLAS_OP_N },
-                CUBLAS_OP_N,
+                if g.tb { CUBLAS_OP_T } else { CUBLAS_OP_N },
                 g.m as i32,
                 g.n as i32,
                 g.k as i32,
@@ -432,50 +623,74 @@ impl CudaDevice {
         }
         .map_err(|e| CudaError::Cublas(format!("{e:?}")))
     }
+
+    /// One [`cmd::Syrk`] through `cublasSsyrk` (lower triangle, `Aᵀ·A`).
+    fn syrk(&self, s: &cmd::Syrk) -> Result<(), CudaError> {
+        // SAFETY: addresses and leading dimensions of the tensors' own
+        // storage (checked by the emulator over host memory); the handle
+        // is bound to the device's stream.
+        unsafe {
+            cublas_sys::cublasSsyrk_v2(
+                *self.blas.handle(),
+                cublas_sys::cublasFillMode_t::CUBLAS_FILL_MODE_LOWER,
+                cublas_sys::cublasOperation_t::CUBLAS_OP_T,
+                s.n as i32,
+                s.k as i32,
+                &s.alpha,
+                s.a.0 as *const f32,
+                s.a.1 as i32,
+                &s.beta,
+                s.c.0 as *mut f32,
+                s.c.1 as i32,
+            )
+            .result()
+        }
+        .map_err(|e| CudaError::Cublas(format!("{e:?}")))
+    }
 }
 
-enum Buf {
-    F32(CudaSlice<f32>),
-    Bf16(CudaSlice<bf16>),
+fn bytemuck_f32(v: &[f32]) -> &[u8] {
+    // SAFETY: f32 has no padding and any byte is a valid u8.
+    unsafe { core::slice::from_raw_parts(v.as_ptr() as *const u8, v.len() * 4) }
+}
+fn bytemuck_u16(v: &[u16]) -> &[u8] {
+    // SAFETY: as above.
+    unsafe { core::slice::from_raw_parts(v.as_ptr() as *const u8, v.len() * 2) }
+}
+fn bytemuck_f32_mut(v: &mut [f32]) -> &mut [u8] {
+    // SAFETY: every bit pattern is a valid f32.
+    unsafe { core::slice::from_raw_parts_mut(v.as_mut_ptr() as *mut u8, v.len() * 4) }
+}
+fn bytemuck_u16_mut(v: &mut [u16]) -> &mut [u8] {
+    // SAFETY: every bit pattern is a valid u16.
+    unsafe { core::slice::from_raw_parts_mut(v.as_mut_ptr() as *mut u8, v.len() * 2) }
+}
+fn bytemuck_u64_mut(v: &mut [u64]) -> &mut [u8] {
+    // SAFETY: every bit pattern is a valid u64.
+    unsafe { core::slice::from_raw_parts_mut(v.as_mut_ptr() as *mut u8, v.len() * 8) }
 }
 
 /// A row-major matrix or vector on a [`CudaDevice`] (f32 or bf16 storage).
 pub struct CudaTensor {
     dev: Arc<CudaDevice>,
-    buf: Option<Buf>,
+    mem: Mem,
     shape: Shape,
-    borrowed: bool,
-}
-
-impl Drop for CudaTensor {
-    fn drop(&mut self) {
-        if self.borrowed {
-            // Memory owned elsewhere (from_raw): give the pointer back
-            // without freeing it.
-            match self.buf.take() {
-                Some(Buf::F32(s)) => {
-                    s.leak();
-                }
-                Some(Buf::Bf16(s)) => {
-                    s.leak();
-                }
-                None => {}
-            }
-        }
-    }
+    dtype: DType,
 }
 
 impl CudaTensor {
     /// Wraps device memory owned by someone else (for example a libtorch
     /// CUDA tensor's `data_ptr()`): `numel(dims)` contiguous row-major
     /// elements of `dtype` at `ptr`. No copy; dropping the tensor does not
-    /// free the memory.
+    /// free the memory. On an emulated device `ptr` is a host address,
+    /// registered with the emulator while the tensor lives.
     ///
     /// # Safety
     /// `ptr` must point to a live allocation of at least that many
-    /// elements on `dev`'s context, stay valid while the tensor lives, and
-    /// not be written by others while operations queued on `dev`'s stream
-    /// use it (order them on the same stream, or synchronize).
+    /// elements on `dev`'s context (host memory for an emulated device),
+    /// stay valid while the tensor lives, and not be written by others
+    /// while operations queued on `dev`'s stream use it (order them on the
+    /// same stream, or synchronize).
     pub unsafe fn from_raw(
         dev: &Arc<CudaDevice>,
         ptr: u64,
@@ -483,28 +698,25 @@ impl CudaTensor {
         dtype: DType,
     ) -> Result<Self, CudaError> {
         let shape = Shape::new(dims).map_err(|e| CudaError::Driver(e.to_string()))?;
-        let n = shape.numel();
-        // SAFETY: the caller guarantees a valid allocation of n elements.
-        let buf = unsafe {
-            match dtype {
-                DType::F32 => Buf::F32(dev.stream.upgrade_device_ptr(ptr, n)),
-                DType::Bf16 => Buf::Bf16(dev.stream.upgrade_device_ptr(ptr, n)),
-            }
+        let mem = Mem::Borrowed {
+            ptr,
+            #[cfg(feature = "cuda-emu")]
+            _registration: match &dev.driver {
+                Driver::Emu(e) => Some(e.register(ptr, shape.numel() * elem_size(dtype))),
+                Driver::Gpu(_) => None,
+            },
         };
         Ok(CudaTensor {
             dev: dev.clone(),
-            buf: Some(buf),
+            mem,
             shape,
-            borrowed: true,
+            dtype,
         })
     }
 
     /// The storage type.
     pub fn dtype(&self) -> DType {
-        match self.buf() {
-            Buf::F32(_) => DType::F32,
-            Buf::Bf16(_) => DType::Bf16,
-        }
+        self.dtype
     }
 
     /// The device.
@@ -519,28 +731,14 @@ impl CudaTensor {
         v
     }
 
-    fn buf(&self) -> &Buf {
-        self.buf.as_ref().expect("live tensor")
+    /// The device address of the storage (a host address on an emulated
+    /// device), for [`CudaDevice::issue`].
+    pub fn address(&self) -> u64 {
+        self.raw()
     }
 
-    /// The raw device address of the storage. Every operation of this
-    /// module is queued on the device's one stream, so the address is used
-    /// in stream order; the read/write events cudarc records for other
-    /// streams are recorded here, before the work that uses the address.
     fn raw(&self) -> u64 {
-        let s = &self.dev.stream;
-        match self.buf() {
-            Buf::F32(b) => b.device_ptr(s).0,
-            Buf::Bf16(b) => b.device_ptr(s).0,
-        }
-    }
-
-    /// Element size in bytes.
-    fn elem(&self) -> usize {
-        match self.dtype() {
-            DType::F32 => 4,
-            DType::Bf16 => 2,
-        }
+        self.dev.addr(&self.mem)
     }
 
     fn numel(&self) -> usize {
@@ -552,7 +750,7 @@ impl CudaTensor {
         cmd::Desc {
             ptr: self.raw(),
             dims: self.shape.dims(),
-            dtype: self.dtype(),
+            dtype: self.dtype,
         }
     }
 }
@@ -564,76 +762,30 @@ fn ok<T, E: core::fmt::Debug>(r: Result<T, E>, what: &str) -> T {
     r.unwrap_or_else(|e| panic!("CUDA backend, {what}: {e:?}"))
 }
 
-/// Launches kernel `$name` on the dtype of `$t` with `$cfg`, arguments
-/// pushed in order; `@x` marks a tensor argument (its device slice).
-macro_rules! launch {
-    ($dev:expr, $name:expr, $dt:expr, $cfg:expr, [$($arg:expr),* $(,)?]) => {{
-        let f = $dev.kernels.get($name, $dt);
-        let mut b = $dev.stream.launch_builder(f);
-        $( b.arg($arg); )*
-        // SAFETY: the argument list matches the kernel's signature in
-        // cuda_kernels.cu and every index the kernel touches is below the
-        // lengths passed.
-        ok(unsafe { b.launch($cfg) }, $name);
-    }};
-}
-
-/// Dispatches on the storage of one tensor: binds the typed slice to `$s`.
-macro_rules! with_buf {
-    ($t:expr, $s:ident => $body:expr) => {
-        match $t.buf() {
-            Buf::F32($s) => $body,
-            Buf::Bf16($s) => $body,
-        }
-    };
-}
-
-/// Dispatches on the storage of an input and an output tensor of the same
-/// dtype: binds the typed slices to `$s` and `$o`.
-macro_rules! with_pair {
-    ($x:expr, $out:expr, $what:expr, ($s:ident, $o:ident) => $body:expr) => {
-        match ($x.buf(), $out.buf.as_mut().expect("live tensor")) {
-            (Buf::F32($s), Buf::F32($o)) => $body,
-            (Buf::Bf16($s), Buf::Bf16($o)) => $body,
-            _ => panic!("CUDA backend: {} on tensors of different dtypes", $what),
-        }
-    };
-}
-
-macro_rules! with_buf_mut {
-    ($t:expr, $s:ident => $body:expr) => {
-        match $t.buf.as_mut().expect("live tensor") {
-            Buf::F32($s) => $body,
-            Buf::Bf16($s) => $body,
-        }
-    };
+fn same_dtype(what: &str, ts: &[&CudaTensor]) {
+    if ts.windows(2).any(|w| w[0].dtype != w[1].dtype) {
+        panic!("CUDA backend: {what} on tensors of different dtypes");
+    }
 }
 
 impl Cuda {
     /// Runs reduction kernel `name` over `x` (and `y`) into the f64
     /// accumulator and reads it back.
-    fn reduce(name: &str, x: &CudaTensor, y: Option<&CudaTensor>) -> f64 {
+    fn reduce(name: &'static str, x: &CudaTensor, y: Option<&CudaTensor>) -> f64 {
         let dev = &x.dev;
-        let n = x.numel() as i64;
+        let n = x.numel();
         if n == 0 {
             return 0.0;
         }
-        let mut sc = dev.scratch.lock().unwrap_or_else(|e| e.into_inner());
-        let acc = sc.acc(dev, 1);
-        let cfg = dev.grid(x.numel());
-        let dt = x.dtype();
-        match (x.buf(), y.map(|y| y.buf())) {
-            (Buf::F32(a), Some(Buf::F32(b))) => {
-                launch!(dev, name, dt, cfg, [a, b, &mut *acc, &n])
-            }
-            (Buf::Bf16(a), Some(Buf::Bf16(b))) => {
-                launch!(dev, name, dt, cfg, [a, b, &mut *acc, &n])
-            }
-            (_, Some(_)) => panic!("CUDA backend: {name} on tensors of different dtypes"),
-            (Buf::F32(a), None) => launch!(dev, name, dt, cfg, [a, &mut *acc, &n]),
-            (Buf::Bf16(a), None) => launch!(dev, name, dt, cfg, [a, &mut *acc, &n]),
+        if let Some(y) = y {
+            same_dtype(name, &[x, y]);
         }
-        ok(dev.stream.clone_dtoh(&acc.slice(0..1)), "read back")[0]
+        let mut guard = ok(dev.scratch(), "scratch");
+        let sc = guard.as_mut().expect("scratch");
+        let acc = ok(dev.acc(sc, 1), "scratch");
+        let l = lower::reduce(name, x.desc(), y.map(|y| y.desc()), acc);
+        ok(dev.run(|sink| sink(&cmd::Cmd::Launch(l))), name);
+        ok(dev.read_f64(acc, 1), "read back")[0]
     }
 
     /// Squared norms along rows or columns into `out` (sqrt taken here).
@@ -647,22 +799,12 @@ impl Cuda {
             out.fill(0.0);
             return;
         }
-        let mut sc = dev.scratch.lock().unwrap_or_else(|e| e.into_inner());
-        let acc = sc.acc(dev, out.len());
-        let (mm, nn) = (m as i64, n as i64);
-        let dt = x.dtype();
-        let cfg = if rows {
-            LaunchConfig {
-                grid_dim: (m.min(65535) as u32, 1, 1),
-                block_dim: (256, 1, 1),
-                shared_mem_bytes: 0,
-            }
-        } else {
-            dev.grid(n)
-        };
-        let name = if rows { "row_norms" } else { "col_norms" };
-        with_buf!(x, a => launch!(dev, name, dt, cfg, [a, &mut *acc, &mm, &nn]));
-        let h = ok(dev.stream.clone_dtoh(&acc.slice(0..out.len())), "read back");
+        let mut guard = ok(dev.scratch(), "scratch");
+        let sc = guard.as_mut().expect("scratch");
+        let acc = ok(dev.acc(sc, out.len()), "scratch");
+        let l = lower::line_norms(x.desc(), acc, rows);
+        ok(dev.run(|sink| sink(&cmd::Cmd::Launch(l))), "line norms");
+        let h = ok(dev.read_f64(acc, out.len()), "read back");
         for (o, v) in out.iter_mut().zip(h) {
             *o = v.sqrt() as f32;
         }
@@ -675,33 +817,24 @@ impl Cuda {
         if m * n == 0 {
             return;
         }
-        let mut sc = dev.scratch.lock().unwrap_or_else(|e| e.into_inner());
-        if sc.scales.len() < s.len() {
-            sc.scales = ok(dev.stream.alloc_zeros::<f32>(s.len()), "alloc");
+        same_dtype("scale_lines", &[x, out]);
+        let mut guard = ok(dev.scratch(), "scratch");
+        let sc = guard.as_mut().expect("scratch");
+        if sc.scales.1 < s.len() {
+            sc.scales = (ok(dev.alloc(4 * s.len()), "alloc"), s.len());
         }
-        ok(dev.stream.memcpy_htod(s, &mut sc.scales), "copy scales");
-        let (mm, nn) = (m as i64, n as i64);
-        let name = if rows { "scale_rows" } else { "scale_cols" };
-        let cfg = dev.grid(m * n);
-        let dt = x.dtype();
-        with_pair!(x, out, name, (a, o) => launch!(dev, name, dt, cfg, [a, &sc.scales, o, &mm, &nn]));
+        let sp = dev.addr(&sc.scales.0);
+        ok(dev.upload(sp, s, DType::F32), "copy scales");
+        let l = lower::scale_lines(x.desc(), sp, out.desc(), rows);
+        ok(dev.run(|sink| sink(&cmd::Cmd::Launch(l))), "scale lines");
     }
 
     /// Unary elementwise kernel `name(a, x, out, n)`.
     fn unary(name: &'static str, a: f32, x: &CudaTensor, out: &mut CudaTensor) {
-        if x.dtype() != out.dtype() {
-            panic!("CUDA backend: {name} on tensors of different dtypes");
-        }
+        same_dtype(name, &[x, out]);
         let dev = x.dev.clone();
-        let r = lower::unary(name, a, x.desc(), out.desc(), &mut |c| dev.issue(c));
+        let r = dev.run(|sink| lower::unary(name, a, x.desc(), out.desc(), sink));
         ok(r, name);
-    }
-}
-
-fn cublas_op(t: Trans) -> cublas_sys::cublasOperation_t {
-    match t {
-        Trans::No => cublas_sys::cublasOperation_t::CUBLAS_OP_N,
-        Trans::Yes => cublas_sys::cublasOperation_t::CUBLAS_OP_T,
     }
 }
 
@@ -731,24 +864,21 @@ impl Backend for Cuda {
             return (0, 0.0);
         }
         let dev = x.dev.clone();
-        let nn = n as i64;
-        let cfg = dev.grid(n);
-        let dt = x.dtype();
         let k = {
-            let mut sc = dev.scratch.lock().unwrap_or_else(|e| e.into_inner());
-            ok(dev.stream.memset_zeros(&mut sc.bits), "memset");
-            ok(dev.stream.memcpy_htod(&[u64::MAX], &mut sc.index), "init");
-            let Scratch { bits, index, .. } = &mut *sc;
-            with_buf!(x, a => launch!(dev, "amax", dt, cfg, [a, &mut *bits, &nn]));
-            with_buf!(x, a => launch!(dev, "first_index", dt, cfg, [a, &*bits, &mut *index, &nn]));
-            ok(dev.stream.clone_dtoh(&*index), "read back")[0] as usize
+            let mut guard = ok(dev.scratch(), "scratch");
+            let sc = guard.as_mut().expect("scratch");
+            let (bits, index) = (dev.addr(&sc.bits), dev.addr(&sc.index));
+            ok(dev.htod(bits, &[0; 4]), "init");
+            ok(dev.htod(index, &u64::MAX.to_le_bytes()), "init");
+            let r = dev.run(|sink| lower::argmax_abs(x.desc(), bits, index, sink));
+            ok(r, "argmax_abs");
+            ok(dev.read_f64(index, 1), "read back")[0].to_bits() as usize
         };
         let k = k.min(n - 1);
-        let v = match x.buf() {
-            Buf::F32(s) => ok(dev.stream.clone_dtoh(&s.slice(k..k + 1)), "read")[0],
-            Buf::Bf16(s) => ok(dev.stream.clone_dtoh(&s.slice(k..k + 1)), "read")[0].to_f32(),
-        };
-        (k, v)
+        let mut v = [0.0f32];
+        let at = x.raw() + (k * elem_size(x.dtype)) as u64;
+        ok(dev.download(at, &mut v, x.dtype), "read");
+        (k, v[0])
     }
 
     fn sum_abs(x: &CudaTensor) -> f32 {
@@ -770,21 +900,13 @@ impl Backend for Cuda {
 
     fn fill(x: &mut CudaTensor, v: f32) {
         let dev = x.dev.clone();
-        let n = x.numel() as i64;
-        if n == 0 {
-            return;
-        }
-        let cfg = dev.grid(x.numel());
-        let dt = x.dtype();
-        with_buf_mut!(x, s => launch!(dev, "fill", dt, cfg, [s, &v, &n]));
+        ok(dev.run(|sink| lower::fill(x.desc(), v, sink)), "fill");
     }
 
     fn set(x: &mut CudaTensor, k: usize, v: f32) {
-        let dev = x.dev.clone();
-        with_buf_mut!(x, s => {
-            let mut one = s.slice_mut(k..k + 1);
-            match_set(&dev, &mut one, v);
-        });
+        assert!(k < x.numel(), "CUDA backend: set index {k} out of range");
+        let at = x.raw() + (k * elem_size(x.dtype)) as u64;
+        ok(x.dev.upload(at, &[v], x.dtype), "set");
     }
 
     fn scale(a: f32, x: &CudaTensor, out: &mut CudaTensor) {
@@ -796,29 +918,20 @@ impl Backend for Cuda {
     }
 
     fn scale_mut(a: f32, x: &mut CudaTensor) {
-        let dev = x.dev.clone();
-        let n = x.numel() as i64;
-        if n == 0 {
-            return;
-        }
-        let cfg = dev.grid(x.numel());
-        let dt = x.dtype();
         // The scale kernel with input and output at the same address.
-        with_buf_mut!(x, s => {
-            let (ptr, _record) = s.device_ptr_mut(&dev.stream);
-            launch!(dev, "scale", dt, cfg, [&a, &ptr, &ptr, &n]);
-        });
+        let dev = x.dev.clone();
+        let d = x.desc();
+        ok(
+            dev.run(|sink| lower::unary("scale", a, d, d, sink)),
+            "scale",
+        );
     }
 
     fn axpby(a: f32, x: &CudaTensor, b: f32, y: &mut CudaTensor) {
+        same_dtype("axpby", &[x, y]);
         let dev = x.dev.clone();
-        let n = x.numel() as i64;
-        if n == 0 {
-            return;
-        }
-        let cfg = dev.grid(x.numel());
-        let dt = x.dtype();
-        with_pair!(x, y, "axpby", (s, o) => launch!(dev, "axpby", dt, cfg, [&a, s, &b, o, &n]));
+        let r = dev.run(|sink| lower::axpby(a, x.desc(), b, y.desc(), sink));
+        ok(r, "axpby");
     }
 
     fn scale_cols(x: &CudaTensor, s: &[f32], out: &mut CudaTensor) {
@@ -838,13 +951,10 @@ impl Backend for Cuda {
         beta: f32,
         c: &mut CudaTensor,
     ) {
-        // Row-major C = op(A)·op(B) is column-major Cᵀ = op(B)ᵀ·op(A)ᵀ,
-        // and a row-major matrix read column-major is its transpose: call
-        // cuBLAS with the operands swapped and the flags kept.
+        same_dtype("gemm", &[a, b, c]);
         let (ar, ac) = a.shape.as_pair();
-        let (br, bc) = b.shape.as_pair();
-        let (m, n) = c.shape.as_pair();
         let k = if ta == Trans::No { ac } else { ar };
+        let (m, n) = c.shape.as_pair();
         if m * n == 0 {
             return;
         }
@@ -853,71 +963,8 @@ impl Backend for Cuda {
             return;
         }
         let dev = a.dev.clone();
-        ok(dev.bind(), "bind context");
-        let _ = br;
-        fn cfg<T>(
-            (ta, tb, m, n, k, ac, bc): (Trans, Trans, usize, usize, usize, usize, usize),
-            alpha: T,
-            beta: T,
-        ) -> GemmConfig<T> {
-            GemmConfig {
-                transa: cublas_op(tb),
-                transb: cublas_op(ta),
-                m: n as i32,
-                n: m as i32,
-                k: k as i32,
-                alpha,
-                lda: bc.max(1) as i32,
-                ldb: ac.max(1) as i32,
-                beta,
-                ldc: n as i32,
-            }
-        }
-        let dims = (ta, tb, m, n, k, ac, bc);
-        // SAFETY: the dimensions and leading dimensions describe the
-        // tensors' own storage (checked shapes).
-        match (a.buf(), b.buf(), c.buf.as_mut().expect("live")) {
-            (Buf::F32(x), Buf::F32(y), Buf::F32(z)) => ok(
-                unsafe { dev.blas.gemm(cfg(dims, alpha, beta), y, x, z) },
-                "sgemm",
-            ),
-            (Buf::Bf16(x), Buf::Bf16(y), Buf::Bf16(z)) => {
-                // cublasGemmEx: bf16 operands, f32 accumulation and f32
-                // α, β (full-precision coefficients, as PyTorch passes them).
-                let g = cfg(dims, alpha, beta);
-                let (xp, _rx) = x.device_ptr(&dev.stream);
-                let (yp, _ry) = y.device_ptr(&dev.stream);
-                let (zp, _rz) = z.device_ptr_mut(&dev.stream);
-                let bf = cublas_sys::cudaDataType_t::CUDA_R_16BF;
-                ok(
-                    unsafe {
-                        cudarc::cublas::result::gemm_ex(
-                            *dev.blas.handle(),
-                            g.transa,
-                            g.transb,
-                            g.m,
-                            g.n,
-                            g.k,
-                            (&g.alpha) as *const f32 as *const _,
-                            yp as *const _,
-                            bf,
-                            g.lda,
-                            xp as *const _,
-                            bf,
-                            g.ldb,
-                            (&g.beta) as *const f32 as *const _,
-                            zp as *mut _,
-                            bf,
-                            g.ldc,
-                            cublas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
-                            cublas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
-                        )
-                    },
-                    "gemm (bf16, f32 accumulation)",
-                )
-            }
-            _ => panic!("CUDA backend: gemm on tensors of different dtypes"),
-        }
+        let g = lower::gemm(alpha, a.desc(), ta, b.desc(), tb, beta, c.desc());
+        ok(dev.run(|sink| sink(&cmd::Cmd::Gemm(g))), "gemm");
     }
 
     /// `out = α·op(A)·op(B) + β·src`: one device-to-device copy of `src`
@@ -934,99 +981,48 @@ impl Backend for Cuda {
         out: &mut CudaTensor,
     ) {
         let n = out.numel();
-        ok(out.dev.bind(), "bind context");
         if n != 0 && beta != 0.0 {
-            assert_eq!(src.dtype(), out.dtype(), "CUDA backend: gemm_from dtypes");
-            let bytes = n * out.elem();
-            let (d, s) = (out.raw(), src.raw());
-            // SAFETY: both buffers hold n elements of the same type, on
-            // this device; the copy is queued on its stream.
-            ok(
-                unsafe {
-                    cudarc::driver::result::memcpy_dtod_async(
-                        d,
-                        s,
-                        bytes,
-                        out.dev.stream.cu_stream(),
-                    )
-                },
-                "copy",
-            );
+            same_dtype("gemm_from", &[src, out]);
+            let c = cmd::Cmd::Copy {
+                dst: out.raw(),
+                src: src.raw(),
+                bytes: n * elem_size(out.dtype),
+            };
+            ok(out.dev.run(|sink| sink(&c)), "copy");
         }
         Self::gemm(alpha, a, ta, b, tb, beta, out);
     }
 
     fn syrk(alpha: f32, x: &CudaTensor, beta: f32, c: &mut CudaTensor) {
         let (k, l) = x.shape.as_pair();
-        if x.dtype() == DType::Bf16 || k * l == 0 {
+        if x.dtype == DType::Bf16 || k * l == 0 {
             Self::gemm(alpha, x, Trans::No, x, Trans::Yes, beta, c);
             return;
         }
+        same_dtype("syrk", &[x, c]);
         let dev = x.dev.clone();
-        ok(dev.bind(), "bind context");
-        let (Buf::F32(xs), Some(Buf::F32(cs))) = (x.buf(), c.buf.as_mut()) else {
-            panic!("CUDA backend: syrk on tensors of different dtypes");
-        };
-        // Row-major X (k×l) is column-major Xᵀ (l×k): X·Xᵀ = (Xᵀ)ᵀ·Xᵀ is
-        // syrk with trans = T; column-major lower = row-major upper.
-        {
-            let (xp, _rx) = xs.device_ptr(&dev.stream);
-            let (cp, _rc) = cs.device_ptr_mut(&dev.stream);
-            // SAFETY: pointers and sizes of the tensors' own storage; the
-            // handle is bound to the tensors' stream.
-            ok(
-                unsafe {
-                    cublas_sys::cublasSsyrk_v2(
-                        *dev.blas.handle(),
-                        cublas_sys::cublasFillMode_t::CUBLAS_FILL_MODE_LOWER,
-                        cublas_sys::cublasOperation_t::CUBLAS_OP_T,
-                        k as i32,
-                        l as i32,
-                        &alpha,
-                        xp as *const f32,
-                        l as i32,
-                        &beta,
-                        cp as *mut f32,
-                        k as i32,
-                    )
-                    .result()
-                },
-                "ssyrk",
-            );
-        }
-        let kk = k as i64;
-        let cfg = dev.grid(k * k);
-        launch!(dev, "mirror", DType::F32, cfg, [cs, &kk]);
+        let r = dev.run(|sink| lower::syrk(alpha, x.desc(), beta, c.desc(), sink));
+        ok(r, "syrk");
     }
 
     fn transpose_into(a: f32, x: &CudaTensor, out: &mut CudaTensor) {
-        let (m, n) = x.shape.as_pair();
-        if m * n == 0 {
-            return;
-        }
+        same_dtype("transpose", &[x, out]);
         let dev = x.dev.clone();
-        let cfg = LaunchConfig {
-            grid_dim: (n.div_ceil(32) as u32, m.div_ceil(32) as u32, 1),
-            block_dim: (32, 8, 1),
-            shared_mem_bytes: 0,
-        };
-        let (mm, nn) = (m as i64, n as i64);
-        let dt = x.dtype();
-        with_pair!(x, out, "transpose", (s, o) => launch!(dev, "transpose", dt, cfg, [&a, s, o, &mm, &nn]));
+        let r = dev.run(|sink| lower::transpose(a, x.desc(), out.desc(), sink));
+        ok(r, "transpose");
     }
 
     fn zeros(like: &CudaTensor, shape: Shape) -> CudaTensor {
         let dev = like.dev.clone();
-        let n = shape.numel().max(1);
-        let buf = match like.dtype() {
-            DType::F32 => Buf::F32(ok(dev.stream.alloc_zeros::<f32>(n), "alloc")),
-            DType::Bf16 => Buf::Bf16(ok(dev.stream.alloc_zeros::<bf16>(n), "alloc")),
-        };
+        let mem = ok(
+            dev.alloc(shape.numel().max(1) * elem_size(like.dtype)),
+            "alloc",
+        );
         CudaTensor {
             dev,
-            buf: Some(buf),
+            mem,
             shape,
-            borrowed: false,
+            dtype: like.dtype,
         }
     }
 
@@ -1037,72 +1033,26 @@ impl Backend for Cuda {
         v: &mut CudaTensor,
         h: &AdamWStep<f32>,
     ) {
-        if [p.dtype(), m.dtype(), v.dtype()]
-            .iter()
-            .any(|&d| d != g.dtype())
-        {
-            panic!("CUDA backend: adamw on tensors of different dtypes");
-        }
+        same_dtype("adamw", &[p, g, m, v]);
         let dev = g.dev.clone();
-        let r = lower::adamw(p.desc(), g.desc(), m.desc(), v.desc(), h, &mut |c| {
-            dev.issue(c)
-        });
+        let r = dev.run(|sink| lower::adamw(p.desc(), g.desc(), m.desc(), v.desc(), h, sink));
         ok(r, "adamw");
     }
 
     fn copy_to_slice(x: &CudaTensor, out: &mut [f32]) {
         let n = x.numel();
-        if n == 0 {
-            return;
-        }
-        let s = &x.dev.stream;
-        match x.buf() {
-            Buf::F32(b) => ok(s.memcpy_dtoh(&b.slice(0..n), &mut out[..n]), "copy to host"),
-            Buf::Bf16(b) => {
-                let h = ok(s.clone_dtoh(&b.slice(0..n)), "copy to host");
-                for (o, v) in out.iter_mut().zip(h) {
-                    *o = v.to_f32();
-                }
-            }
-        }
+        ok(
+            x.dev.download(x.raw(), &mut out[..n], x.dtype),
+            "copy to host",
+        );
     }
 
     fn copy_from_slice(src: &[f32], out: &mut CudaTensor) {
         let n = out.numel();
-        if n == 0 {
-            return;
-        }
-        let s = out.dev.stream.clone();
-        match out.buf.as_mut().expect("live") {
-            Buf::F32(b) => ok(
-                s.memcpy_htod(&src[..n], &mut b.slice_mut(0..n)),
-                "copy to device",
-            ),
-            Buf::Bf16(b) => {
-                let h: Vec<bf16> = src[..n].iter().map(|&x| bf16::from_f32(x)).collect();
-                ok(s.memcpy_htod(&h, &mut b.slice_mut(0..n)), "copy to device")
-            }
-        }
-    }
-}
-
-/// Writes one element (host → device copy of one value).
-fn match_set<T: SetValue>(dev: &CudaDevice, one: &mut cudarc::driver::CudaViewMut<'_, T>, v: f32) {
-    ok(dev.stream.memcpy_htod(&[T::of(v)], one), "set");
-}
-
-/// Storage element types.
-trait SetValue: cudarc::driver::DeviceRepr + Copy {
-    fn of(v: f32) -> Self;
-}
-impl SetValue for f32 {
-    fn of(v: f32) -> Self {
-        v
-    }
-}
-impl SetValue for bf16 {
-    fn of(v: f32) -> Self {
-        bf16::from_f32(v)
+        ok(
+            out.dev.upload(out.raw(), &src[..n], out.dtype),
+            "copy to device",
+        );
     }
 }
 
@@ -1113,4 +1063,5 @@ mod lower;
 mod plan;
 pub use plan::PolarPlan;
 pub mod step;
+use cmd::elem_size;
 pub use step::UpdateCoeffs;

@@ -17,18 +17,28 @@ use orthogonalize::cuda::{Cuda, CudaDevice, CudaTensor, DType, KERNEL_NAMES, KER
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use rand_distr::StandardNormal;
 
-fn device() -> Option<Arc<CudaDevice>> {
-    if !CudaDevice::available() {
+/// The devices a GPU test runs on: the GPU when there is one (and, under
+/// `LMO_EXPECT_GPU=1`, a failure when there is none), then the CPU kernel
+/// emulator (feature `cuda-emu`), which runs the same commands.
+fn devices() -> Vec<Arc<CudaDevice>> {
+    let mut v = Vec::new();
+    if CudaDevice::available() {
+        v.push(CudaDevice::new(0).expect("device 0"));
+    } else {
         // On the GPU machine (`cargo xtask gpu-bundle`'s run.sh) a missing
         // device is a failure, not a skip.
         assert!(
             std::env::var("LMO_EXPECT_GPU").as_deref() != Ok("1"),
             "LMO_EXPECT_GPU=1 but no CUDA driver or device answers"
         );
-        eprintln!("SKIPPED: no CUDA driver or device (GPU tests run on a GPU machine)");
-        return None;
+        eprintln!("no CUDA driver or device: GPU part skipped");
     }
-    Some(CudaDevice::new(0).expect("device 0"))
+    #[cfg(feature = "cuda-emu")]
+    v.push(CudaDevice::emulated());
+    if v.is_empty() {
+        eprintln!("SKIPPED: no GPU and no emulator (feature cuda-emu)");
+    }
+    v
 }
 
 fn randn(rng: &mut StdRng, n: usize) -> Vec<f32> {
@@ -69,90 +79,92 @@ fn kernel_names_match_the_source() {
 
 #[test]
 fn ops_match_cpu_f32() {
-    let Some(dev) = device() else { return };
-    let mut rng = StdRng::seed_from_u64(1);
-    let (m, n) = (37, 53);
-    let (a, b) = (randn(&mut rng, m * n), randn(&mut rng, m * n));
-    let at = dev.tensor(&a, &[m, n], DType::F32).unwrap();
-    let bt = dev.tensor(&b, &[m, n], DType::F32).unwrap();
-    let (an, bn) = (nd(&a, &[m, n]), nd(&b, &[m, n]));
-    let close = |x: f32, y: f32| (x - y).abs() <= 1e-5 * (1.0 + y.abs());
-    assert!(close(Cuda::dot(&at, &bt), Nd32::dot(&an, &bn)));
-    assert!(close(Cuda::norm2(&at), Nd32::norm2(&an)));
-    assert!(close(Cuda::sum_abs(&at), Nd32::sum_abs(&an)));
-    assert_eq!(Cuda::argmax_abs(&at), Nd32::argmax_abs(&an));
-    let (mut c1, mut c2) = (vec![0.0; n], vec![0.0; n]);
-    Cuda::col_norms(&at, &mut c1);
-    Nd32::col_norms(&an, &mut c2);
-    assert!(rel(&c1, &c2) < 1e-5);
-    let (mut r1, mut r2) = (vec![0.0; m], vec![0.0; m]);
-    Cuda::row_norms(&at, &mut r1);
-    Nd32::row_norms(&an, &mut r2);
-    assert!(rel(&r1, &r2) < 1e-5);
-    assert!(Cuda::all_finite(&at));
-    let mut bad = dev.tensor(&a, &[m, n], DType::F32).unwrap();
-    Cuda::set(&mut bad, 7, f32::NAN);
-    assert!(!Cuda::all_finite(&bad));
+    for dev in devices() {
+        let mut rng = StdRng::seed_from_u64(1);
+        let (m, n) = (37, 53);
+        let (a, b) = (randn(&mut rng, m * n), randn(&mut rng, m * n));
+        let at = dev.tensor(&a, &[m, n], DType::F32).unwrap();
+        let bt = dev.tensor(&b, &[m, n], DType::F32).unwrap();
+        let (an, bn) = (nd(&a, &[m, n]), nd(&b, &[m, n]));
+        let close = |x: f32, y: f32| (x - y).abs() <= 1e-5 * (1.0 + y.abs());
+        assert!(close(Cuda::dot(&at, &bt), Nd32::dot(&an, &bn)));
+        assert!(close(Cuda::norm2(&at), Nd32::norm2(&an)));
+        assert!(close(Cuda::sum_abs(&at), Nd32::sum_abs(&an)));
+        assert_eq!(Cuda::argmax_abs(&at), Nd32::argmax_abs(&an));
+        let (mut c1, mut c2) = (vec![0.0; n], vec![0.0; n]);
+        Cuda::col_norms(&at, &mut c1);
+        Nd32::col_norms(&an, &mut c2);
+        assert!(rel(&c1, &c2) < 1e-5);
+        let (mut r1, mut r2) = (vec![0.0; m], vec![0.0; m]);
+        Cuda::row_norms(&at, &mut r1);
+        Nd32::row_norms(&an, &mut r2);
+        assert!(rel(&r1, &r2) < 1e-5);
+        assert!(Cuda::all_finite(&at));
+        let mut bad = dev.tensor(&a, &[m, n], DType::F32).unwrap();
+        Cuda::set(&mut bad, 7, f32::NAN);
+        assert!(!Cuda::all_finite(&bad));
 
-    let (mut ot, mut on) = (Cuda::zeros_like(&at), Nd32::zeros_like(&an));
-    Cuda::sign(-0.5, &at, &mut ot);
-    Nd32::sign(-0.5, &an, &mut on);
-    assert_eq!(ot.to_host(), on.iter().copied().collect::<Vec<_>>());
-    Cuda::axpby(0.3, &at, -1.7, &mut ot);
-    Nd32::axpby(0.3, &an, -1.7, &mut on);
-    assert!(rel(&ot.to_host(), on.as_slice().unwrap()) < 1e-6);
-    Cuda::scale_mut(2.5, &mut ot);
-    Nd32::scale_mut(2.5, &mut on);
-    assert!(rel(&ot.to_host(), on.as_slice().unwrap()) < 1e-6);
-    let s: Vec<f32> = (0..n).map(|k| k as f32 - 20.0).collect();
-    Cuda::scale_cols(&at, &s, &mut ot);
-    Nd32::scale_cols(&an, &s, &mut on);
-    assert!(rel(&ot.to_host(), on.as_slice().unwrap()) < 1e-6);
-    let s: Vec<f32> = (0..m).map(|k| 0.1 * k as f32).collect();
-    Cuda::scale_rows(&at, &s, &mut ot);
-    Nd32::scale_rows(&an, &s, &mut on);
-    assert!(rel(&ot.to_host(), on.as_slice().unwrap()) < 1e-6);
+        let (mut ot, mut on) = (Cuda::zeros_like(&at), Nd32::zeros_like(&an));
+        Cuda::sign(-0.5, &at, &mut ot);
+        Nd32::sign(-0.5, &an, &mut on);
+        assert_eq!(ot.to_host(), on.iter().copied().collect::<Vec<_>>());
+        Cuda::axpby(0.3, &at, -1.7, &mut ot);
+        Nd32::axpby(0.3, &an, -1.7, &mut on);
+        assert!(rel(&ot.to_host(), on.as_slice().unwrap()) < 1e-6);
+        Cuda::scale_mut(2.5, &mut ot);
+        Nd32::scale_mut(2.5, &mut on);
+        assert!(rel(&ot.to_host(), on.as_slice().unwrap()) < 1e-6);
+        let s: Vec<f32> = (0..n).map(|k| k as f32 - 20.0).collect();
+        Cuda::scale_cols(&at, &s, &mut ot);
+        Nd32::scale_cols(&an, &s, &mut on);
+        assert!(rel(&ot.to_host(), on.as_slice().unwrap()) < 1e-6);
+        let s: Vec<f32> = (0..m).map(|k| 0.1 * k as f32).collect();
+        Cuda::scale_rows(&at, &s, &mut ot);
+        Nd32::scale_rows(&an, &s, &mut on);
+        assert!(rel(&ot.to_host(), on.as_slice().unwrap()) < 1e-6);
 
-    // Products: every transposition, syrk, transpose.
-    for (ta, tb, cm, cn) in [(Trans::No, Trans::Yes, m, m), (Trans::Yes, Trans::No, n, n)] {
-        let c0 = randn(&mut rng, cm * cn);
-        let mut ct = dev.tensor(&c0, &[cm, cn], DType::F32).unwrap();
-        let mut cnd = nd(&c0, &[cm, cn]);
-        Cuda::gemm(0.7, &at, ta, &bt, tb, -0.4, &mut ct);
-        Nd32::gemm(0.7, &an, ta, &bn, tb, -0.4, &mut cnd);
-        assert!(rel(&ct.to_host(), cnd.as_slice().unwrap()) < 1e-4);
+        // Products: every transposition, syrk, transpose.
+        for (ta, tb, cm, cn) in [(Trans::No, Trans::Yes, m, m), (Trans::Yes, Trans::No, n, n)] {
+            let c0 = randn(&mut rng, cm * cn);
+            let mut ct = dev.tensor(&c0, &[cm, cn], DType::F32).unwrap();
+            let mut cnd = nd(&c0, &[cm, cn]);
+            Cuda::gemm(0.7, &at, ta, &bt, tb, -0.4, &mut ct);
+            Nd32::gemm(0.7, &an, ta, &bn, tb, -0.4, &mut cnd);
+            assert!(rel(&ct.to_host(), cnd.as_slice().unwrap()) < 1e-4);
+        }
+        let mut st = dev.tensor(&vec![0.0; m * m], &[m, m], DType::F32).unwrap();
+        let mut sn = nd(&vec![0.0; m * m], &[m, m]);
+        Cuda::syrk(1.3, &at, 0.0, &mut st);
+        Nd32::syrk(1.3, &an, 0.0, &mut sn);
+        assert!(rel(&st.to_host(), sn.as_slice().unwrap()) < 1e-4);
+        let mut tt = dev.tensor(&vec![0.0; m * n], &[n, m], DType::F32).unwrap();
+        let mut tn = nd(&vec![0.0; m * n], &[n, m]);
+        Cuda::transpose_into(2.0, &at, &mut tt);
+        Nd32::transpose_into(2.0, &an, &mut tn);
+        assert_eq!(tt.to_host(), tn.iter().copied().collect::<Vec<_>>());
     }
-    let mut st = dev.tensor(&vec![0.0; m * m], &[m, m], DType::F32).unwrap();
-    let mut sn = nd(&vec![0.0; m * m], &[m, m]);
-    Cuda::syrk(1.3, &at, 0.0, &mut st);
-    Nd32::syrk(1.3, &an, 0.0, &mut sn);
-    assert!(rel(&st.to_host(), sn.as_slice().unwrap()) < 1e-4);
-    let mut tt = dev.tensor(&vec![0.0; m * n], &[n, m], DType::F32).unwrap();
-    let mut tn = nd(&vec![0.0; m * n], &[n, m]);
-    Cuda::transpose_into(2.0, &at, &mut tt);
-    Nd32::transpose_into(2.0, &an, &mut tn);
-    assert_eq!(tt.to_host(), tn.iter().copied().collect::<Vec<_>>());
 }
 
 /// NS5 on the GPU against NS5 on the CPU: f32 within 1e-4, bf16 within
 /// bf16 resolution of the f32 result.
 #[test]
 fn newton_schulz_matches_cpu() {
-    let Some(dev) = device() else { return };
-    let mut rng = StdRng::seed_from_u64(2);
-    for (m, n) in [(64, 64), (96, 200), (200, 96)] {
-        let g = randn(&mut rng, m * n);
-        let mut cpu = NewtonSchulz::<Nd32>::muon();
-        let gn = nd(&g, &[m, n]);
-        let mut on = Nd32::zeros_like(&gn);
-        cpu.polar(&gn, &mut on).unwrap();
-        for (dt, tol) in [(DType::F32, 1e-4), (DType::Bf16, 3e-2)] {
-            let gt = dev.tensor(&g, &[m, n], dt).unwrap();
-            let mut ot = Cuda::zeros_like(&gt);
-            let mut gpu = NewtonSchulz::<Cuda>::muon();
-            gpu.polar(&gt, &mut ot).unwrap();
-            let e = rel(&ot.to_host(), on.as_slice().unwrap());
-            assert!(e < tol, "{m}×{n} {dt:?}: {e:e}");
+    for dev in devices() {
+        let mut rng = StdRng::seed_from_u64(2);
+        for (m, n) in [(64, 64), (96, 200), (200, 96)] {
+            let g = randn(&mut rng, m * n);
+            let mut cpu = NewtonSchulz::<Nd32>::muon();
+            let gn = nd(&g, &[m, n]);
+            let mut on = Nd32::zeros_like(&gn);
+            cpu.polar(&gn, &mut on).unwrap();
+            for (dt, tol) in [(DType::F32, 1e-4), (DType::Bf16, 3e-2)] {
+                let gt = dev.tensor(&g, &[m, n], dt).unwrap();
+                let mut ot = Cuda::zeros_like(&gt);
+                let mut gpu = NewtonSchulz::<Cuda>::muon();
+                gpu.polar(&gt, &mut ot).unwrap();
+                let e = rel(&ot.to_host(), on.as_slice().unwrap());
+                assert!(e < tol, "{m}×{n} {dt:?}: {e:e}");
+            }
         }
     }
 }
@@ -161,48 +173,50 @@ fn newton_schulz_matches_cpu() {
 #[test]
 fn optimizer_step_matches_cpu() {
     use gluon_optim::{Label, Optimizer, presets};
-    let Some(dev) = device() else { return };
-    let mut rng = StdRng::seed_from_u64(3);
-    let spec = [
-        (Label::Hidden, vec![48, 32]),
-        (Label::Hidden, vec![32, 96]),
-        (Label::Embedding, vec![50, 32]),
-        (Label::Vector, vec![32]),
-    ];
-    for cfg in [
-        presets::muon(0.05, 0.01),
-        presets::gluon((0.5, 2.0), (0.5, 1.0), 0.9),
-    ] {
-        let labels: Vec<Label> = spec.iter().map(|s| s.0.clone()).collect();
-        let vals: Vec<Vec<f32>> = spec
-            .iter()
-            .map(|s| randn(&mut rng, s.1.iter().product()))
-            .collect();
-        let mut pc: Vec<ArrayD<f32>> = vals.iter().zip(&spec).map(|(v, s)| nd(v, &s.1)).collect();
-        let mut pg: Vec<CudaTensor> = vals
-            .iter()
-            .zip(&spec)
-            .map(|(v, s)| dev.tensor(v, &s.1, DType::F32).unwrap())
-            .collect();
-        let mut oc = Optimizer::<Nd32>::new(cfg.clone(), labels.clone(), &pc).unwrap();
-        let mut og = Optimizer::<Cuda>::new(cfg.clone(), labels.clone(), &pg).unwrap();
-        for _ in 0..3 {
-            let gv: Vec<Vec<f32>> = spec
+    for dev in devices() {
+        let mut rng = StdRng::seed_from_u64(3);
+        let spec = [
+            (Label::Hidden, vec![48, 32]),
+            (Label::Hidden, vec![32, 96]),
+            (Label::Embedding, vec![50, 32]),
+            (Label::Vector, vec![32]),
+        ];
+        for cfg in [
+            presets::muon(0.05, 0.01),
+            presets::gluon((0.5, 2.0), (0.5, 1.0), 0.9),
+        ] {
+            let labels: Vec<Label> = spec.iter().map(|s| s.0.clone()).collect();
+            let vals: Vec<Vec<f32>> = spec
                 .iter()
                 .map(|s| randn(&mut rng, s.1.iter().product()))
                 .collect();
-            let gc: Vec<ArrayD<f32>> = gv.iter().zip(&spec).map(|(v, s)| nd(v, &s.1)).collect();
-            let gg: Vec<CudaTensor> = gv
+            let mut pc: Vec<ArrayD<f32>> =
+                vals.iter().zip(&spec).map(|(v, s)| nd(v, &s.1)).collect();
+            let mut pg: Vec<CudaTensor> = vals
                 .iter()
                 .zip(&spec)
                 .map(|(v, s)| dev.tensor(v, &s.1, DType::F32).unwrap())
                 .collect();
-            oc.step(&mut pc, &gc).unwrap();
-            og.step(&mut pg, &gg).unwrap();
-        }
-        for (c, g) in pc.iter().zip(&pg) {
-            let e = rel(&g.to_host(), c.as_slice().unwrap());
-            assert!(e < 1e-4, "step differs: {e:e}");
+            let mut oc = Optimizer::<Nd32>::new(cfg.clone(), labels.clone(), &pc).unwrap();
+            let mut og = Optimizer::<Cuda>::new(cfg.clone(), labels.clone(), &pg).unwrap();
+            for _ in 0..3 {
+                let gv: Vec<Vec<f32>> = spec
+                    .iter()
+                    .map(|s| randn(&mut rng, s.1.iter().product()))
+                    .collect();
+                let gc: Vec<ArrayD<f32>> = gv.iter().zip(&spec).map(|(v, s)| nd(v, &s.1)).collect();
+                let gg: Vec<CudaTensor> = gv
+                    .iter()
+                    .zip(&spec)
+                    .map(|(v, s)| dev.tensor(v, &s.1, DType::F32).unwrap())
+                    .collect();
+                oc.step(&mut pc, &gc).unwrap();
+                og.step(&mut pg, &gg).unwrap();
+            }
+            for (c, g) in pc.iter().zip(&pg) {
+                let e = rel(&g.to_host(), c.as_slice().unwrap());
+                assert!(e < 1e-4, "step differs: {e:e}");
+            }
         }
     }
 }
@@ -247,41 +261,42 @@ fn nvrtc_compiles_the_kernels() {
 fn polar_plan_matches_cpu() {
     use orthogonalize::NsConfig;
     use orthogonalize::cuda::PolarPlan;
-    let Some(dev) = device() else { return };
-    let mut rng = StdRng::seed_from_u64(4);
-    let batch = 3;
-    for (m, n) in [(64, 96), (120, 40)] {
-        let g = randn(&mut rng, batch * m * n);
-        let mut want = Vec::new();
-        for b in 0..batch {
-            let gn = nd(&g[b * m * n..(b + 1) * m * n], &[m, n]);
-            let mut on = Nd32::zeros_like(&gn);
-            NewtonSchulz::<Nd32>::muon().polar(&gn, &mut on).unwrap();
-            want.extend(on.iter().copied());
-        }
-        for (io, work, tol) in [
-            (DType::F32, DType::F32, 1e-4),
-            (DType::Bf16, DType::Bf16, 3e-2),
-            (DType::F32, DType::Bf16, 3e-2),
-        ] {
-            for graphs in [false, true] {
-                let gt = dev.tensor(&g, &[batch, m, n], io).unwrap();
-                let mut ot = dev.tensor(&vec![0.0; g.len()], &[batch, m, n], io).unwrap();
-                let mut plan = PolarPlan::mixed(&dev, &NsConfig::muon(), batch, m, n, io, work)
-                    .unwrap()
-                    .with_graphs(graphs);
-                assert!(plan.all_finite(&gt).unwrap());
-                // Twice: the second call replays the captured graph.
-                for _ in 0..2 {
-                    plan.run(&gt, &mut ot).unwrap();
-                    let e = rel(&ot.to_host(), &want);
-                    assert!(e < tol, "{m}×{n} {io:?}/{work:?} graphs={graphs}: {e:e}");
+    for dev in devices() {
+        let mut rng = StdRng::seed_from_u64(4);
+        let batch = 3;
+        for (m, n) in [(64, 96), (120, 40)] {
+            let g = randn(&mut rng, batch * m * n);
+            let mut want = Vec::new();
+            for b in 0..batch {
+                let gn = nd(&g[b * m * n..(b + 1) * m * n], &[m, n]);
+                let mut on = Nd32::zeros_like(&gn);
+                NewtonSchulz::<Nd32>::muon().polar(&gn, &mut on).unwrap();
+                want.extend(on.iter().copied());
+            }
+            for (io, work, tol) in [
+                (DType::F32, DType::F32, 1e-4),
+                (DType::Bf16, DType::Bf16, 3e-2),
+                (DType::F32, DType::Bf16, 3e-2),
+            ] {
+                for graphs in [false, true] {
+                    let gt = dev.tensor(&g, &[batch, m, n], io).unwrap();
+                    let mut ot = dev.tensor(&vec![0.0; g.len()], &[batch, m, n], io).unwrap();
+                    let mut plan = PolarPlan::mixed(&dev, &NsConfig::muon(), batch, m, n, io, work)
+                        .unwrap()
+                        .with_graphs(graphs);
+                    assert!(plan.all_finite(&gt).unwrap());
+                    // Twice: the second call replays the captured graph.
+                    for _ in 0..2 {
+                        plan.run(&gt, &mut ot).unwrap();
+                        let e = rel(&ot.to_host(), &want);
+                        assert!(e < tol, "{m}×{n} {io:?}/{work:?} graphs={graphs}: {e:e}");
+                    }
+                    let wrong = dev.tensor(&g[..m * n], &[m, n], io).unwrap();
+                    assert!(
+                        plan.run(&wrong, &mut ot).is_err(),
+                        "batch mismatch accepted"
+                    );
                 }
-                let wrong = dev.tensor(&g[..m * n], &[m, n], io).unwrap();
-                assert!(
-                    plan.run(&wrong, &mut ot).is_err(),
-                    "batch mismatch accepted"
-                );
             }
         }
     }
@@ -293,71 +308,72 @@ fn polar_plan_matches_cpu() {
 #[test]
 fn step_primitives_match_host() {
     use orthogonalize::cuda::step::{self, DeviceScalars, UpdateCoeffs};
-    let Some(dev) = device() else { return };
-    let mut rng = StdRng::seed_from_u64(5);
-    let (batch, m, n) = (2, 16, 24);
-    let per = m * n;
-    let g0 = randn(&mut rng, per);
-    let m0 = randn(&mut rng, batch * per);
-    let g = dev.tensor(&g0, &[m, n], DType::F32).unwrap();
-    let mut ms = dev.tensor(&m0, &[batch, m, n], DType::F32).unwrap();
-    let mut us = dev
-        .tensor(&vec![0.0; batch * per], &[batch, m, n], DType::F32)
-        .unwrap();
-    let beta = 0.9f32;
-    step::momentum(&g, &mut ms, 1, Some(&mut us), beta).unwrap();
-    let (mh, uh) = (ms.to_host(), us.to_host());
-    for i in 0..per {
-        let mi = (1.0 - beta) * g0[i] + beta * m0[per + i];
-        assert!((mh[per + i] - mi).abs() <= 1e-6 * (1.0 + mi.abs()));
-        let ui = beta * mi + (1.0 - beta) * g0[i];
-        assert!((uh[per + i] - ui).abs() <= 1e-6 * (1.0 + ui.abs()));
-        assert_eq!(mh[i], m0[i], "matrix 0 untouched");
+    for dev in devices() {
+        let mut rng = StdRng::seed_from_u64(5);
+        let (batch, m, n) = (2, 16, 24);
+        let per = m * n;
+        let g0 = randn(&mut rng, per);
+        let m0 = randn(&mut rng, batch * per);
+        let g = dev.tensor(&g0, &[m, n], DType::F32).unwrap();
+        let mut ms = dev.tensor(&m0, &[batch, m, n], DType::F32).unwrap();
+        let mut us = dev
+            .tensor(&vec![0.0; batch * per], &[batch, m, n], DType::F32)
+            .unwrap();
+        let beta = 0.9f32;
+        step::momentum(&g, &mut ms, 1, Some(&mut us), beta).unwrap();
+        let (mh, uh) = (ms.to_host(), us.to_host());
+        for i in 0..per {
+            let mi = (1.0 - beta) * g0[i] + beta * m0[per + i];
+            assert!((mh[per + i] - mi).abs() <= 1e-6 * (1.0 + mi.abs()));
+            let ui = beta * mi + (1.0 - beta) * g0[i];
+            assert!((uh[per + i] - ui).abs() <= 1e-6 * (1.0 + ui.abs()));
+            assert_eq!(mh[i], m0[i], "matrix 0 untouched");
+        }
+        let inner = DeviceScalars::new(&dev, batch).unwrap();
+        step::batch_dot(&ms, &us, &inner).unwrap();
+        let ih = inner.to_host().unwrap();
+        for b in 0..batch {
+            let want: f64 = (0..per)
+                .map(|i| mh[b * per + i] as f64 * uh[b * per + i] as f64)
+                .sum();
+            assert!((ih[b] - want).abs() <= 1e-9 * (1.0 + want.abs()));
+        }
+        for c in [
+            UpdateCoeffs {
+                t: 0.02,
+                mult: 1.0,
+                adaptive: None,
+                s: 1.5,
+                weight_decay: 0.1,
+                constrained: None,
+            },
+            UpdateCoeffs {
+                t: 0.0,
+                mult: 0.5,
+                adaptive: Some((2.0, 0.5)),
+                s: 1.0,
+                weight_decay: 0.0,
+                constrained: None,
+            },
+            UpdateCoeffs {
+                t: 0.3,
+                mult: 1.0,
+                adaptive: None,
+                s: 2.0,
+                weight_decay: 0.0,
+                constrained: Some(4.0),
+            },
+        ] {
+            let p0 = randn(&mut rng, per);
+            let mut p = dev.tensor(&p0, &[m, n], DType::F32).unwrap();
+            step::lmo_update(&mut p, &us, 1, &inner, &c).unwrap();
+            let mut want = p0.clone();
+            c.apply_host(&mut want, &uh[per..], ih[1]);
+            assert!(rel(&p.to_host(), &want) < 1e-6, "{c:?}");
+        }
+        let bad = dev.tensor(&[f32::NAN, 1.0], &[2], DType::F32).unwrap();
+        assert_eq!(step::count_nonfinite(&dev, &[&g, &bad, &bad]).unwrap(), 2);
     }
-    let inner = DeviceScalars::new(&dev, batch).unwrap();
-    step::batch_dot(&ms, &us, &inner).unwrap();
-    let ih = inner.to_host().unwrap();
-    for b in 0..batch {
-        let want: f64 = (0..per)
-            .map(|i| mh[b * per + i] as f64 * uh[b * per + i] as f64)
-            .sum();
-        assert!((ih[b] - want).abs() <= 1e-9 * (1.0 + want.abs()));
-    }
-    for c in [
-        UpdateCoeffs {
-            t: 0.02,
-            mult: 1.0,
-            adaptive: None,
-            s: 1.5,
-            weight_decay: 0.1,
-            constrained: None,
-        },
-        UpdateCoeffs {
-            t: 0.0,
-            mult: 0.5,
-            adaptive: Some((2.0, 0.5)),
-            s: 1.0,
-            weight_decay: 0.0,
-            constrained: None,
-        },
-        UpdateCoeffs {
-            t: 0.3,
-            mult: 1.0,
-            adaptive: None,
-            s: 2.0,
-            weight_decay: 0.0,
-            constrained: Some(4.0),
-        },
-    ] {
-        let p0 = randn(&mut rng, per);
-        let mut p = dev.tensor(&p0, &[m, n], DType::F32).unwrap();
-        step::lmo_update(&mut p, &us, 1, &inner, &c).unwrap();
-        let mut want = p0.clone();
-        c.apply_host(&mut want, &uh[per..], ih[1]);
-        assert!(rel(&p.to_host(), &want) < 1e-6, "{c:?}");
-    }
-    let bad = dev.tensor(&[f32::NAN, 1.0], &[2], DType::F32).unwrap();
-    assert_eq!(step::count_nonfinite(&dev, &[&g, &bad, &bad]).unwrap(), 2);
 }
 
 /// Runs without a GPU: the plan's launch sequence (strided-batched

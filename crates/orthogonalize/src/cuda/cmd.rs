@@ -77,13 +77,15 @@ impl Launch {
 /// A strided-batched product in cuBLAS's column-major convention
 /// (`cublasGemmStridedBatchedEx`, `CUBLAS_COMPUTE_32F`, operands and
 /// result in `dtype`): for `t < batch`,
-/// `C_t = α·op(A_t)·B_t + β·C_t`, `op(A) = Aᵀ` if `ta`, `X_t` starting
-/// `t·stride_x` elements after `x`, element `(i, j)` of a column-major
-/// operand at `i + j·ld`. `β = 0` does not read `C`.
+/// `C_t = α·op(A_t)·op(B_t) + β·C_t`, `op(X) = Xᵀ` if its flag is set,
+/// `X_t` starting `t·stride_x` elements after `x`, element `(i, j)` of a
+/// column-major operand at `i + j·ld`. `β = 0` does not read `C`.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct StridedGemm {
     /// Transpose `A`.
     pub ta: bool,
+    /// Transpose `B`.
+    pub tb: bool,
     /// Rows of `C` (and of `op(A)`).
     pub m: usize,
     /// Columns of `C` (and of `B`).
@@ -104,6 +106,26 @@ pub struct StridedGemm {
     pub batch: usize,
     /// Storage of `A`, `B` and `C`.
     pub dtype: DType,
+}
+
+/// `cublasSsyrk` with the lower triangle and `trans = T`, column-major,
+/// f32: `C = α·Aᵀ·A + β·C` on the lower triangle of the `n × n` matrix `C`
+/// (`i ≥ j`, element at `i + j·ldc`); `A` is `k × n` (element `(p, i)` at
+/// `p + i·lda`). The strict upper triangle is not touched.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Syrk {
+    /// The order of `C`.
+    pub n: usize,
+    /// The inner dimension (rows of `A`).
+    pub k: usize,
+    /// `α` (host f32).
+    pub alpha: f32,
+    /// `A`'s address and leading dimension.
+    pub a: (u64, usize),
+    /// `β` (host f32).
+    pub beta: f32,
+    /// `C`'s address and leading dimension.
+    pub c: (u64, usize),
 }
 
 /// One device command.
@@ -130,13 +152,15 @@ pub enum Cmd {
     Launch(Launch),
     /// A strided-batched GEMM.
     Gemm(StridedGemm),
+    /// A symmetric rank-k update (one triangle).
+    Syrk(Syrk),
 }
 
 /// Where lowered commands go: the device's stream, or the emulator.
 pub(crate) type Sink<'a> = dyn FnMut(&Cmd) -> Result<(), CudaError> + 'a;
 
 /// The element size of a storage type in bytes.
-pub(crate) fn elem_size(d: DType) -> usize {
+pub fn elem_size(d: DType) -> usize {
     match d {
         DType::F32 => 4,
         DType::Bf16 => 2,

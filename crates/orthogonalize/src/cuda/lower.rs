@@ -1,11 +1,13 @@
 //! The device-free halves of the step primitives ([`super::step`]) and of
-//! the elementwise kernels the device step uses: each checks shapes and
-//! turns its operands into [`Cmd`]s. The CUDA wrappers issue them on a
-//! stream; the emulator (feature `cuda-emu`) runs them over host memory.
+//! the [`super::Cuda`] backend's operations: each checks shapes and turns
+//! its operands into [`Cmd`]s, which [`super::CudaDevice`] issues on a
+//! stream or (an emulated device) runs on the CPU kernel emulator.
 
-use lmo_core::{AdamWStep, LmoError};
+use lmo_core::{AdamWStep, LmoError, Trans};
 
-use super::cmd::{Arg, Cmd, Desc, Launch, Sink, grid_batched, grid1};
+use super::cmd::{
+    Arg, Cmd, Desc, Launch, Sink, StridedGemm, Syrk, grid_batched, grid_tiles, grid1,
+};
 use super::{CudaError, UpdateCoeffs};
 
 fn input(msg: &'static str) -> CudaError {
@@ -296,4 +298,197 @@ pub(crate) fn adamw(
         I64(n as i64),
     ];
     sink(&Cmd::Launch(Launch::new("adamw", g.dtype, grid1(n), &args)))
+}
+
+/// The 2-D view of a tensor, as lmo-core's `Shape::as_pair`: matrices as
+/// they are, vectors as `1 × n`, higher ranks as `dim0 × rest`.
+fn pair(d: &Desc) -> (usize, usize) {
+    match d.dims {
+        [] => (1, 1),
+        [n] => (1, *n),
+        [m, rest @ ..] => (*m, rest.iter().product()),
+    }
+}
+
+/// The scalar reductions `dot(x, y, acc, n)`, `sumsq`, `sumabs` and
+/// `nonfinite(x, acc, n)` into the f64 at `acc` (zeroed by the caller).
+pub(crate) fn reduce(kernel: &'static str, x: Desc, y: Option<Desc>, acc: u64) -> Launch {
+    let n = Arg::I64(x.numel() as i64);
+    let shape = grid1(x.numel());
+    match y {
+        Some(y) => Launch::new(
+            kernel,
+            x.dtype,
+            shape,
+            &[Arg::Ptr(x.ptr), Arg::Ptr(y.ptr), Arg::Ptr(acc), n],
+        ),
+        None => Launch::new(kernel, x.dtype, shape, &[Arg::Ptr(x.ptr), Arg::Ptr(acc), n]),
+    }
+}
+
+/// Squared norms of the rows (`row_norms`, one block per row) or columns
+/// (`col_norms`, one thread per column) into the f64s at `acc` (zeroed).
+pub(crate) fn line_norms(x: Desc, acc: u64, rows: bool) -> Launch {
+    let (m, n) = pair(&x);
+    let args = [
+        Arg::Ptr(x.ptr),
+        Arg::Ptr(acc),
+        Arg::I64(m as i64),
+        Arg::I64(n as i64),
+    ];
+    if rows {
+        let shape = ([m.clamp(1, 65_535) as u32, 1, 1], [256, 1, 1]);
+        Launch::new("row_norms", x.dtype, shape, &args)
+    } else {
+        Launch::new("col_norms", x.dtype, grid1(n), &args)
+    }
+}
+
+/// `out = s ⊙ x` along rows (`scale_rows`) or columns (`scale_cols`), the
+/// f32 scales at `scales`.
+pub(crate) fn scale_lines(x: Desc, scales: u64, out: Desc, rows: bool) -> Launch {
+    let (m, n) = pair(&x);
+    let name = if rows { "scale_rows" } else { "scale_cols" };
+    let args = [
+        Arg::Ptr(x.ptr),
+        Arg::Ptr(scales),
+        Arg::Ptr(out.ptr),
+        Arg::I64(m as i64),
+        Arg::I64(n as i64),
+    ];
+    Launch::new(name, x.dtype, grid1(m * n), &args)
+}
+
+/// `argmax_abs`: `amax` writes the bit pattern of `max |x|` to the u32 at
+/// `bits` (zeroed), then `first_index` the first index holding it to the
+/// u64 at `index` (set to `u64::MAX`).
+pub(crate) fn argmax_abs(x: Desc, bits: u64, index: u64, sink: &mut Sink) -> Result<(), CudaError> {
+    let n = x.numel();
+    let shape = grid1(n);
+    let nn = Arg::I64(n as i64);
+    sink(&Cmd::Launch(Launch::new(
+        "amax",
+        x.dtype,
+        shape,
+        &[Arg::Ptr(x.ptr), Arg::Ptr(bits), nn],
+    )))?;
+    let args = [Arg::Ptr(x.ptr), Arg::Ptr(bits), Arg::Ptr(index), nn];
+    sink(&Cmd::Launch(Launch::new(
+        "first_index",
+        x.dtype,
+        shape,
+        &args,
+    )))
+}
+
+/// `x = v` everywhere.
+pub(crate) fn fill(x: Desc, v: f32, sink: &mut Sink) -> Result<(), CudaError> {
+    let n = x.numel();
+    if n == 0 {
+        return Ok(());
+    }
+    let args = [Arg::Ptr(x.ptr), Arg::F32(v), Arg::I64(n as i64)];
+    sink(&Cmd::Launch(Launch::new("fill", x.dtype, grid1(n), &args)))
+}
+
+/// `y = a·x + b·y` (`b = 0` does not read `y`).
+pub(crate) fn axpby(a: f32, x: Desc, b: f32, y: Desc, sink: &mut Sink) -> Result<(), CudaError> {
+    if x.numel() != y.numel() {
+        return Err(count_mismatch(y.numel(), x.numel()));
+    }
+    let n = x.numel();
+    if n == 0 {
+        return Ok(());
+    }
+    use Arg::*;
+    let args = [F32(a), Ptr(x.ptr), F32(b), Ptr(y.ptr), I64(n as i64)];
+    sink(&Cmd::Launch(Launch::new("axpby", x.dtype, grid1(n), &args)))
+}
+
+/// Row-major `C = α·op(A)·op(B) + β·C` as one cuBLAS product. Row-major
+/// `C` (m×n) read column-major is `Cᵀ`, and `Cᵀ = op(B)ᵀ·op(A)ᵀ`: the
+/// operands swap, the flags stay (`A`'s storage read column-major is `Aᵀ`
+/// with leading dimension its column count). Shapes are the caller's
+/// (lmo-core's `Backend::gemm` contract); `k ≥ 1`.
+pub(crate) fn gemm(
+    alpha: f32,
+    a: Desc,
+    ta: Trans,
+    b: Desc,
+    tb: Trans,
+    beta: f32,
+    c: Desc,
+) -> StridedGemm {
+    let (ar, ac) = pair(&a);
+    let (_, bc) = pair(&b);
+    let (m, n) = pair(&c);
+    let k = if ta == Trans::No { ac } else { ar };
+    StridedGemm {
+        ta: tb == Trans::Yes,
+        tb: ta == Trans::Yes,
+        m: n,
+        n: m,
+        k,
+        alpha,
+        a: (b.ptr, bc.max(1), 0),
+        b: (a.ptr, ac.max(1), 0),
+        beta,
+        c: (c.ptr, n.max(1), 0),
+        batch: 1,
+        dtype: c.dtype,
+    }
+}
+
+/// Row-major `C = α·X·Xᵀ + β·C` (f32, `X` k×l): row-major X is
+/// column-major `Xᵀ` (l×k, ld l), so `X·Xᵀ = (Xᵀ)ᵀ·Xᵀ` is `Ssyrk` with
+/// `trans = T`; its column-major lower triangle is the row-major upper
+/// one, which the `mirror` kernel copies below the diagonal.
+pub(crate) fn syrk(
+    alpha: f32,
+    x: Desc,
+    beta: f32,
+    c: Desc,
+    sink: &mut Sink,
+) -> Result<(), CudaError> {
+    let (k, l) = pair(&x);
+    sink(&Cmd::Syrk(Syrk {
+        n: k,
+        k: l,
+        alpha,
+        a: (x.ptr, l.max(1)),
+        beta,
+        c: (c.ptr, k.max(1)),
+    }))?;
+    let args = [Arg::Ptr(c.ptr), Arg::I64(k as i64)];
+    sink(&Cmd::Launch(Launch::new(
+        "mirror",
+        c.dtype,
+        grid1(k * k),
+        &args,
+    )))
+}
+
+/// `out = a·xᵀ` (`x` m×n, `out` n×m): 32 × 32 tiles through shared memory.
+pub(crate) fn transpose(a: f32, x: Desc, out: Desc, sink: &mut Sink) -> Result<(), CudaError> {
+    let (m, n) = pair(&x);
+    if m * n == 0 {
+        return Ok(());
+    }
+    if out.numel() != m * n {
+        return Err(count_mismatch(m * n, out.numel()));
+    }
+    use Arg::*;
+    let args = [
+        F32(a),
+        Ptr(x.ptr),
+        Ptr(out.ptr),
+        I64(m as i64),
+        I64(n as i64),
+    ];
+    sink(&Cmd::Launch(Launch::new(
+        "transpose",
+        x.dtype,
+        grid_tiles(m, n, 1),
+        &args,
+    )))
 }

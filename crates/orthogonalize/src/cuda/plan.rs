@@ -4,12 +4,12 @@
 
 use std::sync::Arc;
 
-use cudarc::driver::{CudaGraph, CudaSlice, DevicePtr, PushKernelArg, sys as drv_sys};
+use cudarc::driver::{CudaGraph, sys as drv_sys};
 use half::bf16;
 use lmo_core::LmoError;
 
 use super::cmd::{Arg, Cmd, Launch, Sink, StridedGemm, elem_size, grid_batched, grid_tiles};
-use super::{Buf, CudaDevice, CudaError, CudaTensor, DType, drv, ok};
+use super::{CudaDevice, CudaError, CudaTensor, DType, Mem, drv};
 use crate::{Normalization, NsConfig};
 
 /// How many (input, output) address pairs a plan keeps a graph for.
@@ -68,14 +68,23 @@ pub struct PolarPlan {
     norm: Option<(f32, f32)>,
     ops: Vec<Op>,
     // Owned buffers; their addresses are fixed for the plan's lifetime.
-    _bufs: Vec<Buf>,
-    _acc: CudaSlice<f64>,
+    _bufs: Vec<Mem>,
+    _acc: Mem,
     x: u64,
     y: u64,
     a: u64,
     b: u64,
     acc_ptr: u64,
-    graphs: Option<Vec<((u64, u64), CudaGraph)>>,
+    graphs: Option<Vec<((u64, u64), Graph)>>,
+}
+
+/// A captured launch sequence: a CUDA graph, or on an emulated device the
+/// recorded commands (replayed with the addresses they were captured with,
+/// as a graph is).
+enum Graph {
+    Gpu(CudaGraph),
+    #[cfg(feature = "cuda-emu")]
+    Recorded(Vec<Cmd>),
 }
 
 // SAFETY: the raw addresses point into buffers the plan owns; the graphs
@@ -116,24 +125,18 @@ impl PolarPlan {
         work: DType,
     ) -> Result<Self, CudaError> {
         let (Shape { steps, norm }, ops) = layout(cfg, batch, m, n, io == work)?;
-        let s = &dev.stream;
-        let alloc = |len: usize| -> Result<Buf, CudaError> {
-            Ok(match work {
-                DType::F32 => Buf::F32(s.alloc_zeros::<f32>(len).map_err(drv)?),
-                DType::Bf16 => Buf::Bf16(s.alloc_zeros::<bf16>(len).map_err(drv)?),
-            })
-        };
         let bufs = buffer_lens(batch, m, n)
             .into_iter()
-            .map(alloc)
+            .map(|len| dev.alloc(len * elem_size(work)))
             .collect::<Result<Vec<_>, _>>()?;
-        let acc = s.alloc_zeros::<f64>(batch).map_err(drv)?;
-        let raw = |b: &Buf| match b {
-            Buf::F32(v) => v.device_ptr(s).0,
-            Buf::Bf16(v) => v.device_ptr(s).0,
-        };
-        let (x, y, a, b) = (raw(&bufs[0]), raw(&bufs[1]), raw(&bufs[2]), raw(&bufs[3]));
-        let acc_ptr = acc.device_ptr(s).0;
+        let acc = dev.alloc(8 * batch)?;
+        let (x, y, a, b) = (
+            dev.addr(&bufs[0]),
+            dev.addr(&bufs[1]),
+            dev.addr(&bufs[2]),
+            dev.addr(&bufs[3]),
+        );
+        let acc_ptr = dev.addr(&acc);
         Ok(PolarPlan {
             dev: dev.clone(),
             io,
@@ -212,14 +215,12 @@ impl PolarPlan {
     /// one 8-byte read: a host synchronization).
     pub fn all_finite(&self, g: &CudaTensor) -> Result<bool, CudaError> {
         self.check(g)?;
-        let mut sc = self.dev.scratch.lock().unwrap_or_else(|e| e.into_inner());
-        let acc = sc.acc(&self.dev, 1);
-        let n = g.numel() as i64;
-        let cfg = self.dev.grid(g.numel());
-        let gp = g.raw();
-        launch!(self.dev, "nonfinite", self.io, cfg, [&gp, &mut *acc, &n]);
-        let v = self.dev.stream.clone_dtoh(&acc.slice(0..1)).map_err(drv)?;
-        Ok(v[0] == 0.0)
+        let dev = &self.dev;
+        let mut guard = dev.scratch()?;
+        let sc = guard.as_mut().expect("scratch");
+        let acc = dev.acc(sc, 1)?;
+        dev.run(|sink| super::lower::count_nonfinite([g.desc()], acc, sink))?;
+        Ok(dev.read_f64(acc, 1)?[0] == 0.0)
     }
 
     /// Queues `out_b = polar(g_b)` (approximately, per the configuration)
@@ -229,15 +230,43 @@ impl PolarPlan {
     pub fn run(&mut self, g: &CudaTensor, out: &mut CudaTensor) -> Result<(), CudaError> {
         self.check(g)?;
         self.check(out)?;
-        self.dev.bind()?;
         let (gp, op) = (g.raw(), out.raw());
         let Some(graphs) = self.graphs.as_ref() else {
             return self.enqueue(gp, op);
         };
         if let Some((_, graph)) = graphs.iter().find(|(k, _)| *k == (gp, op)) {
-            return graph.launch().map_err(drv);
+            return match graph {
+                Graph::Gpu(g) => g.launch().map_err(drv),
+                #[cfg(feature = "cuda-emu")]
+                Graph::Recorded(cmds) => self.dev.run(|sink| cmds.iter().try_for_each(sink)),
+            };
         }
-        let stream = self.dev.stream.clone();
+        let graph = self.capture(gp, op)?;
+        let graphs = self.graphs.as_mut().expect("graph mode");
+        if graphs.len() == GRAPH_CACHE {
+            graphs.remove(0);
+        }
+        graphs.push(((gp, op), graph));
+        Ok(())
+    }
+
+    /// Captures the op list from `gp` into `op` and runs it once.
+    fn capture(&self, gp: u64, op: u64) -> Result<Graph, CudaError> {
+        let Some(stream) = self.dev.stream() else {
+            #[cfg(feature = "cuda-emu")]
+            {
+                let mut cmds = Vec::new();
+                self.lowering().run(gp, op, &mut |c| {
+                    cmds.push(*c);
+                    Ok(())
+                })?;
+                self.dev.run(|sink| cmds.iter().try_for_each(&mut *sink))?;
+                return Ok(Graph::Recorded(cmds));
+            }
+            #[cfg(not(feature = "cuda-emu"))]
+            unreachable!("only emulated devices have no stream");
+        };
+        self.dev.bind()?;
         stream
             .begin_capture(drv_sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
             .map_err(drv)?;
@@ -249,19 +278,14 @@ impl PolarPlan {
             .map_err(drv)?
             .ok_or_else(|| CudaError::Driver("stream capture produced no graph".into()))?;
         graph.launch().map_err(drv)?;
-        let graphs = self.graphs.as_mut().expect("graph mode");
-        if graphs.len() == GRAPH_CACHE {
-            graphs.remove(0);
-        }
-        graphs.push(((gp, op), graph));
-        Ok(())
+        Ok(Graph::Gpu(graph))
     }
 
     /// Queues the op list from `gp` into `op` (no host sync, no
     /// allocation: capturable).
     fn enqueue(&self, gp: u64, op: u64) -> Result<(), CudaError> {
-        let dev = &self.dev;
-        self.lowering().run(gp, op, &mut |c| dev.issue(c))
+        let low = self.lowering();
+        self.dev.run(|sink| low.run(gp, op, sink))
     }
 
     /// The plan's op list with its buffer addresses.
@@ -380,6 +404,7 @@ impl PolarPlan {
                     };
                     let dims = GemmDims {
                         ta: gm.ta,
+                        tb: false,
                         m: gm.m,
                         n: gm.n,
                         k: gm.k,
@@ -491,6 +516,7 @@ impl Lowering<'_> {
                 },
                 Op::Gemm(g) => Cmd::Gemm(StridedGemm {
                     ta: g.ta,
+                    tb: false,
                     m: g.m,
                     n: g.n,
                     k: g.k,
@@ -533,6 +559,7 @@ pub(crate) fn layout(
 /// [`StridedGemm`]).
 pub(crate) struct GemmDims {
     pub ta: bool,
+    pub tb: bool,
     pub m: usize,
     pub n: usize,
     pub k: usize,
@@ -572,8 +599,9 @@ impl GemmOut for HostOut<'_> {
 pub(crate) type HostOperand<'a> = (&'a dyn Fn(usize) -> f32, usize, usize);
 
 /// cuBLAS's strided-batched GEMM on host values, column-major: for
-/// `t < batch`, `C_t(i, j) = α·Σ_p op(A_t)(i, p)·B_t(p, j) + β·C_t(i, j)`
-/// with `op(A)(i, p) = A[p + i·lda]` if `ta` else `A[i + p·lda]`, sums in
+/// `t < batch`, `C_t(i, j) = α·Σ_p op(A_t)(i, p)·op(B_t)(p, j) + β·C_t(i, j)`
+/// with `op(A)(i, p) = A[p + i·lda]` if `ta` else `A[i + p·lda]` (and
+/// likewise `op(B)(p, j)` with `tb`), sums in
 /// f64, one rounding to `C`'s storage; `β = 0` reads no `C`.
 pub(crate) fn gemm_host(
     g: &GemmDims,
@@ -592,7 +620,12 @@ pub(crate) fn gemm_host(
                     } else {
                         a(ao + i + p * lda)
                     };
-                    sum += x as f64 * b(bo + p + j * ldb) as f64;
+                    let y = if g.tb {
+                        b(bo + j + p * ldb)
+                    } else {
+                        b(bo + p + j * ldb)
+                    };
+                    sum += x as f64 * y as f64;
                 }
                 let at = co + i + j * ldc;
                 let old = if g.beta == 0.0 {

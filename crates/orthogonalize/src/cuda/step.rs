@@ -6,10 +6,9 @@
 
 use std::sync::Arc;
 
-use cudarc::driver::{CudaSlice, DevicePtr};
 use lmo_core::LmoError;
 
-use super::{CudaDevice, CudaError, CudaTensor, DType, drv, lower};
+use super::{CudaDevice, CudaError, CudaTensor, DType, Mem, lower};
 
 fn input(msg: &'static str) -> CudaError {
     CudaError::Input(LmoError::InvalidHyperParameter(msg))
@@ -19,25 +18,35 @@ fn input(msg: &'static str) -> CudaError {
 /// when asked.
 pub struct DeviceScalars {
     dev: Arc<CudaDevice>,
-    v: CudaSlice<f64>,
+    mem: Mem,
+    len: usize,
 }
 
 impl DeviceScalars {
-    /// `len` zeros on `dev`.
+    /// `len` zeros on `dev` (at least one).
     pub fn new(dev: &Arc<CudaDevice>, len: usize) -> Result<Self, CudaError> {
+        let len = len.max(1);
         Ok(Self {
             dev: dev.clone(),
-            v: dev.stream.alloc_zeros::<f64>(len.max(1)).map_err(drv)?,
+            mem: dev.alloc(8 * len)?,
+            len,
         })
     }
 
     /// The values (a host synchronization).
     pub fn to_host(&self) -> Result<Vec<f64>, CudaError> {
-        self.dev.stream.clone_dtoh(&self.v).map_err(drv)
+        self.dev.read_f64(self.ptr(), self.len)
+    }
+
+    /// The device address of the values (8 bytes each), for
+    /// [`CudaDevice::issue`]. Kernels that write a u32 or u64 slot use the
+    /// low bytes of one value: read it back as `to_host()?[i].to_bits()`.
+    pub fn address(&self) -> u64 {
+        self.ptr()
     }
 
     fn ptr(&self) -> u64 {
-        self.v.device_ptr(&self.dev.stream).0
+        self.dev.addr(&self.mem)
     }
 }
 
@@ -122,18 +131,16 @@ pub fn momentum(
     }
     let dev = &g.dev;
     let nest = nesterov.map(|u| u.desc());
-    lower::momentum(g.desc(), m.desc(), j, nest, beta, &mut |c| dev.issue(c))
+    dev.run(|sink| lower::momentum(g.desc(), m.desc(), j, nest, beta, sink))
 }
 
 /// `out[b] = ⟨X_b, Y_b⟩` for every matrix of two same-shape stacks, kept
 /// on the device (accumulated in f64).
 pub fn batch_dot(x: &CudaTensor, y: &CudaTensor, out: &DeviceScalars) -> Result<(), CudaError> {
     same_dev(x, y)?;
-    let dev = &x.dev;
-    dev.bind()?;
-    lower::batch_dot(x.desc(), y.desc(), (out.ptr(), out.v.len()), &mut |c| {
-        dev.issue(c)
-    })
+    let o = (out.ptr(), out.len);
+    x.dev
+        .run(|sink| lower::batch_dot(x.desc(), y.desc(), o, sink))
 }
 
 /// `P ← update(P, O_j)` per [`UpdateCoeffs`], with the dual norm read from
@@ -147,8 +154,8 @@ pub fn lmo_update(
 ) -> Result<(), CudaError> {
     same_dev(p, o)?;
     let dev = p.dev.clone();
-    let inner = (inner.ptr(), inner.v.len());
-    lower::lmo_update(p.desc(), o.desc(), j, inner, c, &mut |c| dev.issue(c))
+    let inner = (inner.ptr(), inner.len);
+    dev.run(|sink| lower::lmo_update(p.desc(), o.desc(), j, inner, c, sink))
 }
 
 /// The number of NaN/Inf entries over all of `ts` (all on `dev`): one
@@ -157,12 +164,11 @@ pub fn count_nonfinite(dev: &Arc<CudaDevice>, ts: &[&CudaTensor]) -> Result<u64,
     if ts.iter().any(|t| !Arc::ptr_eq(&t.dev, dev)) {
         return Err(input("count_nonfinite: tensor on another CudaDevice"));
     }
-    dev.bind()?;
-    let mut sc = dev.scratch.lock().unwrap_or_else(|e| e.into_inner());
-    let ap = sc.acc(dev, 1).device_ptr(&dev.stream).0;
-    lower::count_nonfinite(ts.iter().map(|t| t.desc()), ap, &mut |c| dev.issue(c))?;
-    let v = dev.stream.clone_dtoh(&sc.acc.slice(0..1)).map_err(drv)?;
-    Ok(v[0] as u64)
+    let mut guard = dev.scratch()?;
+    let sc = guard.as_mut().expect("scratch");
+    let ap = dev.acc(sc, 1)?;
+    dev.run(|sink| lower::count_nonfinite(ts.iter().map(|t| t.desc()), ap, sink))?;
+    Ok(dev.read_f64(ap, 1)?[0] as u64)
 }
 
 /// A zero stack `[batch, m, n]` of `dtype` on `dev`.
@@ -185,7 +191,7 @@ pub fn normalize(
     scratch: &DeviceScalars,
 ) -> Result<(), CudaError> {
     same_dev(u, out)?;
-    let dev = &u.dev;
-    dev.bind()?;
-    lower::normalize(u.desc(), out.desc(), scratch.ptr(), &mut |c| dev.issue(c))
+    let sp = scratch.ptr();
+    u.dev
+        .run(|sink| lower::normalize(u.desc(), out.desc(), sp, sink))
 }
