@@ -6,10 +6,12 @@
 //!
 //! ```text
 //! cargo run --release -p gluon-optim --features cuda --example device_step
+//! cargo run --release -p gluon-optim --features cuda-emu --example device_step   # no GPU
 //! ```
 //!
 //! Prints the loss of both every 10 steps and their largest parameter
-//! difference; without a CUDA device it says so and exits cleanly.
+//! difference. Without a CUDA device it runs on the CPU kernel emulator
+//! when built with `cuda-emu`, and otherwise says so and exits cleanly.
 
 use gluon_optim::cuda::DeviceOptimizer;
 use gluon_optim::{Label, Optimizer, presets};
@@ -21,14 +23,26 @@ use rand::{Rng, SeedableRng, rngs::StdRng};
 use rand_distr::StandardNormal;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    if !CudaDevice::available() {
+    let dev = if CudaDevice::available() {
+        CudaDevice::new(0)?
+    } else {
         if std::env::var("LMO_EXPECT_GPU").as_deref() == Ok("1") {
             return Err("LMO_EXPECT_GPU=1 but no CUDA driver or device answers".into());
         }
-        println!("no CUDA driver or device: nothing to run (this example needs a GPU)");
-        return Ok(());
-    }
-    let dev = CudaDevice::new(0)?;
+        #[cfg(feature = "cuda-emu")]
+        {
+            println!("no CUDA driver or device: running on the CPU kernel emulator");
+            CudaDevice::emulated()
+        }
+        #[cfg(not(feature = "cuda-emu"))]
+        {
+            println!(
+                "no CUDA driver or device: nothing to run (this example needs a GPU, \
+                 or --features cuda-emu for the CPU kernel emulator)"
+            );
+            return Ok(());
+        }
+    };
     println!("device: {}", dev.name());
     let shapes: Vec<(Label, Vec<usize>)> = vec![
         (Label::Hidden, vec![256, 128]),
@@ -97,7 +111,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let lg = grad_and_loss::<Cuda>(&pg, &tg, &mut gg);
         let lc = grad_and_loss::<Nd32>(&pc, &tc, &mut gc);
         if step % 10 == 0 {
-            println!("step {step:>2}: loss GPU {lg:.6}  CPU {lc:.6}");
+            println!("step {step:>2}: loss device {lg:.6}  CPU {lc:.6}");
         }
         if step < 50 {
             gpu.step(&mut pg, &gg)?;
@@ -117,7 +131,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         })
         .fold(0.0f32, f32::max);
     println!(
-        "largest |W_gpu − W_cpu| after 50 steps: {diff:.2e} (bf16 polar factors on both sides)"
+        "largest |W_device − W_cpu| after 50 steps: {diff:.2e} (bf16 polar factors on both sides)"
     );
     Ok(())
 }
