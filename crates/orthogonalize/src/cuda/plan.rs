@@ -609,24 +609,35 @@ pub(crate) fn gemm_host(
     (b, ldb, sb): HostOperand,
     (c, ldc, sc): (&mut dyn GemmOut, usize, usize),
 ) {
+    // op(A) by rows and op(B) by columns, gathered once per matrix into
+    // contiguous f64 (exact: every f32 is an f64), so each entry of C is
+    // one contiguous dot product.
+    let (mut ar, mut bc) = (vec![0.0f64; g.m * g.k], vec![0.0f64; g.n * g.k]);
     for t in 0..g.batch {
         let (ao, bo, co) = (t * sa, t * sb, t * sc);
+        for i in 0..g.m {
+            for p in 0..g.k {
+                ar[i * g.k + p] = if g.ta {
+                    a(ao + p + i * lda)
+                } else {
+                    a(ao + i + p * lda)
+                } as f64;
+            }
+        }
         for j in 0..g.n {
+            for p in 0..g.k {
+                bc[j * g.k + p] = if g.tb {
+                    b(bo + j + p * ldb)
+                } else {
+                    b(bo + p + j * ldb)
+                } as f64;
+            }
+        }
+        for j in 0..g.n {
+            let col = &bc[j * g.k..(j + 1) * g.k];
             for i in 0..g.m {
-                let mut sum = 0.0f64;
-                for p in 0..g.k {
-                    let x = if g.ta {
-                        a(ao + p + i * lda)
-                    } else {
-                        a(ao + i + p * lda)
-                    };
-                    let y = if g.tb {
-                        b(bo + j + p * ldb)
-                    } else {
-                        b(bo + p + j * ldb)
-                    };
-                    sum += x as f64 * y as f64;
-                }
+                let row = &ar[i * g.k..(i + 1) * g.k];
+                let sum: f64 = row.iter().zip(col).map(|(x, y)| x * y).sum();
                 let at = co + i + j * ldc;
                 let old = if g.beta == 0.0 {
                     0.0

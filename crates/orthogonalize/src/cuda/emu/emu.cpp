@@ -5,9 +5,12 @@
 // each kernel's C++ signature.
 #include "emu.h"
 
+#if !defined(__x86_64__)
 #include <ucontext.h>
+#endif
 
 #include <algorithm>
+#include <memory>
 #include <cstdio>
 #include <mutex>
 #include <string>
@@ -31,24 +34,62 @@ void fail(const std::string& msg) {
     if (g_err.empty()) g_err = msg;
 }
 
-// Each CUDA thread of a block is a fiber (ucontext) on the calling OS
-// thread; the scheduler resumes every runnable fiber in order until it
-// yields at a barrier or returns, then releases barriers that every
-// party has reached.
+// Each CUDA thread of a block is a fiber on the calling OS thread; the
+// scheduler resumes every runnable fiber in order until it yields at a
+// barrier or finishes the block, then releases barriers that every party
+// has reached. Fibers persist across blocks and launches (fiber t is
+// always thread t): each loops "run the kernel for the current block,
+// report done, wait". On x86-64 a fiber switch is a few instructions
+// (callee-saved registers and the stack pointer, below); elsewhere
+// ucontext's swapcontext.
 enum State { READY, AT_BLOCK, AT_WARP, DONE };
-
-struct Fiber {
-    ucontext_t ctx;
-    State state;
-    uint3 idx;
-};
 
 constexpr std::size_t STACK = 64 * 1024;
 
+#if defined(__x86_64__)
+extern "C" void lmo_emu_switch(void** save_sp, void* load_sp);
+asm(R"(
+    .text
+    .p2align 4
+    .globl lmo_emu_switch
+    .type lmo_emu_switch,@function
+lmo_emu_switch:
+    pushq %rbp
+    pushq %rbx
+    pushq %r12
+    pushq %r13
+    pushq %r14
+    pushq %r15
+    movq %rsp, (%rdi)
+    movq %rsi, %rsp
+    popq %r15
+    popq %r14
+    popq %r13
+    popq %r12
+    popq %rbx
+    popq %rbp
+    ret
+    .size lmo_emu_switch, .-lmo_emu_switch
+)");
+struct Ctx {
+    void* sp = nullptr;
+};
+#else
+struct Ctx {
+    ucontext_t uc;
+};
+#endif
+
+struct Fiber {
+    Ctx ctx;
+    State state = DONE;
+    uint3 idx;
+    std::unique_ptr<char[]> stack;
+};
+
 struct Sched {
-    ucontext_t main;
+    Ctx main;
     std::vector<Fiber> fibers;
-    std::vector<char> stacks;
     unsigned int cur = 0;
     unsigned int threads = 0;
     bool whole_warps = true;
@@ -59,36 +100,62 @@ struct Sched {
 
 Sched g_s;
 
+void switch_to(Ctx& save, Ctx& load) {
+#if defined(__x86_64__)
+    lmo_emu_switch(&save.sp, load.sp);
+#else
+    swapcontext(&save.uc, &load.uc);
+#endif
+}
+
 void yield_as(State st) {
     Fiber& f = g_s.fibers[g_s.cur];
     f.state = st;
-    swapcontext(&f.ctx, &g_s.main);
+    switch_to(f.ctx, g_s.main);
 }
 
-void fiber_entry() {
-    g_s.run(g_s.params);
-    g_s.fibers[g_s.cur].state = DONE;
-    // Returning resumes uc_link (the scheduler).
+[[noreturn]] void fiber_main() {
+    for (;;) {
+        g_s.run(g_s.params);
+        yield_as(DONE);
+    }
+}
+
+// Creates fibers up to `n` (once: they persist).
+void ensure_fibers(unsigned int n) {
+    while (g_s.fibers.size() < n) {
+        g_s.fibers.emplace_back();
+        Fiber& f = g_s.fibers.back();
+        f.stack.reset(new char[STACK]);
+#if defined(__x86_64__)
+        // The first switch pops six zeroed registers and "returns" into
+        // fiber_main with the stack aligned as after a call.
+        std::uintptr_t top = (reinterpret_cast<std::uintptr_t>(f.stack.get()) + STACK) & ~std::uintptr_t(15);
+        void** sp = reinterpret_cast<void**>(top - 64);
+        for (int k = 0; k < 6; k++) sp[k] = nullptr;
+        sp[6] = reinterpret_cast<void*>(&fiber_main);
+        sp[7] = nullptr;
+        f.ctx.sp = sp;
+#else
+        getcontext(&f.ctx.uc);
+        f.ctx.uc.uc_stack.ss_sp = f.stack.get();
+        f.ctx.uc.uc_stack.ss_size = STACK;
+        f.ctx.uc.uc_link = nullptr;
+        makecontext(&f.ctx.uc, fiber_main, 0);
+#endif
+    }
 }
 
 // Runs one block; false on a deadlock (a barrier some threads never reach).
 bool run_block() {
     unsigned int n = g_s.threads;
-    for (unsigned int t = 0; t < n; t++) {
-        Fiber& f = g_s.fibers[t];
-        getcontext(&f.ctx);
-        f.ctx.uc_stack.ss_sp = g_s.stacks.data() + (std::size_t)t * STACK;
-        f.ctx.uc_stack.ss_size = STACK;
-        f.ctx.uc_link = &g_s.main;
-        makecontext(&f.ctx, fiber_entry, 0);
-        f.state = READY;
-    }
+    for (unsigned int t = 0; t < n; t++) g_s.fibers[t].state = READY;
     for (;;) {
         for (unsigned int t = 0; t < n; t++) {
             if (g_s.fibers[t].state != READY) continue;
             g_s.cur = t;
             threadIdx = g_s.fibers[t].idx;
-            swapcontext(&g_s.main, &g_s.fibers[t].ctx);
+            switch_to(g_s.main, g_s.fibers[t].ctx);
         }
         bool progress = false, all_done = true, any_warp = false, all_block = true;
         for (unsigned int w = 0; w * 32 < n; w++) {
@@ -125,6 +192,9 @@ bool run_block() {
             continue;
         }
         fail("deadlock: threads wait at a barrier the others never reach");
+        // The stuck fibers are abandoned (kernels hold no resources); the
+        // next launch starts fresh ones.
+        g_s.fibers.clear();
         return false;
     }
 }
@@ -295,8 +365,7 @@ int lmo_emu_launch(const char* name, const unsigned int* grid, const unsigned in
     g_s.threads = (unsigned int)threads;
     g_s.whole_warps = threads % 32 == 0;
     g_s.slots.assign(32 * ((threads + 31) / 32), 0.0);
-    if (g_s.fibers.size() < threads) g_s.fibers.resize(threads);
-    if (g_s.stacks.size() < threads * STACK) g_s.stacks.resize(threads * STACK);
+    ensure_fibers((unsigned int)threads);
     for (unsigned int t = 0; t < threads; t++)
         g_s.fibers[t].idx = {t % block[0], (t / block[0]) % block[1], t / (block[0] * block[1])};
     g_s.run = e->run;

@@ -2,8 +2,9 @@
 // cuda_kernels.cu unchanged as C++ (feature `cuda-emu` of orthogonalize).
 //
 // - One launch at a time (a global lock), blocks one after another, every
-//   CUDA thread of a block a fiber (ucontext) on the calling thread:
-//   `__shared__` variables become function-local statics.
+//   CUDA thread of a block a fiber on the calling thread (a register and
+//   stack-pointer switch on x86-64, ucontext elsewhere): `__shared__`
+//   variables become function-local statics.
 // - __syncthreads yields until every thread of the block has reached it;
 //   a barrier that part of a block skips (undefined on a GPU) is reported
 //   as an error of the launch, a barrier never released as a deadlock.
