@@ -615,24 +615,19 @@ pub(crate) fn gemm_host(
     let (mut ar, mut bc) = (vec![0.0f64; g.m * g.k], vec![0.0f64; g.n * g.k]);
     for t in 0..g.batch {
         let (ao, bo, co) = (t * sa, t * sb, t * sc);
-        for i in 0..g.m {
-            for p in 0..g.k {
-                ar[i * g.k + p] = if g.ta {
-                    a(ao + p + i * lda)
-                } else {
-                    a(ao + i + p * lda)
-                } as f64;
+        let gather = |out: &mut [f64], lines: usize, at: &dyn Fn(usize, usize) -> f32| {
+            for r in 0..lines {
+                for p in 0..g.k {
+                    out[r * g.k + p] = at(r, p) as f64;
+                }
             }
-        }
-        for j in 0..g.n {
-            for p in 0..g.k {
-                bc[j * g.k + p] = if g.tb {
-                    b(bo + j + p * ldb)
-                } else {
-                    b(bo + p + j * ldb)
-                } as f64;
-            }
-        }
+        };
+        gather(&mut ar, g.m, &|i, p| {
+            a(ao + if g.ta { p + i * lda } else { i + p * lda })
+        });
+        gather(&mut bc, g.n, &|j, p| {
+            b(bo + if g.tb { j + p * ldb } else { p + j * ldb })
+        });
         for j in 0..g.n {
             let col = &bc[j * g.k..(j + 1) * g.k];
             for i in 0..g.m {
