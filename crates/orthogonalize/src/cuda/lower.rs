@@ -430,10 +430,12 @@ pub(crate) fn gemm(
         n: m,
         k,
         alpha,
-        a: (b.ptr, bc.max(1), 0),
-        b: (a.ptr, ac.max(1), 0),
+        // One product: the batch strides are the operands' sizes (any
+        // value is valid for a batch of 1; these are the conventional ones).
+        a: (b.ptr, bc.max(1), b.numel()),
+        b: (a.ptr, ac.max(1), a.numel()),
         beta,
-        c: (c.ptr, n.max(1), 0),
+        c: (c.ptr, n.max(1), c.numel()),
         batch: 1,
         dtype: c.dtype,
     }

@@ -270,7 +270,12 @@ impl PolarPlan {
         stream
             .begin_capture(drv_sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
             .map_err(drv)?;
-        let queued = self.enqueue(gp, op);
+        // Issued directly: `enqueue` would bind the context again, which
+        // is not needed inside a capture (the context is bound above).
+        let low = self.lowering();
+        // SAFETY: as in `CudaDevice::run`: the plan's own buffers and the
+        // checked tensors `g`, `out`.
+        let queued = low.run(gp, op, &mut |c| unsafe { self.dev.issue(c) });
         // End the capture whether or not queuing failed.
         let graph = stream.end_capture(drv_sys::CUgraphInstantiate_flags(0));
         queued?;
