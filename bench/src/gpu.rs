@@ -2,7 +2,10 @@
 //! GPU table is measured against), `gpu-orth` (batched-plan NS5 polar
 //! factor in bf16 per shape) and `gpu-step` (one Muon / AdamW step resident
 //! on the device on GPT-2-small-shaped parameters). Without the feature or
-//! without a device they print a `skip` line and exit cleanly.
+//! without a device they print a `skip` line and exit cleanly; with
+//! feature `cuda-emu` and `LMO_BENCH_EMULATE=1` they run on the CPU kernel
+//! emulator instead (`cargo xtask gpu-plumbing`: a smoke test of this code,
+//! its figures are not a GPU's).
 //!
 //! Timing: each sample queues `inner` runs and waits for the stream once,
 //! divided by `inner` (`inner` is chosen on the warm-up so a sample lasts
@@ -27,11 +30,18 @@ pub fn run(suite: &str, _o: &Opts) -> Result<(), String> {
 #[cfg(feature = "cuda")]
 pub fn run(suite: &str, o: &Opts) -> Result<(), String> {
     use orthogonalize::cuda::CudaDevice;
-    if !CudaDevice::available() {
+    let dev = if CudaDevice::available() {
+        CudaDevice::new(0).map_err(|e| e.to_string())?
+    } else if cfg!(feature = "cuda-emu") && std::env::var("LMO_BENCH_EMULATE").as_deref() == Ok("1")
+    {
+        // A smoke run of the suite's code on the CPU kernel emulator: the
+        // figures are the emulator's (the versions line says so), not a
+        // GPU's.
+        emulated()
+    } else {
         skip(suite, "no CUDA driver or device");
         return Ok(());
-    }
-    let dev = CudaDevice::new(0).map_err(|e| e.to_string())?;
+    };
     println!(
         "{{\"versions\":{{\"gpu\":\"{}\",\"ours_gpu_path\":\"cuBLAS strided-batched GemmEx (bf16, f32 accumulation), CUDA graphs\"}}}}",
         dev.name()
@@ -42,6 +52,16 @@ pub fn run(suite: &str, o: &Opts) -> Result<(), String> {
         "gpu-step" => cuda::step(&dev, o),
         other => Err(format!("unknown GPU suite {other:?}")),
     }
+}
+
+#[cfg(feature = "cuda-emu")]
+fn emulated() -> std::sync::Arc<orthogonalize::cuda::CudaDevice> {
+    orthogonalize::cuda::CudaDevice::emulated()
+}
+
+#[cfg(all(feature = "cuda", not(feature = "cuda-emu")))]
+fn emulated() -> std::sync::Arc<orthogonalize::cuda::CudaDevice> {
+    unreachable!("checked by cfg!(feature = \"cuda-emu\")")
 }
 
 #[cfg(feature = "cuda")]

@@ -323,9 +323,10 @@ print("wrote", os.path.join(d, "input.txt"), len(names), "works,", len(text), "c
 }
 
 /// `cargo xtask gpu-plumbing`: the GPU benchmark path end to end on any
-/// machine: `bench gpu --quick --bundle`, the bundle's run.sh (its GPU
-/// cases print skip lines without a device), `bench --import`. Keeps the
-/// path a GPU session depends on from rotting where CI has no GPU.
+/// machine: `bench gpu --quick --bundle`, the bundle's run.sh (without a
+/// device our side of every GPU case runs on the CPU kernel emulator, the
+/// peers print skip lines), `bench --import`. Keeps the path a GPU session
+/// depends on from rotting where CI has no GPU.
 fn gpu_plumbing() -> Result<(), String> {
     let dir = root().join("target/bench/gpu-bundle");
     let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
@@ -336,6 +337,9 @@ fn gpu_plumbing() -> Result<(), String> {
     if py.exists() {
         c.env("PYTHON", &py);
     }
+    // Our side of every GPU case runs on the CPU kernel emulator (a smoke
+    // test of the suites' code; the peers print skip lines without CUDA).
+    c.env("LMO_BENCH_EMULATE", "1");
     let out = c.output().map_err(|e| format!("run.sh: {e}"))?;
     if !out.status.success() {
         return Err(format!(
@@ -345,6 +349,14 @@ fn gpu_plumbing() -> Result<(), String> {
     }
     let lines = dir.join("out.jsonl");
     std::fs::write(&lines, &out.stdout).map_err(|e| format!("{}: {e}", lines.display()))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    for suite in ["gpu-gemm", "gpu-orth", "gpu-step"] {
+        if !text.contains(&format!("\"suite\":\"{suite}\"")) {
+            return Err(format!(
+                "gpu-plumbing: the {suite} suite produced no record on the emulator"
+            ));
+        }
+    }
     let json = root().join("target/bench/gpu-import.json");
     bench::run(&s(&[
         "--import",

@@ -323,7 +323,9 @@ pub fn run(args: &[String]) -> Result<(), String> {
     let mut c = cargo();
     c.args(["build", "--release", "--quiet", "-p", "lmo-bench"]);
     if gpu {
-        c.args(["--features", "cuda"]);
+        // cuda-emu: the suites can smoke-run on the CPU kernel emulator
+        // (LMO_BENCH_EMULATE=1, used by `cargo xtask gpu-plumbing`).
+        c.args(["--features", "cuda,cuda-emu"]);
     }
     step("build lmo-bench (release)", c)?;
     let ours_bin = root().join("target/release/lmo-bench");
