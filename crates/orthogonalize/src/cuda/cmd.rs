@@ -1,9 +1,9 @@
-//! Device commands: the launch sequence of the device-resident path as
-//! data. Every kernel launch, memset, copy and strided-batched GEMM that
-//! [`super::step`] and [`super::PolarPlan`] queue is first built as a
-//! [`Cmd`] by a device-free lowering function, then issued: on a GPU by
-//! [`super::CudaDevice`] (one driver or cuBLAS call per command), on the
-//! CPU by the kernel emulator of feature `cuda-emu`, which runs the same
+//! Device commands: the CUDA backend's work as data. Every kernel launch,
+//! memset, copy, GEMM and SYRK that [`super::Cuda`], [`super::step`] and
+//! [`super::PolarPlan`] queue is first built as a [`Cmd`] by a device-free
+//! lowering function, then issued by [`super::CudaDevice::issue`]: on a
+//! GPU one driver or cuBLAS call per command; on an emulated device
+//! (feature `cuda-emu`) by the CPU kernel emulator, which runs the same
 //! commands over host memory with the kernels of `cuda_kernels.cu`
 //! compiled as C++. What the emulator checks is therefore exactly what the
 //! GPU receives: kernel names, launch dimensions, argument order and types,

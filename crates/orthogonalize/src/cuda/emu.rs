@@ -8,15 +8,15 @@
 //!
 //! - kernel launches run the kernels of `cuda_kernels.cu`, unchanged,
 //!   compiled as C++ against a model of the CUDA thread hierarchy
-//!   (`emu/emu.h`: one std::thread per CUDA thread of a block, blocks in
-//!   order, `__syncthreads` a barrier, warp shuffles over 32 lanes, atomics
-//!   serialized). The launcher checks the argument count and each
+//!   (`emu/emu.h`: one fiber per CUDA thread of a block on the calling
+//!   thread, blocks in order, `__syncthreads` a barrier, warp shuffles
+//!   over 32 lanes). The launcher checks the argument count and each
 //!   argument's kind (pointer, `long long`, `int`, `float`) against the
 //!   kernel's C++ signature, the launch dimensions against CUDA's limits,
-//!   and reports divergent barriers;
-//! - every address a command names must lie inside a buffer of the call
-//!   (memsets, copies and GEMM operands over their whole extent, from
-//!   batch strides and leading dimensions), copies and GEMM outputs must
+//!   and reports divergent barriers and deadlocks;
+//! - every address a command names must lie inside a live allocation
+//!   (memsets, copies, GEMM and SYRK operands over their whole extent,
+//!   from batch strides and leading dimensions), copies and outputs must
 //!   not overlap their inputs, and leading dimensions must be at least the
 //!   rows (cuBLAS's rule);
 //! - GEMMs follow cuBLAS's column-major `cublasGemmStridedBatchedEx`
