@@ -92,7 +92,8 @@ fn the_emulator_has_every_kernel() {
 /// kernel takes `long long`), an address outside every live buffer
 /// (including one that was freed), dimensions beyond CUDA's limits, a
 /// full-mask shuffle in a partial warp, GEMM operands that overrun their
-/// buffer or a leading dimension below the rows.
+/// buffer or a leading dimension below the rows; and it reports a
+/// divergent barrier and a deadlock (kernels written to have them).
 #[test]
 fn the_emulator_refuses_bad_commands() {
     let dev = emu();
@@ -143,7 +144,16 @@ fn the_emulator_refuses_bad_commands() {
     };
     assert!(refused(&dev, &Cmd::Gemm(g(3))).contains("gemm A"));
     assert!(refused(&dev, &Cmd::Gemm(g(2))).contains("leading dimension 2 below its 3 rows"));
-    // The right launch fills x (any grid: grid-stride loops).
+    // The emulator's own fault kernels: a barrier thread 0 skips, and half
+    // a warp in a shuffle while the other half waits at a block barrier.
+    let fault = |k: &'static str| {
+        let l = Launch::new(k, DType::F32, shape, &[Arg::Ptr(p), Arg::I64(8)]);
+        refused(&dev, &Cmd::Launch(l))
+    };
+    assert!(fault("emu_fault_divergent").contains("divergent barrier"));
+    assert!(fault("emu_fault_deadlock").contains("deadlock"));
+    // The right launch fills x (any grid: grid-stride loops), also after a
+    // deadlock abandoned the stuck threads.
     // SAFETY: x holds 8 f32 values.
     unsafe { dev.issue(&fill(&[Arg::Ptr(p), Arg::F32(2.5), Arg::I64(8)])) }.unwrap();
     assert_eq!(x.to_host(), vec![2.5; 8]);

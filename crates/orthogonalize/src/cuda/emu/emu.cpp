@@ -20,6 +20,22 @@
 
 #include "../../cuda_kernels.cu"
 
+// Two faulty kernels for the emulator's own tests (not part of the
+// backend): a barrier that thread 0 skips, and a warp exchange that half a
+// warp waits in while the other half waits at a block barrier.
+extern "C" __global__ void emu_fault_divergent_f32(float* x, long long n) {
+    if (threadIdx.x == 0) return;
+    __syncthreads();
+    x[threadIdx.x % n] = 1.0f;
+}
+extern "C" __global__ void emu_fault_deadlock_f32(float* x, long long n) {
+    (void)n;
+    if (threadIdx.x < 16)
+        x[0] = (float)__shfl_down_sync(0xffffffffu, (double)x[0], 1);
+    else
+        __syncthreads();
+}
+
 uint3 threadIdx;
 uint3 blockIdx;
 dim3 blockDim;
@@ -318,6 +334,7 @@ const Entry ENTRIES[] = {
     EMU_PAIR(col_norms) EMU_PAIR(row_norms) EMU_PAIR(batch_sumsq) EMU_PAIR(batch_dot)
     EMU_PAIR(batch_normalize) EMU_PAIR(batch_normalize_t) EMU_PAIR(momentum) EMU_PAIR(lmo_update)
     EMU_PAIR(cvt_normalize) EMU_PAIR(cvt_normalize_t)
+    EMU_ENTRY(emu_fault_divergent_f32) EMU_ENTRY(emu_fault_deadlock_f32)
 };
 
 const Entry* find(const char* name) {
