@@ -191,7 +191,7 @@ struct Scratch {
 enum Driver {
     Gpu(Gpu),
     #[cfg(feature = "cuda-emu")]
-    Emu(Arc<emu::Emulator>),
+    Emu(emu::Emulator),
 }
 
 /// A GPU's stream, cuBLAS handle and kernels.
@@ -300,7 +300,7 @@ impl CudaDevice {
     #[cfg(feature = "cuda-emu")]
     pub fn emulated() -> Arc<Self> {
         Arc::new(CudaDevice {
-            driver: Driver::Emu(Arc::new(emu::Emulator::default())),
+            driver: Driver::Emu(emu::Emulator::default()),
             scratch: Mutex::new(None),
             name: "CUDA emulator (CPU)".into(),
         })
@@ -475,6 +475,13 @@ impl CudaDevice {
     }
 
     /// `len` f64 values at `src`.
+    /// The f64 at `src` (no allocation: the per-step finiteness read).
+    pub(crate) fn read_one(&self, src: u64) -> Result<f64, CudaError> {
+        let mut b = [0u8; 8];
+        self.dtoh(src, &mut b)?;
+        Ok(f64::from_le_bytes(b))
+    }
+
     pub(crate) fn read_f64(&self, src: u64, len: usize) -> Result<Vec<f64>, CudaError> {
         let mut v = vec![0u64; len];
         self.dtoh(src, bytemuck_u64_mut(&mut v))?;
@@ -746,10 +753,10 @@ impl CudaTensor {
     }
 
     /// The tensor as the lowering functions see it.
-    fn desc(&self) -> cmd::Desc<'_> {
+    fn desc(&self) -> cmd::Desc {
         cmd::Desc {
             ptr: self.raw(),
-            dims: self.shape.dims(),
+            shape: self.shape,
             dtype: self.dtype,
         }
     }
@@ -785,7 +792,7 @@ impl Cuda {
         let acc = ok(dev.acc(sc, 1), "scratch");
         let l = lower::reduce(name, x.desc(), y.map(|y| y.desc()), acc);
         ok(dev.run(|sink| sink(&cmd::Cmd::Launch(l))), name);
-        ok(dev.read_f64(acc, 1), "read back")[0]
+        ok(dev.read_one(acc), "read back")
     }
 
     /// Squared norms along rows or columns into `out` (sqrt taken here).
@@ -831,7 +838,6 @@ impl Cuda {
 
     /// Unary elementwise kernel `name(a, x, out, n)`.
     fn unary(name: &'static str, a: f32, x: &CudaTensor, out: &mut CudaTensor) {
-        same_dtype(name, &[x, out]);
         let dev = x.dev.clone();
         let r = dev.run(|sink| lower::unary(name, a, x.desc(), out.desc(), sink));
         ok(r, name);
@@ -872,7 +878,7 @@ impl Backend for Cuda {
             ok(dev.htod(index, &u64::MAX.to_le_bytes()), "init");
             let r = dev.run(|sink| lower::argmax_abs(x.desc(), bits, index, sink));
             ok(r, "argmax_abs");
-            ok(dev.read_f64(index, 1), "read back")[0].to_bits() as usize
+            ok(dev.read_one(index), "read back").to_bits() as usize
         };
         let k = k.min(n - 1);
         let mut v = [0.0f32];
@@ -1033,7 +1039,6 @@ impl Backend for Cuda {
         v: &mut CudaTensor,
         h: &AdamWStep<f32>,
     ) {
-        same_dtype("adamw", &[p, g, m, v]);
         let dev = g.dev.clone();
         let r = dev.run(|sink| lower::adamw(p.desc(), g.desc(), m.desc(), v.desc(), h, sink));
         ok(r, "adamw");

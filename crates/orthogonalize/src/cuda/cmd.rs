@@ -9,6 +9,8 @@
 //! GPU receives: kernel names, launch dimensions, argument order and types,
 //! addresses, byte counts, leading dimensions and strides.
 
+use lmo_core::Shape;
+
 use super::{CudaError, DType};
 
 /// One kernel argument, as pushed to `cuLaunchKernel`.
@@ -168,25 +170,24 @@ pub fn elem_size(d: DType) -> usize {
 }
 
 /// A tensor as the lowering functions see it: a device (or, emulated, host)
-/// address, its dimensions and its storage.
+/// address, its shape and its storage.
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct Desc<'a> {
+pub(crate) struct Desc {
     pub ptr: u64,
-    pub dims: &'a [usize],
+    pub shape: Shape,
     pub dtype: DType,
 }
 
-impl Desc<'_> {
+impl Desc {
     pub fn numel(&self) -> usize {
-        self.dims.iter().product()
+        self.shape.numel()
     }
 
     /// `[batch, m, n]` stacks have `batch` members; other ranks one.
     pub fn batch(&self) -> usize {
-        if self.dims.len() == 3 {
-            self.dims[0]
-        } else {
-            1
+        match self.shape.dims() {
+            [b, _, _] => *b,
+            _ => 1,
         }
     }
 

@@ -42,7 +42,7 @@ use std::sync::{Arc, Mutex};
 use half::bf16;
 
 use super::cmd::{Arg, Cmd, Launch, StridedGemm, Syrk, elem_size};
-use super::plan::{GemmDims, GemmOut, gemm_host};
+use super::plan::{GemmOut, gemm_host};
 use super::{CudaError, DType, KERNEL_NAMES};
 
 unsafe extern "C" {
@@ -174,21 +174,23 @@ impl Emulator {
         }
     }
 
-    fn within(&self, what: &str, ptr: u64, bytes: usize) -> Result<(), CudaError> {
-        let regions = lock(&self.regions);
-        let ok = regions
+    /// `true` when `[ptr, ptr + bytes)` (or, for 0 bytes, `ptr`) lies in a
+    /// live allocation.
+    fn live(&self, ptr: u64, bytes: usize) -> bool {
+        lock(&self.regions)
             .range(..=ptr)
             .next_back()
             .is_some_and(|(&base, &len)| {
                 let off = (ptr - base) as usize;
                 off + bytes <= len && (bytes > 0 || off < len)
-            });
-        if ok {
+            })
+    }
+
+    fn within(&self, what: &str, ptr: u64, bytes: usize) -> Result<(), CudaError> {
+        if self.live(ptr, bytes) {
             Ok(())
         } else {
-            Err(emu_err(format!(
-                "{what}: {bytes} bytes at {ptr:#x} lie outside every live buffer"
-            )))
+            Err(outside(what, ptr, bytes))
         }
     }
 
@@ -241,7 +243,9 @@ impl Emulator {
         for (i, a) in args.iter().enumerate() {
             let (k, v) = match *a {
                 Arg::Ptr(p) => {
-                    self.within(&format!("{} argument {i}", l.kernel), p, 0)?;
+                    if !self.live(p, 0) {
+                        return Err(outside(&format!("{} argument {i}", l.kernel), p, 0));
+                    }
                     (0, p)
                 }
                 Arg::I64(v) => (1, v as u64),
@@ -325,22 +329,7 @@ impl Emulator {
             base: g.c.0,
             dtype: g.dtype,
         };
-        let dims = GemmDims {
-            ta: g.ta,
-            tb: g.tb,
-            m: g.m,
-            n: g.n,
-            k: g.k,
-            alpha: g.alpha,
-            beta: g.beta,
-            batch: g.batch,
-        };
-        gemm_host(
-            &dims,
-            (&la, g.a.1, g.a.2),
-            (&lb, g.b.1, g.b.2),
-            (&mut out, g.c.1, g.c.2),
-        );
+        gemm_host(g, &la, &lb, &mut out);
         Ok(())
     }
 
@@ -350,27 +339,57 @@ impl Emulator {
         if overlap(c, a) {
             return Err(emu_err("syrk: C overlaps A"));
         }
-        let la = loader(s.a.0, DType::F32);
-        let mut out = RawOut {
-            base: s.c.0,
+        // Ssyrk(lower, T) is the GEMM Aᵀ·A with only the lower triangle of
+        // C written.
+        let g = StridedGemm {
+            ta: true,
+            tb: false,
+            m: s.n,
+            n: s.n,
+            k: s.k,
+            alpha: s.alpha,
+            a: (s.a.0, s.a.1, 0),
+            b: (s.a.0, s.a.1, 0),
+            beta: s.beta,
+            c: (s.c.0, s.c.1, 0),
+            batch: 1,
             dtype: DType::F32,
         };
-        for j in 0..s.n {
-            for i in j..s.n {
-                let sum: f64 = (0..s.k)
-                    .map(|p| la(p + i * s.a.1) as f64 * la(p + j * s.a.1) as f64)
-                    .sum();
-                let at = i + j * s.c.1;
-                let old = if s.beta == 0.0 {
-                    0.0
-                } else {
-                    s.beta as f64 * out.get(at) as f64
-                };
-                out.set(at, s.alpha as f64 * sum + old);
-            }
-        }
+        let la = loader(s.a.0, DType::F32);
+        let mut out = LowerOnly {
+            c: RawOut {
+                base: s.c.0,
+                dtype: DType::F32,
+            },
+            ldc: s.c.1,
+        };
+        gemm_host(&g, &la, &la, &mut out);
         Ok(())
     }
+}
+
+/// A GEMM output that keeps the lower triangle (`i ≥ j`, element at
+/// `i + j·ldc`) and drops writes above it.
+struct LowerOnly {
+    c: RawOut,
+    ldc: usize,
+}
+
+impl GemmOut for LowerOnly {
+    fn get(&self, at: usize) -> f32 {
+        self.c.get(at)
+    }
+    fn set(&mut self, at: usize, v: f64) {
+        if at % self.ldc >= at / self.ldc {
+            self.c.set(at, v);
+        }
+    }
+}
+
+fn outside(what: &str, ptr: u64, bytes: usize) -> CudaError {
+    emu_err(format!(
+        "{what}: {bytes} bytes at {ptr:#x} lie outside every live buffer"
+    ))
 }
 
 fn overlap(a: (u64, usize), b: (u64, usize)) -> bool {

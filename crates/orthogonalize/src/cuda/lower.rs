@@ -85,7 +85,7 @@ pub(crate) fn batch_dot(
     sink: &mut Sink,
 ) -> Result<(), CudaError> {
     same_dtype(&x, &y)?;
-    if x.dims != y.dims {
+    if x.shape != y.shape {
         return Err(CudaError::Input(LmoError::ShapeMismatch {
             expected: (x.numel(), 1),
             found: (y.numel(), 1),
@@ -167,14 +167,14 @@ pub(crate) fn lmo_update(
     )))
 }
 
-/// The counting half of [`super::step::count_nonfinite`]: zeroes the f64
-/// counter at `acc` and adds every tensor's NaN/Inf count to it.
-pub(crate) fn count_nonfinite<'a>(
-    ts: impl IntoIterator<Item = Desc<'a>>,
+/// The counting half of [`super::step::count_nonfinite`]: adds every
+/// tensor's NaN/Inf count to the f64 counter at `acc` (zeroed by the
+/// caller, as the scratch accumulators are).
+pub(crate) fn count_nonfinite(
+    ts: impl IntoIterator<Item = Desc>,
     acc: u64,
     sink: &mut Sink,
 ) -> Result<(), CudaError> {
-    sink(&Cmd::Zero { ptr: acc, bytes: 8 })?;
     for t in ts {
         let n = t.numel();
         if n == 0 {
@@ -300,16 +300,6 @@ pub(crate) fn adamw(
     sink(&Cmd::Launch(Launch::new("adamw", g.dtype, grid1(n), &args)))
 }
 
-/// The 2-D view of a tensor, as lmo-core's `Shape::as_pair`: matrices as
-/// they are, vectors as `1 × n`, higher ranks as `dim0 × rest`.
-fn pair(d: &Desc) -> (usize, usize) {
-    match d.dims {
-        [] => (1, 1),
-        [n] => (1, *n),
-        [m, rest @ ..] => (*m, rest.iter().product()),
-    }
-}
-
 /// The scalar reductions `dot(x, y, acc, n)`, `sumsq`, `sumabs` and
 /// `nonfinite(x, acc, n)` into the f64 at `acc` (zeroed by the caller).
 pub(crate) fn reduce(kernel: &'static str, x: Desc, y: Option<Desc>, acc: u64) -> Launch {
@@ -329,7 +319,7 @@ pub(crate) fn reduce(kernel: &'static str, x: Desc, y: Option<Desc>, acc: u64) -
 /// Squared norms of the rows (`row_norms`, one block per row) or columns
 /// (`col_norms`, one thread per column) into the f64s at `acc` (zeroed).
 pub(crate) fn line_norms(x: Desc, acc: u64, rows: bool) -> Launch {
-    let (m, n) = pair(&x);
+    let (m, n) = x.shape.as_pair();
     let args = [
         Arg::Ptr(x.ptr),
         Arg::Ptr(acc),
@@ -347,7 +337,7 @@ pub(crate) fn line_norms(x: Desc, acc: u64, rows: bool) -> Launch {
 /// `out = s ⊙ x` along rows (`scale_rows`) or columns (`scale_cols`), the
 /// f32 scales at `scales`.
 pub(crate) fn scale_lines(x: Desc, scales: u64, out: Desc, rows: bool) -> Launch {
-    let (m, n) = pair(&x);
+    let (m, n) = x.shape.as_pair();
     let name = if rows { "scale_rows" } else { "scale_cols" };
     let args = [
         Arg::Ptr(x.ptr),
@@ -419,9 +409,9 @@ pub(crate) fn gemm(
     beta: f32,
     c: Desc,
 ) -> StridedGemm {
-    let (ar, ac) = pair(&a);
-    let (_, bc) = pair(&b);
-    let (m, n) = pair(&c);
+    let (ar, ac) = a.shape.as_pair();
+    let (_, bc) = b.shape.as_pair();
+    let (m, n) = c.shape.as_pair();
     let k = if ta == Trans::No { ac } else { ar };
     StridedGemm {
         ta: tb == Trans::Yes,
@@ -452,7 +442,7 @@ pub(crate) fn syrk(
     c: Desc,
     sink: &mut Sink,
 ) -> Result<(), CudaError> {
-    let (k, l) = pair(&x);
+    let (k, l) = x.shape.as_pair();
     sink(&Cmd::Syrk(Syrk {
         n: k,
         k: l,
@@ -472,7 +462,7 @@ pub(crate) fn syrk(
 
 /// `out = a·xᵀ` (`x` m×n, `out` n×m): 32 × 32 tiles through shared memory.
 pub(crate) fn transpose(a: f32, x: Desc, out: Desc, sink: &mut Sink) -> Result<(), CudaError> {
-    let (m, n) = pair(&x);
+    let (m, n) = x.shape.as_pair();
     if m * n == 0 {
         return Ok(());
     }

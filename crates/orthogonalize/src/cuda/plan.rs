@@ -220,7 +220,7 @@ impl PolarPlan {
         let sc = guard.as_mut().expect("scratch");
         let acc = dev.acc(sc, 1)?;
         dev.run(|sink| super::lower::count_nonfinite([g.desc()], acc, sink))?;
-        Ok(dev.read_f64(acc, 1)?[0] == 0.0)
+        Ok(dev.read_one(acc)? == 0.0)
     }
 
     /// Queues `out_b = polar(g_b)` (approximately, per the configuration)
@@ -332,12 +332,6 @@ impl PolarPlan {
                 found: (g.len(), 1),
             }));
         }
-        let store = |d: DType, v: f64| -> f32 {
-            match d {
-                DType::F32 => v as f32,
-                DType::Bf16 => bf16::from_f32(v as f32).to_f32(),
-            }
-        };
         let dtype_of = |b: BufId| match b {
             BufId::In | BufId::Out => io,
             _ => work,
@@ -407,22 +401,23 @@ impl PolarPlan {
                         v: &mut bufs[gm.c.buf as usize],
                         dtype: dt,
                     };
-                    let dims = GemmDims {
+                    // The command the lowering issues, minus its
+                    // addresses (`gemm_host` reads through the loaders).
+                    let cmd = StridedGemm {
                         ta: gm.ta,
                         tb: false,
                         m: gm.m,
                         n: gm.n,
                         k: gm.k,
                         alpha: gm.alpha,
+                        a: (0, gm.a.ld, gm.a.stride),
+                        b: (0, gm.b.ld, gm.b.stride),
                         beta: gm.beta,
+                        c: (0, gm.c.ld, gm.c.stride),
                         batch,
+                        dtype: dt,
                     };
-                    gemm_host(
-                        &dims,
-                        (&|i| a[i], gm.a.ld, gm.a.stride),
-                        (&|i| bb[i], gm.b.ld, gm.b.stride),
-                        (&mut c, gm.c.ld, gm.c.stride),
-                    );
+                    gemm_host(&cmd, &|i| a[i], &|i| bb[i], &mut c);
                 }
             }
         }
@@ -560,17 +555,12 @@ pub(crate) fn layout(
     Ok((shape, ops))
 }
 
-/// The sizes and scalars of a strided-batched product (see
-/// [`StridedGemm`]).
-pub(crate) struct GemmDims {
-    pub ta: bool,
-    pub tb: bool,
-    pub m: usize,
-    pub n: usize,
-    pub k: usize,
-    pub alpha: f32,
-    pub beta: f32,
-    pub batch: usize,
+/// `v` stored as `d` and read back: f32, or bf16 rounded to nearest even.
+fn store(d: DType, v: f64) -> f32 {
+    match d {
+        DType::F32 => v as f32,
+        DType::Bf16 => bf16::from_f32(v as f32).to_f32(),
+    }
 }
 
 /// The output operand of [`gemm_host`]: reads `C` and stores a value
@@ -592,28 +582,23 @@ impl GemmOut for HostOut<'_> {
         self.v[i]
     }
     fn set(&mut self, i: usize, v: f64) {
-        self.v[i] = match self.dtype {
-            DType::F32 => v as f32,
-            DType::Bf16 => bf16::from_f32(v as f32).to_f32(),
-        };
+        self.v[i] = store(self.dtype, v);
     }
 }
 
-/// An operand of [`gemm_host`]: element loader, leading dimension, batch
-/// stride (elements).
-pub(crate) type HostOperand<'a> = (&'a dyn Fn(usize) -> f32, usize, usize);
-
-/// cuBLAS's strided-batched GEMM on host values, column-major: for
+/// cuBLAS's strided-batched GEMM `g` on host values, column-major: for
 /// `t < batch`, `C_t(i, j) = α·Σ_p op(A_t)(i, p)·op(B_t)(p, j) + β·C_t(i, j)`
 /// with `op(A)(i, p) = A[p + i·lda]` if `ta` else `A[i + p·lda]` (and
-/// likewise `op(B)(p, j)` with `tb`), sums in
-/// f64, one rounding to `C`'s storage; `β = 0` reads no `C`.
+/// likewise `op(B)(p, j)` with `tb`), sums in f64, one rounding to `C`'s
+/// storage; `β = 0` reads no `C`. `a`, `b` load an operand's element by
+/// its offset from the operand's start (`g`'s addresses are not read).
 pub(crate) fn gemm_host(
-    g: &GemmDims,
-    (a, lda, sa): HostOperand,
-    (b, ldb, sb): HostOperand,
-    (c, ldc, sc): (&mut dyn GemmOut, usize, usize),
+    g: &StridedGemm,
+    a: &dyn Fn(usize) -> f32,
+    b: &dyn Fn(usize) -> f32,
+    c: &mut dyn GemmOut,
 ) {
+    let ((_, lda, sa), (_, ldb, sb), (_, ldc, sc)) = (g.a, g.b, g.c);
     // op(A) by rows and op(B) by columns, gathered once per matrix into
     // contiguous f64 (exact: every f32 is an f64), so each entry of C is
     // one contiguous dot product.

@@ -168,7 +168,7 @@ pub fn count_nonfinite(dev: &Arc<CudaDevice>, ts: &[&CudaTensor]) -> Result<u64,
     let sc = guard.as_mut().expect("scratch");
     let ap = dev.acc(sc, 1)?;
     dev.run(|sink| lower::count_nonfinite(ts.iter().map(|t| t.desc()), ap, sink))?;
-    Ok(dev.read_f64(ap, 1)?[0] as u64)
+    Ok(dev.read_one(ap)? as u64)
 }
 
 /// A zero stack `[batch, m, n]` of `dtype` on `dev`.
