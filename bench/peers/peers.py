@@ -6,12 +6,17 @@ usage: python peers.py SUITE --shapes 768x768,... --reps N --threads T
        [--sets muon,...] [--precisions f32,bf16,f64]
 Suites: gemm, orth, brox, step; on a CUDA GPU: gpu-gemm, gpu-orth,
 gpu-step (PyTorch only). Missing packages or devices are reported as
-{"skip": ...} lines.
+{"skip": ...} lines. Before any measurement it prints one {"peer_kernels":
+...} line: the BLAS/ISA kernel and thread count each peer really uses
+(threadpoolctl for numpy's and scipy's OpenBLAS; MKL's and oneDNN's own
+verbose output and ATen's CPU capability for PyTorch), which the harness
+checks against the CPU before it prints a ratio.
 """
 import math
 import argparse
 import json
 import os
+import re
 import sys
 import time
 
@@ -38,6 +43,112 @@ def schedule(name):
     if name == "nanogpt":
         return NANOGPT, 0.0
     raise SystemExit(f"unknown set {name}")
+
+
+def openblas_level(core):
+    """The SIMD level of an OpenBLAS kernel name (openblas_get_corename, as
+    threadpoolctl reports it)."""
+    c = (core or "").lower()
+    if c in ("skylakex", "cooperlake", "sapphirerapids"):
+        return "avx512"
+    if c in ("haswell", "zen", "skylake"):
+        return "avx2"
+    if c in ("sandybridge",):
+        return "avx"
+    return "unknown" if not c else "sse"
+
+
+def isa_level(text):
+    """The SIMD level named in MKL's or oneDNN's verbose ISA line."""
+    t = text.lower()
+    if "avx-512" in t or "avx512" in t or "amx" in t:
+        return "avx512"
+    if "avx2" in t:
+        return "avx2"
+    if "avx" in t:
+        return "avx"
+    return "unknown"
+
+
+def captured_fd1(fn):
+    """What C code writes to file descriptor 1 while fn runs (MKL_VERBOSE
+    and ONEDNN_VERBOSE print there, below Python's sys.stdout)."""
+    import tempfile
+    sys.stdout.flush()
+    saved = os.dup(1)
+    with tempfile.TemporaryFile(mode="w+b") as tmp:
+        os.dup2(tmp.fileno(), 1)
+        try:
+            fn()
+        finally:
+            sys.stdout.flush()
+            os.dup2(saved, 1)
+            os.close(saved)
+        tmp.seek(0)
+        return tmp.read().decode("utf-8", "replace")
+
+
+def peer_kernels(impls, np, scipy_loaded, torch):
+    """{peer: [component, ...]}: each component names what was probed, the
+    library, its kernel or ISA, the SIMD level that implies and the threads."""
+    out = {}
+    try:
+        from threadpoolctl import threadpool_info
+        for lib in threadpool_info():
+            if lib.get("user_api") != "blas":
+                continue
+            # numpy.libs/ or scipy.libs/ (the file names both say scipy_openblas).
+            owner = os.path.basename(os.path.dirname(lib.get("filepath", ""))).split(".")[0]
+            if owner not in ("numpy", "scipy") or owner not in impls:
+                continue
+            out.setdefault(owner, []).append({
+                "what": "BLAS", "api": f"{lib.get('internal_api')} {lib.get('version')}",
+                "kernel": lib.get("architecture") or "?",
+                "level": openblas_level(lib.get("architecture")),
+                "threads": lib.get("num_threads")})
+    except ImportError as e:
+        for owner in [o for o in ("numpy", "scipy") if o in impls]:
+            out[owner] = [{"what": "BLAS", "api": "?", "kernel": f"unknown (threadpoolctl: {e})",
+                           "level": "unknown", "threads": None}]
+    if np is not None and "numpy" in impls and "numpy" not in out:
+        out["numpy"] = [{"what": "BLAS", "api": "?", "kernel": "not found by threadpoolctl",
+                         "level": "unknown", "threads": None}]
+    if torch is not None and "torch" in impls:
+        comps = []
+        threads = torch.get_num_threads()
+        cap = torch.backends.cpu.get_cpu_capability()
+        comps.append({"what": "ATen vector kernels", "api": f"torch {torch.__version__}",
+                      "kernel": cap, "level": isa_level(cap), "threads": threads})
+        a = torch.ones(64, 64)
+        if torch.backends.mkl.is_available():
+            def f32():
+                with torch.backends.mkl.verbose(torch.backends.mkl.VERBOSE_ON):
+                    a @ a
+            text = captured_fd1(f32)
+            head = next((l for l in text.splitlines() if "MKL_VERBOSE" in l and "SGEMM" not in l), "")
+            # "MKL_VERBOSE oneMKL 2024.0 ... for Intel(R) 64 architecture <ISA>, Lnx 2.60GHz ..."
+            m = re.search(r"MKL_VERBOSE (.*?) Product build .*? architecture (.*?), Lnx", head)
+            comps.append({"what": "f32 matmul (MKL)", "api": m.group(1) if m else "MKL",
+                          "kernel": m.group(2) if m else (head.strip()[:160] or "no MKL_VERBOSE output"),
+                          "level": isa_level(head) if head else "unknown", "threads": threads,
+                          "sgemm_seen": "SGEMM" in text})
+        if torch.backends.mkldnn.is_available():
+            b = a.bfloat16()
+            def bf16():
+                with torch.backends.mkldnn.verbose(torch.backends.mkldnn.VERBOSE_ON):
+                    b @ b
+            text = captured_fd1(bf16)
+            isa = next((l.split("isa:", 1)[1].strip() for l in text.splitlines() if "isa:" in l), "")
+            # "onednn_verbose,v1,primitive,exec,cpu,matmul,brg_matmul:avx10_1_512_amx,..."
+            impl = next((l.split(",")[6] for l in text.splitlines()
+                         if ",exec," in l and ",matmul," in l and len(l.split(",")) > 6), "")
+            ver = next((l.split("info,", 1)[1].split(" (")[0] for l in text.splitlines()
+                        if ",info,oneDNN" in l), "oneDNN")
+            comps.append({"what": "bf16 matmul (oneDNN)", "api": ver,
+                          "kernel": f"{isa or 'no ONEDNN_VERBOSE output'}{' / ' + impl if impl else ''}",
+                          "level": isa_level(isa) if isa else "unknown", "threads": threads})
+        out["torch"] = comps
+    return out
 
 
 def emit(suite, case, impl, flops, samples, **extra):
@@ -260,6 +371,7 @@ def main():
     if "scipy" in impls:
         try:
             import scipy
+            import scipy.linalg  # noqa: F401 (loads scipy's OpenBLAS for the kernel report)
             scipy_version = scipy.__version__
         except ImportError as e:
             scipy_version = None
@@ -281,6 +393,8 @@ def main():
         versions["torch"] = torch.__version__
         versions["torch_cpu_capability"] = torch.backends.cpu.get_cpu_capability()
     print(json.dumps({"versions": versions}), flush=True)
+    if not a.suite.startswith("gpu-"):
+        print(json.dumps({"peer_kernels": peer_kernels(impls, np, scipy_version is not None, torch)}), flush=True)
     rng = None if np is None else np.random.default_rng(7)
     for (m, n) in shapes:
         if a.suite == "gemm":
@@ -288,7 +402,8 @@ def main():
                 continue
             A = rng.standard_normal((m, n), dtype=np.float32)
             B = rng.standard_normal((n, n), dtype=np.float32)
-            emit("gemm", f"{m}x{n}x{n}", "numpy-sgemm", 2.0 * m * n * n, timeit(lambda: A @ B, a.reps))
+            if "numpy" in impls:
+                emit("gemm", f"{m}x{n}x{n}", "numpy-sgemm", 2.0 * m * n * n, timeit(lambda: A @ B, a.reps))
             if torch is not None:
                 tA, tB = torch.from_numpy(A), torch.from_numpy(B)
                 emit("gemm", f"{m}x{n}x{n}", "torch-sgemm", 2.0 * m * n * n, timeit(lambda: tA @ tB, a.reps))
@@ -320,6 +435,8 @@ def main():
             if torch is not None:
                 gpu_peers(torch, a.suite, [(m, n)], a.reps)
         elif a.suite == "brox":
+            if "scipy" not in impls:
+                continue
             try:
                 from scipy.optimize._trustregion_exact import IterativeSubproblem
             except ImportError as e:

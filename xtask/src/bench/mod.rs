@@ -15,10 +15,12 @@
 //! a python with PyTorch), then `cargo xtask bench --import gpu.jsonl`
 //! here prints the tables and writes the JSON and plots.
 
+mod peers;
 mod plot;
 mod suites;
 
 use std::collections::BTreeMap;
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
@@ -70,6 +72,16 @@ pub struct Report {
     pub machine: BTreeMap<String, String>,
     pub versions: BTreeMap<String, String>,
     pub roofline_sgemm_gflops: Option<f64>,
+    /// Whose sgemm set the roofline (the best of any side in this run).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub roofline_sgemm_by: Option<String>,
+    /// The kernels each peer reported using, and whether they run at full
+    /// speed on this CPU (see `peers.rs`).
+    #[serde(default)]
+    pub peers: BTreeMap<String, peers::PeerKernels>,
+    /// `--allow-slow-peer`: ratios against slow peers printed (marked).
+    #[serde(default)]
+    pub allow_slow_peer: bool,
     /// The best measured bf16 GEMM rate on the GPU (the GPU tables' 100%).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub roofline_gpu_bf16_gflops: Option<f64>,
@@ -93,14 +105,20 @@ struct Opts {
     bundle: Option<PathBuf>,
     /// Build the report from these JSON lines instead of running.
     import: Option<PathBuf>,
+    /// Print ratios against peers whose kernels are below the CPU's level.
+    allow_slow_peer: bool,
 }
 
 const USAGE: &str = "usage: cargo xtask bench [SUITE…] [--quick] [--reps N] [--threads T]
                          [--peers numpy,torch|none] [--json PATH] [--compare OLD.json]
                          [--shapes 768x768,…] [--settle SECONDS]
-                         [--bundle DIR | --import LINES.jsonl]
+                         [--bundle DIR | --import LINES.jsonl] [--allow-slow-peer]
 suites: gemm orth brox step (default: these four), gpu (CUDA; --bundle DIR
 for a GPU machine without Rust, then --import its output).
+Peers (default numpy,scipy,torch; --quick: numpy,scipy) run without
+OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE; a ratio against a peer whose kernel is
+below this CPU's SIMD level (or whose thread count differs) is refused
+unless --allow-slow-peer (then marked).
 Output: target/bench/{bench.json,*.svg,*.png}";
 
 fn parse(args: &[String]) -> Result<Opts, String> {
@@ -119,6 +137,7 @@ fn parse(args: &[String]) -> Result<Opts, String> {
         settle: -1.0,
         bundle: None,
         import: None,
+        allow_slow_peer: false,
     };
     let mut peers_set = false;
     let mut it = args.iter();
@@ -130,6 +149,7 @@ fn parse(args: &[String]) -> Result<Opts, String> {
         };
         match a.as_str() {
             "--quick" => o.quick = true,
+            "--allow-slow-peer" => o.allow_slow_peer = true,
             "--reps" => o.reps = val()?.parse().map_err(|_| "--reps: a positive integer")?,
             "--threads" => {
                 o.threads = val()?
@@ -198,18 +218,19 @@ fn parse(args: &[String]) -> Result<Opts, String> {
         // The GPU suites' peers are PyTorch on CUDA.
         o.peers = vec!["torch".into()];
     } else if !peers_set {
-        // The quick run (CI) exercises the numpy peer only: PyTorch's wheel
-        // and its CUDA dependencies are ~5 GB.
+        // The quick run (CI) exercises numpy and scipy only: PyTorch's
+        // wheel and its CUDA dependencies are ~5 GB.
         o.peers = if o.quick {
-            vec!["numpy".into()]
+            vec!["numpy".into(), "scipy".into()]
         } else {
-            vec!["numpy".into(), "torch".into()]
+            vec!["numpy".into(), "scipy".into(), "torch".into()]
         };
     }
     Ok(o)
 }
 
-fn cpuinfo() -> BTreeMap<String, String> {
+/// Machine facts for the report, and the CPU's SIMD level.
+fn cpuinfo() -> (BTreeMap<String, String>, peers::Level) {
     let mut m = BTreeMap::new();
     let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     if let Some(l) = info.lines().find(|l| l.starts_with("model name")) {
@@ -230,7 +251,9 @@ fn cpuinfo() -> BTreeMap<String, String> {
         .map(|n| n.get())
         .unwrap_or(1);
     m.insert("cores".into(), cores.to_string());
-    m
+    let level = peers::Level::of_cpu(&flags);
+    m.insert("simd_level".into(), level.name().into());
+    (m, level)
 }
 
 fn capture(cmd: &mut Command) -> Option<String> {
@@ -245,7 +268,12 @@ fn capture(cmd: &mut Command) -> Option<String> {
 fn peers_python(peers: &[String]) -> Result<PathBuf, String> {
     let venv = root().join("target/bench/venv");
     let py = venv.join("bin/python");
-    let modules: Vec<&str> = peers.iter().map(String::as_str).collect();
+    // threadpoolctl reports the BLAS kernel numpy and scipy really use.
+    let modules: Vec<&str> = peers
+        .iter()
+        .map(String::as_str)
+        .chain(["threadpoolctl"])
+        .collect();
     let check = format!("import {}", modules.join(", "));
     if py.exists()
         && Command::new(&py)
@@ -288,6 +316,8 @@ fn peers_python(peers: &[String]) -> Result<PathBuf, String> {
     Ok(py)
 }
 
+/// The records of a runner's JSON lines; versions, skip lines and peer
+/// kernel reports go into `report` (kernels unjudged: see `finish`).
 fn parse_lines(out: &str, report: &mut Report, source: &str) -> Vec<Record> {
     let mut recs = vec![];
     for line in out.lines().filter(|l| l.starts_with('{')) {
@@ -299,6 +329,21 @@ fn parse_lines(out: &str, report: &mut Report, source: &str) -> Vec<Record> {
                 report
                     .versions
                     .insert(k.clone(), val.as_str().unwrap_or("").to_string());
+            }
+        } else if let Some(pk) = v.get("peer_kernels") {
+            let Ok(map) =
+                serde_json::from_value::<BTreeMap<String, Vec<peers::Component>>>(pk.clone())
+            else {
+                report
+                    .skipped
+                    .push(format!("{source}: unreadable peer_kernels line"));
+                continue;
+            };
+            for (peer, components) in map {
+                report.peers.entry(peer).or_insert(peers::PeerKernels {
+                    components,
+                    below: None,
+                });
             }
         } else if let Some(what) = v.get("skip") {
             let why = v.get("why").and_then(|w| w.as_str()).unwrap_or("");
@@ -329,9 +374,11 @@ pub fn run(args: &[String]) -> Result<(), String> {
     }
     step("build lmo-bench (release)", c)?;
     let ours_bin = root().join("target/release/lmo-bench");
+    let (machine, _) = cpuinfo();
     let mut report = Report {
         command: format!("cargo xtask bench {}", args.join(" ")),
-        machine: cpuinfo(),
+        machine,
+        allow_slow_peer: o.allow_slow_peer,
         ..Default::default()
     };
     report
@@ -426,19 +473,31 @@ pub fn run(args: &[String]) -> Result<(), String> {
         }
         let recs = parse_lines(&String::from_utf8_lossy(&out.stdout), &mut report, "ours");
         report.results.extend(recs);
-        if let (Some(py), Some(pargs)) = (&python, &case.peers) {
-            bar.set_message(format!("{} (peers)", case.label));
+        let Some(py) = &python else {
+            bar.inc(1);
+            continue;
+        };
+        let Some(pargs) = &case.peers else {
+            bar.inc(1);
+            continue;
+        };
+        for peer in o
+            .peers
+            .iter()
+            .filter(|p| case.peer_impls.contains(&p.as_str()))
+        {
+            bar.set_message(format!("{} ({peer})", case.label));
             std::thread::sleep(std::time::Duration::from_secs_f64(o.settle));
-            let out = Command::new(py)
-                .arg(root().join("bench/peers/peers.py"))
-                .args(pargs)
-                .args(["--threads", &threads, "--impls", &o.peers.join(",")])
-                .envs(envs)
+            let peers_py = root().join("bench/peers/peers.py");
+            let mut pa: Vec<&OsStr> = vec![peers_py.as_os_str()];
+            pa.extend(pargs.iter().map(OsStr::new));
+            pa.extend(["--threads", &threads, "--impls", peer].map(OsStr::new));
+            let out = peers::command(py, pa, &envs)
                 .output()
                 .map_err(|e| e.to_string())?;
             if !out.status.success() {
                 report.skipped.push(format!(
-                    "peers {}: failed: {}",
+                    "{peer} {}: failed: {}",
                     case.label,
                     String::from_utf8_lossy(&out.stderr)
                         .lines()
@@ -446,7 +505,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
                         .unwrap_or("")
                 ));
             }
-            let recs = parse_lines(&String::from_utf8_lossy(&out.stdout), &mut report, "peers");
+            let recs = parse_lines(&String::from_utf8_lossy(&out.stdout), &mut report, peer);
             report.results.extend(recs);
         }
         bar.inc(1);
@@ -457,19 +516,31 @@ pub fn run(args: &[String]) -> Result<(), String> {
 
 /// Roofline, tables, JSON, plots, comparison.
 fn finish(o: &Opts, mut report: Report, t0: Instant) -> Result<(), String> {
-    report.roofline_sgemm_gflops = report
+    let (_, level) = cpuinfo();
+    report.peers = peers::judge(
+        std::mem::take(&mut report.peers)
+            .into_iter()
+            .map(|(p, k)| (p, k.components))
+            .collect(),
+        level,
+        o.threads as u64,
+    );
+    if let Some(best) = report
         .results
         .iter()
         .filter(|r| r.suite == "gemm" && r.imp.ends_with("sgemm"))
-        .map(Record::gflops)
-        .reduce(f64::max);
+        .max_by(|a, b| a.gflops().total_cmp(&b.gflops()))
+    {
+        report.roofline_sgemm_gflops = Some(best.gflops());
+        report.roofline_sgemm_by = Some(format!("{} at {}", best.imp, best.case));
+    }
     report.roofline_gpu_bf16_gflops = report
         .results
         .iter()
         .filter(|r| r.suite == "gpu-gemm")
         .map(Record::gflops)
         .reduce(f64::max);
-    print_tables(&report);
+    print!("{}", render_tables(&report));
     if let Some(dir) = o.json.parent() {
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     }
@@ -507,8 +578,15 @@ fn fmt_ms(s: f64) -> String {
 }
 
 /// Markdown tables: per case, our median, spread, GFLOP/s-equivalent and %
-/// of the sgemm roofline, each peer's median and the speedup peer/ours.
-pub fn print_tables(r: &Report) {
+/// of the sgemm roofline, each peer's median and the speedup peer/ours
+/// (refused, or marked under `--allow-slow-peer`, where the peer's kernel
+/// is below the CPU's; see `peers.rs`).
+pub fn render_tables(r: &Report) -> String {
+    use std::fmt::Write;
+    let mut w = String::new();
+    macro_rules! println {
+        ($($t:tt)*) => { let _ = writeln!(w, $($t)*); };
+    }
     println!(
         "\nmachine: {}",
         r.machine
@@ -525,8 +603,31 @@ pub fn print_tables(r: &Report) {
             .collect::<Vec<_>>()
             .join(" ")
     );
+    for (peer, k) in &r.peers {
+        let comps: Vec<String> = k
+            .components
+            .iter()
+            .map(|c| {
+                let t = c.threads.map(|t| t.to_string()).unwrap_or("?".into());
+                format!(
+                    "{}: {} {} ({}, {t} threads)",
+                    c.what,
+                    c.api,
+                    c.kernel,
+                    c.level.name()
+                )
+            })
+            .collect();
+        let verdict = match &k.below {
+            None => "full speed".to_string(),
+            Some(why) if r.allow_slow_peer => format!("SLOW PEER ({why}); ratios marked"),
+            Some(why) => format!("SLOW PEER ({why}); ratios refused (--allow-slow-peer)"),
+        };
+        println!("peer {peer}: {} — {verdict}", comps.join("; "));
+    }
     if let Some(p) = r.roofline_sgemm_gflops {
-        println!("roofline (best measured sgemm): {p:.1} GFLOP/s");
+        let by = r.roofline_sgemm_by.as_deref().unwrap_or("?");
+        println!("roofline (best measured sgemm of any side): {p:.1} GFLOP/s, {by}");
     }
     if let Some(p) = r.roofline_gpu_bf16_gflops {
         println!("GPU roofline (best measured bf16 GEMM): {p:.1} GFLOP/s");
@@ -604,16 +705,27 @@ pub fn print_tables(r: &Report) {
                     .as_deref()
                     .and_then(&find)
                     .or_else(|| ours.first().and_then(|i| find(i)));
+                // A CPU peer without a full-speed verdict gets no ratio.
+                let slow = (!suite.starts_with("gpu"))
+                    .then(|| match r.peers.get(peers::peer_of(p)) {
+                        Some(k) => k.below.is_some(),
+                        None => true,
+                    })
+                    .unwrap_or(false);
                 match (find(p), base) {
+                    (Some(x), Some(_)) if slow && !r.allow_slow_peer => {
+                        line += &format!(" {} | refused (slow peer) |", fmt_ms(x.median()))
+                    }
                     (Some(x), Some(b)) => {
                         let res = x
                             .kkt_residual
                             .map(|r| format!(" (KKT {r:.1e})"))
                             .unwrap_or_default();
                         line += &format!(
-                            " {}{res} | {:.2}× |",
+                            " {}{res} | {:.2}×{} |",
                             fmt_ms(x.median()),
-                            x.median() / b.median()
+                            x.median() / b.median(),
+                            if slow { " (slow peer)" } else { "" }
                         )
                     }
                     (Some(x), None) => line += &format!(" {} | – |", fmt_ms(x.median())),
@@ -623,6 +735,7 @@ pub fn print_tables(r: &Report) {
             println!("{line}");
         }
     }
+    w
 }
 
 /// Prints the change of every median against an earlier report and flags
@@ -715,11 +828,17 @@ fn bundle(
             quote(&c.ours)
         );
         if let Some(p) = &c.peers {
-            sh += &format!(
-                "\"$PY\" peers.py {} --threads {threads} --impls {}\n",
-                quote(p),
-                o.peers.join(",")
-            );
+            for peer in o
+                .peers
+                .iter()
+                .filter(|x| c.peer_impls.contains(&x.as_str()))
+            {
+                sh += &format!(
+                    "{} \"$PY\" peers.py {} --threads {threads} --impls {peer}\n",
+                    peers::shell_prefix(),
+                    quote(p),
+                );
+            }
         }
     }
     let run = dir.join("run.sh");
@@ -757,4 +876,60 @@ fn import(o: &Opts, lines: &Path, args: &[String]) -> Result<(), String> {
     }
     report.results = recs;
     finish(o, report, Instant::now())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(imp: &str, s: f64) -> Record {
+        Record {
+            suite: "orth".into(),
+            case: "muon/f32/64x64".into(),
+            imp: imp.into(),
+            flops: 1e9,
+            samples_s: vec![s, s],
+            kkt_residual: None,
+        }
+    }
+
+    fn report(numpy_below: Option<&str>) -> Report {
+        let mut r = Report {
+            results: vec![rec("ours", 1.0), rec("numpy", 2.0), rec("torch", 3.0)],
+            ..Default::default()
+        };
+        r.peers.insert(
+            "numpy".into(),
+            peers::PeerKernels {
+                components: vec![],
+                below: numpy_below.map(String::from),
+            },
+        );
+        r
+    }
+
+    fn row(t: &str) -> &str {
+        t.lines()
+            .find(|l| l.starts_with("| muon/f32/64x64"))
+            .unwrap()
+    }
+
+    #[test]
+    fn ratios_against_slow_or_unchecked_peers_are_refused_unless_allowed() {
+        // numpy at full speed: its ratio printed; torch never reported its
+        // kernels: refused.
+        let t = render_tables(&report(None));
+        assert!(row(&t).contains("| 2.00× |"), "{t}");
+        assert!(row(&t).contains("3.00 s | refused (slow peer) |"), "{t}");
+        // numpy on an AVX2 kernel of an AVX-512 CPU: refused, and the
+        // header says why.
+        let t = render_tables(&report(Some("BLAS runs Haswell (avx2)")));
+        assert!(!row(&t).contains('×'), "{t}");
+        assert!(t.contains("peer numpy:  — SLOW PEER (BLAS runs Haswell (avx2)); ratios refused"));
+        // --allow-slow-peer: printed, marked.
+        let mut r = report(Some("BLAS runs Haswell (avx2)"));
+        r.allow_slow_peer = true;
+        let t = render_tables(&r);
+        assert!(row(&t).contains("| 2.00× (slow peer) |"), "{t}");
+    }
 }

@@ -4,11 +4,15 @@
 //! its implementation in lmo-bench and, if it has peers, in peers.py).
 
 /// One unit of work: our runner's arguments and, if the case has peers,
-/// the peers script's arguments.
+/// the peers script's arguments and which peers measure it (each peer runs
+/// in a process of its own: OpenBLAS's and OpenMP's worker threads spin
+/// after each call and would slow whichever library runs next in the same
+/// process).
 pub struct Case {
     pub label: String,
     pub ours: Vec<String>,
     pub peers: Option<Vec<String>>,
+    pub peer_impls: &'static [&'static str],
 }
 
 pub struct Suite {
@@ -21,7 +25,13 @@ fn s(v: &[&str]) -> Vec<String> {
     v.iter().map(|x| x.to_string()).collect()
 }
 
-fn per_shape(suite: &str, shapes: &[&str], extra: &[&str], reps: usize, peers: bool) -> Vec<Case> {
+fn per_shape(
+    suite: &str,
+    shapes: &[&str],
+    extra: &[&str],
+    reps: usize,
+    peers: &'static [&'static str],
+) -> Vec<Case> {
     shapes
         .iter()
         .map(|shape| {
@@ -31,7 +41,8 @@ fn per_shape(suite: &str, shapes: &[&str], extra: &[&str], reps: usize, peers: b
             Case {
                 label: format!("{suite} {shape}"),
                 ours: a.clone(),
-                peers: peers.then_some(a),
+                peers: (!peers.is_empty()).then_some(a),
+                peer_impls: peers,
             }
         })
         .collect()
@@ -43,7 +54,7 @@ fn gemm(quick: bool, reps: usize) -> Vec<Case> {
     } else {
         &["768x768", "2048x2048", "4096x4096"]
     };
-    per_shape("gemm", shapes, &[], reps, true)
+    per_shape("gemm", shapes, &[], reps, &["numpy", "torch"])
 }
 
 fn orth(quick: bool, reps: usize) -> Vec<Case> {
@@ -53,7 +64,7 @@ fn orth(quick: bool, reps: usize) -> Vec<Case> {
             &["64x64", "48x96"],
             &["--precisions", "f32,bf16"],
             reps,
-            true,
+            &["numpy", "torch"],
         );
     }
     let shapes = ["768x768", "768x3072", "1024x1024", "2048x2048", "4096x4096"];
@@ -62,7 +73,7 @@ fn orth(quick: bool, reps: usize) -> Vec<Case> {
         &shapes,
         &["--sets", "muon", "--precisions", "f32,bf16"],
         reps,
-        true,
+        &["numpy", "torch"],
     )
 }
 
@@ -72,13 +83,13 @@ fn brox(quick: bool, reps: usize) -> Vec<Case> {
     } else {
         &["100x100", "500x500", "1000x1000"]
     };
-    per_shape("brox", shapes, &[], reps, true)
+    per_shape("brox", shapes, &[], reps, &["scipy"])
 }
 
 fn step(quick: bool, reps: usize) -> Vec<Case> {
     // "LxD": L layers of width D (GPT-2 small: 12x768).
     let shapes: &[&str] = if quick { &["2x64"] } else { &["12x768"] };
-    per_shape("step", shapes, &[], reps.min(3), true)
+    per_shape("step", shapes, &[], reps.min(3), &["torch"])
 }
 
 /// The GPU suites (our side needs lmo-bench built with `--features cuda`;
@@ -102,9 +113,9 @@ fn gpu(quick: bool, reps: usize) -> Vec<Case> {
             &["12x768"],
         )
     };
-    let mut v = per_shape("gpu-gemm", gemm, &[], reps, true);
-    v.extend(per_shape("gpu-orth", orth, &[], reps, true));
-    v.extend(per_shape("gpu-step", step, &[], reps, true));
+    let mut v = per_shape("gpu-gemm", gemm, &[], reps, &["torch"]);
+    v.extend(per_shape("gpu-orth", orth, &[], reps, &["torch"]));
+    v.extend(per_shape("gpu-step", step, &[], reps, &["torch"]));
     v
 }
 
