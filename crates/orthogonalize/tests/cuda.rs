@@ -31,12 +31,12 @@ fn devices() -> Vec<Arc<CudaDevice>> {
             std::env::var("LMO_EXPECT_GPU").as_deref() != Ok("1"),
             "LMO_EXPECT_GPU=1 but no CUDA driver or device answers"
         );
-        eprintln!("no CUDA driver or device: GPU part skipped");
+        lmo_testkit::skip("the GPU part (no CUDA driver or device; the emulator part runs)");
     }
     #[cfg(feature = "cuda-emu")]
     v.push(CudaDevice::emulated());
     if v.is_empty() {
-        eprintln!("SKIPPED: no GPU and no emulator (feature cuda-emu)");
+        lmo_testkit::skip("everything (no GPU and no emulator: feature cuda-emu)");
     }
     v
 }
@@ -232,7 +232,9 @@ fn nvrtc_compiles_the_kernels() {
             std::env::var("LMO_EXPECT_NVRTC").as_deref() != Ok("1"),
             "LMO_EXPECT_NVRTC=1 but libnvrtc does not load (LD_LIBRARY_PATH?)"
         );
-        eprintln!("SKIPPED: libnvrtc not found (set LD_LIBRARY_PATH to a CUDA 13 lib dir)");
+        lmo_testkit::skip(
+            "the NVRTC compile (libnvrtc not found: set LD_LIBRARY_PATH to a CUDA 13 lib dir)",
+        );
         return;
     }
     // The default architecture and the H100/H200's (sm_90).

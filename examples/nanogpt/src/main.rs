@@ -222,9 +222,61 @@ fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// Range checks of the numeric options, before anything is loaded or
+/// written: each error names the flag and its valid range.
+fn validate(a: &Args) -> Result<(), String> {
+    fn at_least<T: PartialOrd + std::fmt::Display + Copy>(
+        flag: &str,
+        v: Option<T>,
+        min: T,
+        why: &str,
+    ) -> Result<(), String> {
+        match v {
+            Some(x) if x < min => Err(format!("{flag} {x}: must be ≥ {min}{why}")),
+            _ => Ok(()),
+        }
+    }
+    at_least("--steps", a.steps, 1, " (0 steps would train nothing)")?;
+    at_least(
+        "--batch",
+        a.batch,
+        1,
+        " sequences (an empty batch has no loss)",
+    )?;
+    at_least("--eval-every", a.eval_every, 1, " step")?;
+    at_least("--eval-batches", Some(a.eval_batches), 1, " batch")?;
+    at_least(
+        "--stop-after",
+        a.stop_after,
+        1,
+        " step (omit it to run all --steps)",
+    )?;
+    at_least("--threads", a.threads, 1, " thread")?;
+    if a.optimizers.iter().any(|o| o == "gluon") {
+        at_least(
+            "--probe-steps",
+            Some(a.probe_steps),
+            3,
+            " (Gluon's (L0, L1) fit needs points from consecutive steps)",
+        )?;
+    }
+    for (flag, lr) in [
+        ("--lr-adamw", a.lr_adamw),
+        ("--lr-muon", a.lr_muon),
+        ("--lr-muon-adam", a.lr_muon_adam),
+        ("--lr-scion", a.lr_scion),
+    ] {
+        if !(lr.is_finite() && lr > 0.0) {
+            return Err(format!("{flag} {lr}: a finite learning rate > 0"));
+        }
+    }
+    Ok(())
+}
+
 /// Checks the arguments, loads and tokenizes the text, and says what will
 /// run.
 fn prepare(args: Args) -> Result<Setup, String> {
+    validate(&args)?;
     let p = preset(&args.config)?;
     for o in &args.optimizers {
         if !["adamw", "muon", "scion", "gluon"].contains(&o.as_str()) {
@@ -257,8 +309,8 @@ fn prepare(args: Args) -> Result<Setup, String> {
         d: p.d,
         tied: args.tied,
     };
-    let steps = args.steps.unwrap_or(p.steps).max(1);
-    let eval_every = args.eval_every.unwrap_or((steps / 12).max(1)).max(1);
+    let steps = args.steps.unwrap_or(p.steps);
+    let eval_every = args.eval_every.unwrap_or((steps / 12).max(1));
     let out = args
         .out
         .clone()

@@ -89,3 +89,52 @@ fn checkpoint_resume_repeats_the_losses() {
         std::fs::remove_dir_all(&b).ok();
     }
 }
+
+/// Out-of-range numeric options are refused with the flag and its range
+/// named, before the output folder exists (`--steps 0` used to run one
+/// step silently, `--batch 0` to give a NaN loss).
+#[test]
+fn bad_numeric_options_are_refused_before_any_output() {
+    let out = tmp("bad-options");
+    for (flag, value, says) in [
+        ("--steps", "0", "≥ 1"),
+        ("--batch", "0", "≥ 1"),
+        ("--batch", "-4", "≥ 1"),
+        ("--eval-every", "0", "≥ 1"),
+        ("--eval-batches", "0", "≥ 1"),
+        ("--stop-after", "0", "≥ 1"),
+        ("--threads", "0", "≥ 1"),
+        ("--probe-steps", "1", "≥ 3"),
+        ("--lr-adamw", "0", "> 0"),
+        ("--lr-muon", "-0.02", "> 0"),
+        ("--lr-muon-adam", "NaN", "> 0"),
+        ("--lr-scion", "inf", "> 0"),
+    ] {
+        let o = out.to_str().unwrap();
+        let kv = format!("{flag}={value}"); // `=`: clap takes "-4" as a value
+        let argv = ["nanogpt", "--device", "cpu", "--out", o, &kv];
+        let err = match prepare(Args::try_parse_from(argv).unwrap()) {
+            Ok(_) => panic!("{flag} {value} accepted"),
+            Err(e) => e,
+        };
+        assert!(
+            err.starts_with(flag) && err.contains(says),
+            "{flag} {value}: {err}"
+        );
+        assert!(!out.exists(), "{flag} {value}: output folder created");
+    }
+    // Without Gluon the probe length does not matter.
+    let o = out.to_str().unwrap();
+    let argv = [
+        "nanogpt",
+        "--device",
+        "cpu",
+        "--out",
+        o,
+        "--optimizers",
+        "adamw",
+        "--probe-steps",
+        "0",
+    ];
+    assert!(validate(&Args::parse_from(argv)).is_ok());
+}

@@ -150,11 +150,19 @@ fn parse(args: &[String]) -> Result<Opts, String> {
         match a.as_str() {
             "--quick" => o.quick = true,
             "--allow-slow-peer" => o.allow_slow_peer = true,
-            "--reps" => o.reps = val()?.parse().map_err(|_| "--reps: a positive integer")?,
+            "--reps" => {
+                o.reps = val()?
+                    .parse()
+                    .ok()
+                    .filter(|&r: &usize| r >= 1)
+                    .ok_or("--reps: an integer ≥ 1")?
+            }
             "--threads" => {
                 o.threads = val()?
                     .parse()
-                    .map_err(|_| "--threads: a positive integer")?
+                    .ok()
+                    .filter(|&t: &usize| t >= 1)
+                    .ok_or("--threads: an integer ≥ 1")?
             }
             "--peers" => {
                 peers_set = true;
@@ -203,9 +211,6 @@ fn parse(args: &[String]) -> Result<Opts, String> {
     }
     if o.reps == 0 {
         o.reps = if o.quick { 2 } else { 5 };
-    }
-    if o.threads == 0 {
-        return Err("--threads must be ≥ 1".into());
     }
     if o.settle < 0.0 {
         // After a heavy process (a 4096³ GEMM) this 2-core VM runs the next

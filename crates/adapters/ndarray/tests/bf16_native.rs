@@ -12,11 +12,20 @@ fn native() -> bool {
     if bf16_kernel() == Bf16Kernel::Avx512Bf16 {
         return true;
     }
-    eprintln!(
-        "SKIPPED: bf16 kernel here is {} (native: {})",
+    // The CPU says it has the instructions (and nobody forced the emulated
+    // kernel): then not choosing the native kernel is a failure.
+    let cpu_has = std::fs::read_to_string("/proc/cpuinfo")
+        .is_ok_and(|s| s.split_whitespace().any(|f| f == "avx512_bf16"));
+    assert!(
+        !cpu_has || std::env::var_os("LMO_BF16_KERNEL").is_some(),
+        "/proc/cpuinfo lists avx512_bf16 but the bf16 kernel is {}",
+        bf16_kernel()
+    );
+    lmo_testkit::skip(&format!(
+        "the native bf16 kernel checks (kernel here: {}, native: {})",
         bf16_kernel(),
         native::available(native::Kind::Bf16)
-    );
+    ));
     false
 }
 

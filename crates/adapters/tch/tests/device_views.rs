@@ -23,7 +23,7 @@ fn layout_refuses_what_the_cuda_backend_cannot_view() {
 #[test]
 fn views_share_libtorch_memory() {
     if !CudaDevice::available() || !tch::Cuda::is_available() {
-        eprintln!("SKIPPED: no CUDA device visible to both cudarc and libtorch");
+        lmo_testkit::skip("everything (no CUDA device visible to both cudarc and libtorch)");
         return;
     }
     let dev = CudaDevice::new(0).unwrap();

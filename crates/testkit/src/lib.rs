@@ -1,0 +1,71 @@
+//! Test support for the workspace's test suites (a dev-dependency only).
+//!
+//! A test that cannot run part of its work here (no GPU, no NVRTC, a CPU
+//! without a kernel's instructions) reports it with [`skip`]. libtest shows
+//! such a test as `ok` and hides its output, so `skip` also appends a line
+//! to the file named by [`SKIP_LOG`] when that variable is set: `cargo
+//! xtask test` sets it and prints every skip, with its count, at the end
+//! of the run. Where the capability is required (the GPU machine's
+//! `LMO_EXPECT_GPU=1`, `LMO_EXPECT_NVRTC=1`), the tests fail instead of
+//! calling this.
+
+use std::io::Write;
+
+/// The environment variable naming the file skips are appended to.
+pub const SKIP_LOG: &str = "LMO_SKIP_LOG";
+
+/// Reports that the running test skipped `what` (and why): a `SKIPPED:`
+/// line on stderr, and a line `binary::test: what` in `$LMO_SKIP_LOG`.
+pub fn skip(what: &str) {
+    let label = test_label();
+    eprintln!("SKIPPED: {label}: {what}");
+    let Some(path) = std::env::var_os(SKIP_LOG) else {
+        return;
+    };
+    // One write per line with O_APPEND: lines from parallel tests do not
+    // interleave.
+    let line = format!("{label}: {what}\n");
+    let written = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .and_then(|mut f| f.write_all(line.as_bytes()));
+    if let Err(e) = written {
+        eprintln!("lmo-testkit: cannot append to {SKIP_LOG}: {e}");
+    }
+}
+
+/// `binary::test`: the test binary's name without cargo's hash, and the
+/// test's name (libtest names each test's thread after it; with one test
+/// thread the test runs on `main`).
+fn test_label() -> String {
+    let exe = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
+        .unwrap_or_default();
+    let bin = match exe.rsplit_once('-') {
+        Some((name, hash)) if hash.len() == 16 && hash.bytes().all(|b| b.is_ascii_hexdigit()) => {
+            name.to_string()
+        }
+        _ => exe,
+    };
+    match std::thread::current().name() {
+        Some(t) if t != "main" => format!("{bin}::{t}"),
+        _ => bin,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_name_the_binary_and_the_test() {
+        let l = test_label();
+        assert!(
+            l.ends_with("::tests::labels_name_the_binary_and_the_test") || l == "lmo_testkit",
+            "{l}"
+        );
+        assert!(l.starts_with("lmo_testkit"), "{l}");
+    }
+}
