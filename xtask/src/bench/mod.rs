@@ -711,12 +711,10 @@ pub fn render_tables(r: &Report) -> String {
                     .and_then(&find)
                     .or_else(|| ours.first().and_then(|i| find(i)));
                 // A CPU peer without a full-speed verdict gets no ratio.
-                let slow = (!suite.starts_with("gpu"))
-                    .then(|| match r.peers.get(peers::peer_of(p)) {
-                        Some(k) => k.below.is_some(),
-                        None => true,
-                    })
-                    .unwrap_or(false);
+                let slow = !suite.starts_with("gpu")
+                    && r.peers
+                        .get(peers::peer_of(p))
+                        .is_none_or(|k| k.below.is_some());
                 match (find(p), base) {
                     (Some(x), Some(_)) if slow && !r.allow_slow_peer => {
                         line += &format!(" {} | refused (slow peer) |", fmt_ms(x.median()))
