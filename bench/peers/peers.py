@@ -88,66 +88,115 @@ def captured_fd1(fn):
         return tmp.read().decode("utf-8", "replace")
 
 
-def peer_kernels(impls, np, scipy_loaded, torch):
-    """{peer: [component, ...]}: each component names what was probed, the
-    library, its kernel or ISA, the SIMD level that implies and the threads."""
-    out = {}
+def cpu_level():
+    """The SIMD level of this machine's CPU (/proc/cpuinfo), as the harness
+    computes it: the level the peers are judged against."""
+    try:
+        line = next(l for l in open("/proc/cpuinfo") if l.startswith("flags"))
+    except (OSError, StopIteration):
+        return "unknown"
+    f = set(line.split(":", 1)[1].split())
+    if "avx512f" in f:
+        return "avx512"
+    if "avx2" in f and "fma" in f:
+        return "avx2"
+    return "avx" if "avx" in f else "sse"
+
+
+def unknown(what, why):
+    return {"what": what, "api": "?", "kernel": f"unknown ({why})", "level": "unknown", "threads": None}
+
+
+def blas_components(impls):
+    """numpy's and scipy's OpenBLAS, from threadpoolctl. The scipy peer also
+    runs numpy's BLAS (its solvers call numpy), so it gets both."""
+    out = {p: [] for p in ("numpy", "scipy") if p in impls}
     try:
         from threadpoolctl import threadpool_info
-        for lib in threadpool_info():
-            if lib.get("user_api") != "blas":
-                continue
-            # numpy.libs/ or scipy.libs/ (the file names both say scipy_openblas).
-            owner = os.path.basename(os.path.dirname(lib.get("filepath", ""))).split(".")[0]
-            if owner not in ("numpy", "scipy") or owner not in impls:
-                continue
-            out.setdefault(owner, []).append({
-                "what": "BLAS", "api": f"{lib.get('internal_api')} {lib.get('version')}",
-                "kernel": lib.get("architecture") or "?",
-                "level": openblas_level(lib.get("architecture")),
-                "threads": lib.get("num_threads")})
     except ImportError as e:
-        for owner in [o for o in ("numpy", "scipy") if o in impls]:
-            out[owner] = [{"what": "BLAS", "api": "?", "kernel": f"unknown (threadpoolctl: {e})",
-                           "level": "unknown", "threads": None}]
-    if np is not None and "numpy" in impls and "numpy" not in out:
-        out["numpy"] = [{"what": "BLAS", "api": "?", "kernel": "not found by threadpoolctl",
-                         "level": "unknown", "threads": None}]
-    if torch is not None and "torch" in impls:
-        comps = []
-        threads = torch.get_num_threads()
-        cap = torch.backends.cpu.get_cpu_capability()
-        comps.append({"what": "ATen vector kernels", "api": f"torch {torch.__version__}",
-                      "kernel": cap, "level": isa_level(cap), "threads": threads})
-        a = torch.ones(64, 64)
+        for p in out:
+            out[p].append(unknown("BLAS", f"threadpoolctl: {e}"))
+        return out
+    found = {}
+    for lib in threadpool_info():
+        if lib.get("user_api") != "blas":
+            continue
+        # Wheels keep it in numpy.libs/ or scipy.libs/ (both files are named
+        # scipy_openblas); elsewhere (a system or conda numpy) by file name.
+        path = lib.get("filepath", "")
+        owner = os.path.basename(os.path.dirname(path)).split(".")[0]
+        if owner not in ("numpy", "scipy"):
+            owner = "numpy" if "numpy" in path else "scipy" if "scipy" in path else "system"
+        found[owner] = {"api": f"{lib.get('internal_api')} {lib.get('version')}",
+                        "kernel": lib.get("architecture") or "?",
+                        "level": openblas_level(lib.get("architecture")),
+                        "threads": lib.get("num_threads")}
+    if "system" in found and "numpy" not in found:
+        found["numpy"] = found["system"]
+    for p in out:
+        for owner in ("numpy",) if p == "numpy" else ("scipy", "numpy"):
+            what = "BLAS" if owner == p else f"{owner}'s BLAS"
+            out[p].append({"what": what, **found[owner]} if owner in found
+                          else unknown(what, "not found by threadpoolctl"))
+    return out
+
+
+def torch_components(torch):
+    """ATen's capability, and the kernels MKL (f32 products) and oneDNN
+    (bf16 products) report on a probe product. A library that prints
+    nothing for the probe is not used for it and is left out."""
+    threads = torch.get_num_threads()
+    cap = torch.backends.cpu.get_cpu_capability()
+    comps = [{"what": "ATen vector kernels", "api": f"torch {torch.__version__}",
+              "kernel": cap, "level": isa_level(cap), "threads": threads}]
+    a = torch.ones(64, 64)
+    try:
         if torch.backends.mkl.is_available():
             def f32():
                 with torch.backends.mkl.verbose(torch.backends.mkl.VERBOSE_ON):
                     a @ a
             text = captured_fd1(f32)
-            head = next((l for l in text.splitlines() if "MKL_VERBOSE" in l and "SGEMM" not in l), "")
+            head = next((l for l in text.splitlines() if "MKL_VERBOSE" in l and "GEMM(" not in l), "")
             # "MKL_VERBOSE oneMKL 2024.0 ... for Intel(R) 64 architecture <ISA>, Lnx 2.60GHz ..."
             m = re.search(r"MKL_VERBOSE (.*?) Product build .*? architecture (.*?), Lnx", head)
-            comps.append({"what": "f32 matmul (MKL)", "api": m.group(1) if m else "MKL",
-                          "kernel": m.group(2) if m else (head.strip()[:160] or "no MKL_VERBOSE output"),
-                          "level": isa_level(head) if head else "unknown", "threads": threads,
-                          "sgemm_seen": "SGEMM" in text})
+            # "MKL_VERBOSE SGEMM(N,N,64,...) 333.62us CNR:OFF Dyn:1 FastMM:1 TID:0  NThr:2"
+            nthr = re.search(r"SGEMM\(.*NThr:(\d+)", text)
+            if head:
+                comps.append({"what": "f32 matmul (MKL)", "api": m.group(1) if m else "MKL",
+                              "kernel": m.group(2) if m else head.strip()[:160],
+                              "level": isa_level(head),
+                              "threads": int(nthr.group(1)) if nthr else None})
+    except Exception as e:  # noqa: BLE001 (a probe must not lose the peer's records)
+        comps.append(unknown("f32 matmul (MKL)", f"probe failed: {e}"))
+    try:
         if torch.backends.mkldnn.is_available():
             b = a.bfloat16()
             def bf16():
                 with torch.backends.mkldnn.verbose(torch.backends.mkldnn.VERBOSE_ON):
                     b @ b
             text = captured_fd1(bf16)
-            isa = next((l.split("isa:", 1)[1].strip() for l in text.splitlines() if "isa:" in l), "")
+            lines = text.splitlines()
+            isa = next((l.split("isa:", 1)[1].strip() for l in lines if "isa:" in l), "")
             # "onednn_verbose,v1,primitive,exec,cpu,matmul,brg_matmul:avx10_1_512_amx,..."
-            impl = next((l.split(",")[6] for l in text.splitlines()
+            impl = next((l.split(",")[6] for l in lines
                          if ",exec," in l and ",matmul," in l and len(l.split(",")) > 6), "")
-            ver = next((l.split("info,", 1)[1].split(" (")[0] for l in text.splitlines()
-                        if ",info,oneDNN" in l), "oneDNN")
-            comps.append({"what": "bf16 matmul (oneDNN)", "api": ver,
-                          "kernel": f"{isa or 'no ONEDNN_VERBOSE output'}{' / ' + impl if impl else ''}",
-                          "level": isa_level(isa) if isa else "unknown", "threads": threads})
-        out["torch"] = comps
+            ver = next((l.split("info,", 1)[1].split(" (")[0] for l in lines if ",info,oneDNN" in l), "oneDNN")
+            nthr = next((l.split("nthr:", 1)[1].strip() for l in lines if "nthr:" in l), "")
+            if impl:
+                comps.append({"what": "bf16 matmul (oneDNN)", "api": ver,
+                              "kernel": f"{isa} / {impl}", "level": isa_level(isa or impl),
+                              "threads": int(nthr) if nthr.isdigit() else threads})
+    except Exception as e:  # noqa: BLE001
+        comps.append(unknown("bf16 matmul (oneDNN)", f"probe failed: {e}"))
+    return comps
+
+
+def peer_kernels(impls, torch):
+    """{peer: [component, ...]}: each component names what was probed, the
+    library, its kernel or ISA, the SIMD level that implies and the threads."""
+    out = blas_components(impls)
+    if torch is not None and "torch" in impls:
+        out["torch"] = torch_components(torch)
     return out
 
 
@@ -394,7 +443,12 @@ def main():
         versions["torch_cpu_capability"] = torch.backends.cpu.get_cpu_capability()
     print(json.dumps({"versions": versions}), flush=True)
     if not a.suite.startswith("gpu-"):
-        print(json.dumps({"peer_kernels": peer_kernels(impls, np, scipy_version is not None, torch)}), flush=True)
+        # What the peers run, and what they are judged against (a bundle's
+        # output is read back on another machine).
+        print(json.dumps({"peer_machine": {"simd_level": cpu_level(), "threads": a.threads}}), flush=True)
+        print(json.dumps({"peer_kernels": peer_kernels(impls, torch)}), flush=True)
+    if np is None and a.suite in ("gemm", "orth"):
+        print(json.dumps({"skip": f"{a.impls} {a.suite}", "why": "numpy (needed for the inputs) is missing"}), flush=True)
     rng = None if np is None else np.random.default_rng(7)
     for (m, n) in shapes:
         if a.suite == "gemm":

@@ -19,20 +19,22 @@ pub const SKIP_LOG: &str = "LMO_SKIP_LOG";
 pub fn skip(what: &str) {
     let label = test_label();
     eprintln!("SKIPPED: {label}: {what}");
-    let Some(path) = std::env::var_os(SKIP_LOG) else {
-        return;
-    };
-    // One write per line with O_APPEND: lines from parallel tests do not
-    // interleave.
-    let line = format!("{label}: {what}\n");
-    let written = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&path)
-        .and_then(|mut f| f.write_all(line.as_bytes()));
-    if let Err(e) = written {
+    if let Some(path) = std::env::var_os(SKIP_LOG)
+        && let Err(e) = append(std::path::Path::new(&path), &label, what)
+    {
         eprintln!("lmo-testkit: cannot append to {SKIP_LOG}: {e}");
     }
+}
+
+/// Appends `label: what` as one line to `log` (one write with O_APPEND:
+/// lines from parallel tests do not interleave).
+fn append(log: &std::path::Path, label: &str, what: &str) -> std::io::Result<()> {
+    let line = format!("{label}: {what}\n");
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)?
+        .write_all(line.as_bytes())
 }
 
 /// `binary::test`: the test binary's name without cargo's hash, and the
@@ -67,5 +69,33 @@ mod tests {
             "{l}"
         );
         assert!(l.starts_with("lmo_testkit"), "{l}");
+    }
+
+    #[test]
+    fn skips_from_parallel_threads_append_whole_lines() {
+        let log = std::env::temp_dir().join(format!("lmo-skips-{}.log", std::process::id()));
+        let _ = std::fs::remove_file(&log);
+        std::thread::scope(|s| {
+            for t in 0..8 {
+                let log = &log;
+                s.spawn(move || {
+                    for k in 0..50 {
+                        append(log, &format!("t{t}"), &format!("part {k}")).unwrap();
+                    }
+                });
+            }
+        });
+        let text = std::fs::read_to_string(&log).unwrap();
+        std::fs::remove_file(&log).unwrap();
+        let mut lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 400);
+        lines.sort_unstable();
+        lines.dedup();
+        assert_eq!(lines.len(), 400, "lines lost or interleaved");
+        assert!(
+            lines
+                .iter()
+                .all(|l| l.starts_with('t') && l.contains(": part "))
+        );
     }
 }

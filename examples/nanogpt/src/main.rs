@@ -256,8 +256,8 @@ fn validate(a: &Args) -> Result<(), String> {
         at_least(
             "--probe-steps",
             Some(a.probe_steps),
-            3,
-            " (Gluon's (L0, L1) fit needs points from consecutive steps)",
+            2,
+            " (each point of Gluon's (L0, L1) fit comes from two consecutive steps)",
         )?;
     }
     for (flag, lr) in [

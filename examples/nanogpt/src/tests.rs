@@ -104,7 +104,7 @@ fn bad_numeric_options_are_refused_before_any_output() {
         ("--eval-batches", "0", "≥ 1"),
         ("--stop-after", "0", "≥ 1"),
         ("--threads", "0", "≥ 1"),
-        ("--probe-steps", "1", "≥ 3"),
+        ("--probe-steps", "1", "≥ 2"),
         ("--lr-adamw", "0", "> 0"),
         ("--lr-muon", "-0.02", "> 0"),
         ("--lr-muon-adam", "NaN", "> 0"),

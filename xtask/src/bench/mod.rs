@@ -110,12 +110,13 @@ struct Opts {
 }
 
 const USAGE: &str = "usage: cargo xtask bench [SUITE…] [--quick] [--reps N] [--threads T]
-                         [--peers numpy,torch|none] [--json PATH] [--compare OLD.json]
+                         [--peers numpy,scipy,torch|none] [--json PATH] [--compare OLD.json]
                          [--shapes 768x768,…] [--settle SECONDS]
                          [--bundle DIR | --import LINES.jsonl] [--allow-slow-peer]
 suites: gemm orth brox step (default: these four), gpu (CUDA; --bundle DIR
 for a GPU machine without Rust, then --import its output).
-Peers (default numpy,scipy,torch; --quick: numpy,scipy) run without
+Peers (default numpy,scipy,torch; --quick: numpy,scipy; gemm and orth
+have numpy and torch, brox scipy, step torch), each in its own process, run without
 OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE; a ratio against a peer whose kernel is
 below this CPU's SIMD level (or whose thread count differs) is refused
 unless --allow-slow-peer (then marked).
@@ -344,11 +345,28 @@ fn parse_lines(out: &str, report: &mut Report, source: &str) -> Vec<Record> {
                     .push(format!("{source}: unreadable peer_kernels line"));
                 continue;
             };
+            // Every process reports its peer's kernels: keep each distinct
+            // component, so a process that ran slower than the others is
+            // judged too.
             for (peer, components) in map {
-                report.peers.entry(peer).or_insert(peers::PeerKernels {
-                    components,
-                    below: None,
-                });
+                let have = &mut report.peers.entry(peer).or_default().components;
+                for c in components {
+                    if !have.contains(&c) {
+                        have.push(c);
+                    }
+                }
+            }
+        } else if let Some(m) = v.get("peer_machine") {
+            // The machine the peers ran on (a bundle's output is read back
+            // elsewhere): judged against its CPU and thread count.
+            for (k, key) in [
+                ("simd_level", "peer_simd_level"),
+                ("threads", "peer_threads"),
+            ] {
+                if let Some(x) = m.get(k) {
+                    let x = x.as_str().map(String::from).unwrap_or(x.to_string());
+                    report.machine.insert(key.into(), x);
+                }
             }
         } else if let Some(what) = v.get("skip") {
             let why = v.get("why").and_then(|w| w.as_str()).unwrap_or("");
@@ -519,17 +537,32 @@ pub fn run(args: &[String]) -> Result<(), String> {
     finish(&o, report, t0)
 }
 
-/// Roofline, tables, JSON, plots, comparison.
-fn finish(o: &Opts, mut report: Report, t0: Instant) -> Result<(), String> {
-    let (_, level) = cpuinfo();
+/// Judges the peers' kernels against the machine the peers reported
+/// running on (`peer_machine` lines), else `level` and `threads`.
+fn judge_peers(report: &mut Report, level: peers::Level, threads: u64) {
+    let level = report
+        .machine
+        .get("peer_simd_level")
+        .and_then(|l| peers::Level::parse(l))
+        .unwrap_or(level);
+    let threads = report
+        .machine
+        .get("peer_threads")
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(threads);
     report.peers = peers::judge(
         std::mem::take(&mut report.peers)
             .into_iter()
             .map(|(p, k)| (p, k.components))
             .collect(),
         level,
-        o.threads as u64,
+        threads,
     );
+}
+
+/// Roofline, tables, JSON, plots, comparison.
+fn finish(o: &Opts, mut report: Report, t0: Instant) -> Result<(), String> {
+    judge_peers(&mut report, cpuinfo().1, o.threads as u64);
     if let Some(best) = report
         .results
         .iter()
@@ -865,6 +898,7 @@ fn import(o: &Opts, lines: &Path, args: &[String]) -> Result<(), String> {
     let text = std::fs::read_to_string(lines).map_err(|e| format!("{}: {e}", lines.display()))?;
     let mut report = Report {
         command: format!("cargo xtask bench {}", args.join(" ")),
+        allow_slow_peer: o.allow_slow_peer,
         ..Default::default()
     };
     report
@@ -934,5 +968,41 @@ mod tests {
         r.allow_slow_peer = true;
         let t = render_tables(&r);
         assert!(row(&t).contains("| 2.00× (slow peer) |"), "{t}");
+    }
+
+    #[test]
+    fn peers_are_judged_on_their_own_machine_and_by_their_slowest_process() {
+        let line = |k: &str, threads: u64| {
+            format!(
+                r#"{{"peer_kernels": {{"numpy": [{{"what": "BLAS", "api": "openblas", "kernel": "{k}", "level": "{}", "threads": {threads}}}]}}}}"#,
+                if k == "Haswell" { "avx2" } else { "avx512" }
+            )
+        };
+        // Read back from an AVX2 machine: Haswell is its best kernel, even
+        // where this machine (here: said to be AVX-512) has more.
+        let mut r = Report::default();
+        let text = format!(
+            "{}\n{}\n",
+            r#"{"peer_machine": {"simd_level": "avx2", "threads": 2}}"#,
+            line("Haswell", 2)
+        );
+        parse_lines(&text, &mut r, "numpy");
+        judge_peers(&mut r, peers::Level::Avx512, 8);
+        assert_eq!(r.peers["numpy"].below, None, "{:?}", r.peers);
+        // Two processes on this AVX-512 machine, one of them handicapped:
+        // the peer is judged slow.
+        let mut r = Report::default();
+        parse_lines(&line("SkylakeX", 2), &mut r, "numpy");
+        parse_lines(&line("Haswell", 2), &mut r, "numpy");
+        parse_lines(&line("SkylakeX", 2), &mut r, "numpy");
+        assert_eq!(r.peers["numpy"].components.len(), 2);
+        judge_peers(&mut r, peers::Level::Avx512, 2);
+        assert!(
+            r.peers["numpy"]
+                .below
+                .as_deref()
+                .unwrap()
+                .contains("Haswell")
+        );
     }
 }

@@ -74,6 +74,18 @@ impl Level {
             Level::Sse
         }
     }
+    /// The level a name (as [`Level::name`] writes it) stands for.
+    pub fn parse(name: &str) -> Option<Level> {
+        [
+            Level::Unknown,
+            Level::Sse,
+            Level::Avx,
+            Level::Avx2,
+            Level::Avx512,
+        ]
+        .into_iter()
+        .find(|l| l.name() == name)
+    }
     pub fn name(self) -> &'static str {
         match self {
             Level::Unknown => "unknown",
@@ -167,16 +179,14 @@ mod tests {
         let out = command("sh", ["-c", script], &envs).output().unwrap();
         assert!(out.status.success());
         assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "unset,unset,2");
-        // And the bundle's shell line does the same.
+        // And the bundle's shell line does the same (and leaves the
+        // thread count alone).
         let line = format!(
-            "OPENBLAS_CORETYPE=Haswell OPENBLAS_L2_SIZE=1 {} sh -c '{script}'",
+            "OPENBLAS_CORETYPE=Haswell OPENBLAS_L2_SIZE=1 OPENBLAS_NUM_THREADS=3 {} sh -c '{script}'",
             shell_prefix()
         );
         let out = Command::new("sh").args(["-c", &line]).output().unwrap();
-        assert_eq!(
-            String::from_utf8_lossy(&out.stdout).trim(),
-            "unset,unset,unset"
-        );
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "unset,unset,3");
     }
 
     fn comp(what: &str, kernel: &str, level: Level, threads: Option<u64>) -> Component {
@@ -225,6 +235,16 @@ mod tests {
         assert_eq!(Level::of_cpu(&["avx2", "fma", "avx512f"]), Level::Avx512);
         assert_eq!(Level::of_cpu(&["avx", "avx2", "fma"]), Level::Avx2);
         assert_eq!(Level::of_cpu(&["sse2"]), Level::Sse);
+        for l in [
+            Level::Unknown,
+            Level::Sse,
+            Level::Avx,
+            Level::Avx2,
+            Level::Avx512,
+        ] {
+            assert_eq!(Level::parse(l.name()), Some(l));
+        }
+        assert_eq!(Level::parse("avx1024"), None);
         assert_eq!(peer_of("numpy-sgemm"), "numpy");
         assert_eq!(peer_of("torch.optim.Muon-bf16"), "torch");
         assert_eq!(peer_of("scipy"), "scipy");
