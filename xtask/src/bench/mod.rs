@@ -122,6 +122,14 @@ below this CPU's SIMD level (or whose thread count differs) is refused
 unless --allow-slow-peer (then marked).
 Output: target/bench/{bench.json,*.svg,*.png}";
 
+/// An integer option's value, ≥ 1.
+fn at_least_one(flag: &str, v: &str) -> Result<usize, String> {
+    v.parse()
+        .ok()
+        .filter(|&n: &usize| n >= 1)
+        .ok_or_else(|| format!("{flag} {v:?}: an integer ≥ 1"))
+}
+
 fn parse(args: &[String]) -> Result<Opts, String> {
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
@@ -151,20 +159,8 @@ fn parse(args: &[String]) -> Result<Opts, String> {
         match a.as_str() {
             "--quick" => o.quick = true,
             "--allow-slow-peer" => o.allow_slow_peer = true,
-            "--reps" => {
-                o.reps = val()?
-                    .parse()
-                    .ok()
-                    .filter(|&r: &usize| r >= 1)
-                    .ok_or("--reps: an integer ≥ 1")?
-            }
-            "--threads" => {
-                o.threads = val()?
-                    .parse()
-                    .ok()
-                    .filter(|&t: &usize| t >= 1)
-                    .ok_or("--threads: an integer ≥ 1")?
-            }
+            "--reps" => o.reps = at_least_one(a, &val()?)?,
+            "--threads" => o.threads = at_least_one(a, &val()?)?,
             "--peers" => {
                 peers_set = true;
                 o.peers = val()?
