@@ -6,11 +6,14 @@ usage: python peers.py SUITE --shapes 768x768,... --reps N --threads T
        [--sets muon,...] [--precisions f32,bf16,f64]
 Suites: gemm, orth, brox, step; on a CUDA GPU: gpu-gemm, gpu-orth,
 gpu-step (PyTorch only). Missing packages or devices are reported as
-{"skip": ...} lines. Before any measurement it prints one {"peer_kernels":
-...} line: the BLAS/ISA kernel and thread count each peer really uses
-(threadpoolctl for numpy's and scipy's OpenBLAS; MKL's and oneDNN's own
-verbose output and ATen's CPU capability for PyTorch), which the harness
-checks against the CPU before it prints a ratio.
+{"skip": ...} lines. Before any measurement of a CPU suite it prints a
+{"peer_machine": ...} line (this CPU's SIMD level and the requested
+threads: what the peers are judged against, also when a bundle's output is
+read back elsewhere) and a {"peer_kernels": ...} line: the BLAS/ISA kernel
+and thread count each peer really uses (threadpoolctl for numpy's and
+scipy's OpenBLAS; MKL's and oneDNN's own verbose output and ATen's CPU
+capability for PyTorch). The harness refuses a ratio against a peer below
+that level.
 """
 import math
 import argparse
