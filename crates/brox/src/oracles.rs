@@ -1,8 +1,6 @@
 //! Exact and inexact ball-proximal oracles (SPEC §4).
 
-use lmo_core::{Norm, Shape};
-use lmo_ndarray::Nd64;
-use ndarray::{ArrayD, IxDyn};
+use lmo_core::{Backend, Norm};
 
 use crate::{Brox, BroxError, Certificate, TrsSolution, check, trs::Trs};
 
@@ -14,38 +12,49 @@ fn norm2(v: &[f64]) -> f64 {
     m * v.iter().map(|x| (x / m) * (x / m)).sum::<f64>().sqrt()
 }
 
-/// `f(z) = <g, z>` over the ball of any lmo-core norm `N`:
-/// `brox_f^t(x) = x + t·lmo(g)` (SPEC §4, first oracle). `g` has a shape
-/// (vector or matrix) so that matrix norms (spectral, column, …) apply;
-/// points are its row-major entries.
-pub struct Linear<N: Norm<Nd64>> {
-    g: ArrayD<f64>,
+/// `f(z) = <g, z>` over the ball of any lmo-core norm `N` on any f64
+/// [`Backend`] `B`: `brox_f^t(x) = x + t·lmo(g)` (SPEC §4, first oracle).
+/// `g` is a tensor of the backend (vector or matrix), so that matrix norms
+/// (spectral, column, …) apply; points are its row-major entries.
+pub struct Linear<B: Backend<Scalar = f64>, N: Norm<B>> {
+    g: B::Tensor,
+    /// `g`, row-major on the host (for `value` and `gradient`).
+    gh: Vec<f64>,
     norm: N,
-    d: ArrayD<f64>,
+    d: B::Tensor,
+    dh: Vec<f64>,
 }
 
-impl<N: Norm<Nd64>> Linear<N> {
-    /// `g` with `shape` (row-major), the ball of `norm`.
-    pub fn new(g: Vec<f64>, shape: Shape, norm: N) -> Result<Self, BroxError> {
-        let g = ArrayD::from_shape_vec(IxDyn(shape.dims()), g)
-            .map_err(|_| BroxError::InvalidInput("g does not match its shape"))?;
-        if g.iter().any(|v| !v.is_finite()) {
+impl<B: Backend<Scalar = f64>, N: Norm<B>> Linear<B, N> {
+    /// `f(z) = <g, z>` over the ball of `norm`; non-finite `g` →
+    /// [`BroxError::NonFinite`].
+    pub fn new(g: B::Tensor, norm: N) -> Result<Self, BroxError> {
+        if !B::all_finite(&g) {
             return Err(BroxError::NonFinite);
         }
-        let d = g.clone();
-        Ok(Linear { g, norm, d })
+        let n = B::shape(&g).numel();
+        let mut gh = vec![0.0; n];
+        B::copy_to_slice(&g, &mut gh);
+        let d = B::zeros_like(&g);
+        Ok(Linear {
+            g,
+            gh,
+            norm,
+            d,
+            dh: vec![0.0; n],
+        })
     }
 }
 
-impl<N: Norm<Nd64>> Brox for Linear<N> {
+impl<B: Backend<Scalar = f64>, N: Norm<B>> Brox for Linear<B, N> {
     fn dim(&self) -> usize {
-        self.g.len()
+        self.gh.len()
     }
     fn value(&self, z: &[f64]) -> f64 {
-        self.g.iter().zip(z).map(|(a, b)| a * b).sum()
+        self.gh.iter().zip(z).map(|(a, b)| a * b).sum()
     }
     fn gradient(&self, _z: &[f64], out: &mut [f64]) -> bool {
-        out.iter_mut().zip(self.g.iter()).for_each(|(o, g)| *o = *g);
+        out.copy_from_slice(&self.gh);
         true
     }
     fn brox(&mut self, x: &[f64], t: f64, out: &mut [f64]) -> Result<Certificate, BroxError> {
@@ -54,7 +63,8 @@ impl<N: Norm<Nd64>> Brox for Linear<N> {
             .norm
             .lmo(&self.g, &mut self.d)
             .map_err(BroxError::Lmo)?;
-        for ((o, xi), di) in out.iter_mut().zip(x).zip(self.d.iter()) {
+        B::copy_to_slice(&self.d, &mut self.dh);
+        for ((o, xi), di) in out.iter_mut().zip(x).zip(&self.dh) {
             *o = xi + t * di;
         }
         let dual = -ip;

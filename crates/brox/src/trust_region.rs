@@ -5,9 +5,7 @@
 //! exact trust-region subproblem) — and adapts the radius by the ratio of
 //! actual to predicted decrease (Conn, Gould & Toint 2000, Alg. 6.1.1).
 
-use lmo_core::{Norm, Shape};
-use lmo_ndarray::Nd64;
-use ndarray::{ArrayD, IxDyn};
+use lmo_core::{Backend, Norm};
 
 use crate::{BroxError, Trs};
 
@@ -27,16 +25,18 @@ pub trait Objective {
     }
 }
 
-/// The model minimized over the ball at each step.
-pub enum Model<N: Norm<Nd64>> {
-    /// `f(x) + <g, s>` over the ball of `norm` (shape: how the vector is
-    /// viewed by the norm, e.g. a matrix for the spectral norm): step
-    /// `t·lmo(g)`.
+/// The model minimized over the ball at each step, for norms on the f64
+/// backend `B`.
+pub enum Model<B: Backend<Scalar = f64>, N: Norm<B>> {
+    /// `f(x) + <g, s>` over the ball of `norm`: step `t·lmo(g)`. `like` is
+    /// a tensor of the backend with the variable's shape as the norm sees
+    /// it (a vector, or a matrix for the spectral norm); its values are not
+    /// read.
     Linear {
         /// The norm.
         norm: N,
-        /// The shape of the variable for the norm.
-        shape: Shape,
+        /// A tensor with the variable's shape.
+        like: B::Tensor,
     },
     /// `f(x) + <g, s> + ½sᵀHs` over the Euclidean ball, with `H` built from
     /// n Hessian-vector products and the exact subproblem solver.
@@ -99,9 +99,9 @@ pub struct TrResult {
 }
 
 /// Runs the trust-region method from `x0` with the given model.
-pub fn trust_region<N: Norm<Nd64>>(
+pub fn trust_region<B: Backend<Scalar = f64>, N: Norm<B>>(
     obj: &dyn Objective,
-    model: &mut Model<N>,
+    model: &mut Model<B, N>,
     x0: &[f64],
     o: &TrOptions,
 ) -> Result<TrResult, BroxError> {
@@ -120,14 +120,16 @@ pub fn trust_region<N: Norm<Nd64>>(
             "need 0 < t0 ≤ t_max and 0 ≤ eta < 0.25",
         ));
     }
-    if let Model::Linear { shape, .. } = model
-        && shape.numel() != n
-    {
-        return Err(BroxError::DimensionMismatch {
-            expected: n,
-            found: shape.numel(),
-        });
-    }
+    let mut work = match model {
+        Model::Linear { like, .. } => {
+            let found = B::shape(like).numel();
+            if found != n {
+                return Err(BroxError::DimensionMismatch { expected: n, found });
+            }
+            Some((B::zeros_like(like), B::zeros_like(like)))
+        }
+        Model::Quadratic => None,
+    };
     let mut x = x0.to_vec();
     let mut fx = obj.value(&x);
     let mut g = vec![0.0; n];
@@ -141,12 +143,14 @@ pub fn trust_region<N: Norm<Nd64>>(
             return Err(BroxError::NonFinite);
         }
         let (step, predicted, grad_dual) = match model {
-            Model::Linear { norm, shape } => {
-                let ga = ArrayD::from_shape_vec(IxDyn(shape.dims()), g.clone())
-                    .map_err(|_| BroxError::InvalidInput("shape"))?;
-                let mut d = ga.clone();
-                let ip = norm.lmo(&ga, &mut d).map_err(BroxError::Lmo)?;
-                (d.iter().map(|v| t * v).collect::<Vec<f64>>(), -t * ip, -ip)
+            Model::Linear { norm, .. } => {
+                let (ga, d) = work.as_mut().expect("sized for the linear model");
+                B::copy_from_slice(&g, ga);
+                let ip = norm.lmo(ga, d).map_err(BroxError::Lmo)?;
+                let mut step = vec![0.0; n];
+                B::copy_to_slice(d, &mut step);
+                step.iter_mut().for_each(|v| *v *= t);
+                (step, -t * ip, -ip)
             }
             Model::Quadratic => {
                 let mut h = vec![0.0; n * n];

@@ -4,7 +4,9 @@
 
 use brox::oracles::{Distance, L1Distance, Linear, Quadratic, SeparableBox, SmoothConvex};
 use brox::{Brox, BroxError, Radii, Stop, Trs, bpm, envelope};
-use lmo_core::{Frobenius, Shape, SignInf, Spectral};
+use lmo_core::{Frobenius, SignInf, Spectral};
+use lmo_ndarray::Nd64;
+use ndarray::{ArrayD, IxDyn};
 use proptest::prelude::*;
 use rand::{SeedableRng, rngs::StdRng};
 use rand_distr::{Distribution, StandardNormal};
@@ -303,6 +305,11 @@ fn envelope_of_x_squared() {
     }
 }
 
+/// `v` as an f64 tensor of shape `dims` (row-major).
+fn tensor(v: Vec<f64>, dims: &[usize]) -> ArrayD<f64> {
+    ArrayD::from_shape_vec(IxDyn(dims), v).expect("length matches the shape")
+}
+
 #[test]
 fn linear_and_box_oracles() {
     // Linear f over the ℓ∞ ball: brox = x − t·sign(g); over a spectral ball:
@@ -310,19 +317,15 @@ fn linear_and_box_oracles() {
     let g = vec![1.0, -2.0, 0.0, 3.0];
     let x = vec![0.5; 4];
     let mut u = vec![0.0; 4];
-    let mut lin = Linear::new(g.clone(), Shape::vector(4), SignInf::new()).unwrap();
+    let mut lin = Linear::<Nd64, _>::new(tensor(g.clone(), &[4]), SignInf::new()).unwrap();
     lin.brox(&x, 0.25, &mut u).unwrap();
     assert_eq!(u, vec![0.25, 0.75, 0.5, 0.25]);
-    let mut sp = Linear::new(
-        vec![3.0, 0.0, 0.0, -2.0],
-        Shape::matrix(2, 2),
-        Spectral::new(),
-    )
+    let mut sp = Linear::<Nd64, _>::new(tensor(vec![3.0, 0.0, 0.0, -2.0], &[2, 2]), Spectral::new())
     .unwrap();
     let c = sp.brox(&x, 1.0, &mut u).unwrap();
     assert_eq!(u, vec![-0.5, 0.5, 0.5, 1.5]);
     assert!((c.multiplier.unwrap() - 5.0).abs() < 1e-12); // nuclear norm / t
-    let mut fr = Linear::new(g.clone(), Shape::vector(4), Frobenius::new()).unwrap();
+    let mut fr = Linear::<Nd64, _>::new(tensor(g.clone(), &[4]), Frobenius::new()).unwrap();
     fr.brox(&x, 1.0, &mut u).unwrap();
     assert!((dist(&u, &x) - 1.0).abs() < 1e-12);
     // Separable box: f = Σ (z_i − c_i)⁴ (convex), minimizers c.

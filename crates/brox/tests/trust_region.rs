@@ -1,7 +1,14 @@
 //! The trust-region method ("BPM on a model of f") on classic problems.
 
 use brox::{BroxError, Model, Objective, TrOptions, trust_region};
-use lmo_core::{Frobenius, Shape, SignInf, Spectral};
+use lmo_core::{Frobenius, SignInf, Spectral};
+use lmo_ndarray::Nd64;
+use ndarray::{ArrayD, IxDyn};
+
+/// A zero f64 tensor of shape `dims` (the linear model's `like`).
+fn zeros(dims: &[usize]) -> ArrayD<f64> {
+    ArrayD::zeros(IxDyn(dims))
+}
 
 /// Rosenbrock in 2-D with exact Hessian-vector products.
 struct Rosenbrock;
@@ -49,7 +56,7 @@ impl Objective for MatrixDistance {
 
 #[test]
 fn quadratic_model_solves_rosenbrock() {
-    let r = trust_region::<Frobenius>(
+    let r = trust_region::<Nd64, Frobenius>(
         &Rosenbrock,
         &mut Model::Quadratic,
         &[-1.2, 1.0],
@@ -86,27 +93,27 @@ fn linear_models_decrease_f_in_any_norm() {
     let runs = [
         trust_region(
             &MatrixDistance,
-            &mut Model::Linear {
+            &mut Model::<Nd64, _>::Linear {
                 norm: Frobenius::new(),
-                shape: Shape::vector(12),
+                like: zeros(&[12]),
             },
             &x0,
             &opts,
         ),
         trust_region(
             &MatrixDistance,
-            &mut Model::Linear {
+            &mut Model::<Nd64, _>::Linear {
                 norm: SignInf::new(),
-                shape: Shape::vector(12),
+                like: zeros(&[12]),
             },
             &x0,
             &opts,
         ),
         trust_region(
             &MatrixDistance,
-            &mut Model::Linear {
+            &mut Model::<Nd64, _>::Linear {
                 norm: Spectral::new(),
-                shape: Shape::matrix(3, 4),
+                like: zeros(&[3, 4]),
             },
             &x0,
             &opts,
@@ -118,14 +125,14 @@ fn linear_models_decrease_f_in_any_norm() {
         assert!(f < 1e-6 * f0, "final f = {f}");
     }
     // The quadratic model needs Hessian products.
-    let e = trust_region::<Frobenius>(&MatrixDistance, &mut Model::Quadratic, &x0, &opts);
+    let e = trust_region::<Nd64, Frobenius>(&MatrixDistance, &mut Model::Quadratic, &x0, &opts);
     assert!(matches!(e, Err(BroxError::InvalidInput(_))));
 }
 
 #[test]
 fn bad_input() {
     let o = TrOptions::default();
-    let mut m = Model::<Frobenius>::Quadratic;
+    let mut m = Model::<Nd64, Frobenius>::Quadratic;
     assert!(matches!(
         trust_region(&Rosenbrock, &mut m, &[1.0], &o),
         Err(BroxError::DimensionMismatch { .. })
@@ -142,9 +149,9 @@ fn bad_input() {
         trust_region(&Rosenbrock, &mut m, &[0.0, 0.0], &bad),
         Err(BroxError::InvalidInput(_))
     ));
-    let mut lin = Model::Linear {
+    let mut lin = Model::<Nd64, _>::Linear {
         norm: Frobenius::new(),
-        shape: Shape::vector(3),
+        like: zeros(&[3]),
     };
     assert!(matches!(
         trust_region(&Rosenbrock, &mut lin, &[0.0, 0.0], &o),

@@ -4,10 +4,9 @@
 use std::collections::BTreeMap;
 
 use lmo_core::{
-    Backend, ColNorm, ExactPolar, Frobenius, L1, LmoError, Norm, RowNorm, SignInf, Spectral,
+    Bf16Storage, ColNorm, ExactPolar, Frobenius, L1, LmoError, Norm, RowNorm, SignInf, Spectral,
     VectorRms,
 };
-use lmo_ndarray::{Nd32, NdBf16};
 use orthogonalize::{NewtonSchulz, NewtonSchulzBf16, NsConfig};
 
 /// What a parameter tensor is; groups are keyed by label.
@@ -35,11 +34,13 @@ pub enum Orth {
     /// A Newton–Schulz-type iteration (orthogonalize's `NewtonSchulz`).
     NewtonSchulz(NsConfig),
     /// The same iteration with bf16 storage and f32 accumulation
-    /// (orthogonalize's `NewtonSchulzBf16`, as `torch.optim.Muon`): on the
+    /// (orthogonalize's `NewtonSchulzBf16`, as `torch.optim.Muon`), on the
+    /// path the backend declares through `lmo_core::Bf16Storage`: on the
     /// ndarray f32 backend (`Nd32`) the parameters and momentum stay f32
     /// and only the polar factor runs in bf16 (natively where the CPU has
-    /// AVX-512 BF16); on `NdBf16` it is plain `NewtonSchulz`. Other
-    /// backends reject it with `InvalidHyperParameter`.
+    /// AVX-512 BF16); on `NdBf16` it is plain `NewtonSchulz`. A backend
+    /// that offers no bf16 path (`OFFERS_BF16 = false`) refuses it with
+    /// `InvalidHyperParameter` when the optimizer is built.
     NewtonSchulzBf16(NsConfig),
 }
 
@@ -428,11 +429,11 @@ pub type DynNorm<B> = Box<dyn Norm<B> + Send>;
 
 impl NormSpec {
     /// Builds the norm for a block of shape `dims` with total scale `s`.
-    pub fn build<B: Backend>(&self, s: f64) -> Result<DynNorm<B>, LmoError>
+    pub fn build<B: Bf16Storage>(&self, s: f64) -> Result<DynNorm<B>, LmoError>
     where
         B::Tensor: Send,
     {
-        fn spectral<B: Backend>(o: &Orth, s: f64, rms: bool) -> Result<DynNorm<B>, LmoError>
+        fn spectral<B: Bf16Storage>(o: &Orth, s: f64, rms: bool) -> Result<DynNorm<B>, LmoError>
         where
             B::Tensor: Send,
         {
@@ -447,21 +448,9 @@ impl NormSpec {
                     Box::new(if rms { n.rms_to_rms() } else { n })
                 }
                 Orth::NewtonSchulzBf16(c) => {
-                    use core::any::{Any, TypeId};
-                    if TypeId::of::<B>() == TypeId::of::<NdBf16>() {
-                        return spectral::<B>(&Orth::NewtonSchulz(c.clone()), s, rms);
-                    }
-                    let n =
-                        Spectral::<Nd32, _>::with_orthogonalizer(NewtonSchulzBf16::new(c.clone())?)
-                            .with_scale(s)?;
-                    let n: DynNorm<Nd32> = Box::new(if rms { n.rms_to_rms() } else { n });
-                    // A norm for Nd32 is a norm for B exactly when B is Nd32.
-                    let any: Box<dyn Any> = Box::new(n);
-                    *any.downcast::<DynNorm<B>>().map_err(|_| {
-                        LmoError::InvalidHyperParameter(
-                            "Orth::NewtonSchulzBf16 needs the Nd32 or NdBf16 backend",
-                        )
-                    })?
+                    let n = Spectral::with_orthogonalizer(NewtonSchulzBf16::<B>::new(c.clone())?)
+                        .with_scale(s)?;
+                    Box::new(if rms { n.rms_to_rms() } else { n })
                 }
             })
         }

@@ -204,7 +204,7 @@ pub struct LipschitzEstimator<B: Backend> {
     points: Vec<Vec<Point>>,
 }
 
-impl<B: Backend> LipschitzEstimator<B>
+impl<B: lmo_core::Bf16Storage> LipschitzEstimator<B>
 where
     B::Tensor: Send,
 {

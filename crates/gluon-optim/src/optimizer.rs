@@ -1,7 +1,7 @@
 //! The layer-wise LMO step (SPEC §3) over blocks, with AdamW for the groups
 //! configured so.
 
-use lmo_core::{AdamWStep, Backend, LmoError, Scalar};
+use lmo_core::{AdamWStep, Backend, Bf16Storage, LmoError, Scalar};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -169,7 +169,7 @@ pub struct Optimizer<B: Backend> {
     report: StepReport,
 }
 
-impl<B: Backend> Optimizer<B>
+impl<B: Bf16Storage> Optimizer<B>
 where
     B::Tensor: Send + Sync,
 {

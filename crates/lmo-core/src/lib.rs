@@ -14,6 +14,8 @@
 //! - [`Orthogonalizer`]: the seam where the spectral LMO gets its polar
 //!   factor; [`ExactPolar`] is the exact reference (one-sided Jacobi SVD,
 //!   [`JacobiSvd`]).
+//! - [`Bf16Storage`]: what a backend offers for bf16 polar factors (bf16
+//!   storage, f32 accumulation), declared by the backend itself.
 //! - [`LmoError`]: typed errors (shape mismatch, non-finite input,
 //!   unsupported rank, invalid hyper-parameter).
 //!
@@ -30,6 +32,7 @@ mod backend;
 mod error;
 pub mod norms;
 mod orth;
+mod precision;
 mod scalar;
 mod shape;
 pub mod svd;
@@ -40,6 +43,7 @@ pub use norms::{ColNorm, ColRowNorm, Frobenius, L1, Norm, RowNorm, SignInf, Spec
 /// Re-export of `num-traits` (the `Float`, `Zero`, `One` traits behind [`Scalar`]).
 pub use num_traits;
 pub use orth::{ExactPolar, Orthogonalizer};
+pub use precision::Bf16Storage;
 pub use scalar::Scalar;
 pub use shape::Shape;
 pub use svd::JacobiSvd;

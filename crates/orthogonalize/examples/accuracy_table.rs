@@ -9,7 +9,7 @@
 //! Columns: the interval `[σ_min, σ_max]` of the output's singular values
 //! and the relative error `‖X − U·Vᵀ‖_F / ‖U·Vᵀ‖_F`.
 
-use lmo_core::{Backend, Orthogonalizer, Scalar, Trans};
+use lmo_core::{Backend, Scalar, Trans};
 use lmo_ndarray::{Nd32, Nd64, NdBf16, NdScalar, round_bf16};
 use ndarray::{ArrayD, IxDyn};
 use orthogonalize::{CoefficientSet, FaerPolar, NewtonSchulz, NsConfig};
@@ -25,8 +25,8 @@ fn conditioned(rng: &mut StdRng, n: usize, cond: f64) -> ArrayD<f64> {
     let mut q = gaussian(rng, n, n);
     let mut p = gaussian(rng, n, n);
     let (gq, gp) = (q.clone(), p.clone());
-    FaerPolar::new().polar(&gq, &mut q).unwrap();
-    FaerPolar::new().polar(&gp, &mut p).unwrap();
+    FaerPolar::new().run::<Nd64>(&gq, &mut q).unwrap();
+    FaerPolar::new().run::<Nd64>(&gp, &mut p).unwrap();
     let s = ArrayD::from_shape_fn(IxDyn(&[n, n]), |ix| {
         if ix[0] == ix[1] {
             cond.powf(-(ix[0] as f64) / (n - 1) as f64)
@@ -81,7 +81,7 @@ fn main() {
         .iter()
         .map(|(_, g)| {
             let mut p = g.clone();
-            faer.polar(g, &mut p).unwrap();
+            faer.run::<Nd64>(g, &mut p).unwrap();
             p
         })
         .collect();
@@ -115,7 +115,7 @@ fn main() {
                     "f32" => run::<Nd32>(cfg, g, false),
                     _ => run::<NdBf16>(cfg, g, true),
                 };
-                let s = faer.singular_values(&out).unwrap();
+                let s = faer.singular_values::<Nd64>(&out).unwrap();
                 let diff: f64 = (&out - ex).iter().map(|v| v * v).sum::<f64>().sqrt();
                 let norm: f64 = ex.iter().map(|v| v * v).sum::<f64>().sqrt();
                 print!(

@@ -1070,3 +1070,18 @@ pub use plan::PolarPlan;
 pub mod step;
 use cmd::elem_size;
 pub use step::UpdateCoeffs;
+
+/// The CUDA backend's bf16 path is the device step's own
+/// (`DeviceOptimizer` with `Orth::NewtonSchulzBf16`, bf16 tensors); the
+/// generic bf16 polar factor is not offered on `Cuda`. The rounding goes
+/// through the host (never on a hot path).
+impl lmo_core::Bf16Storage for Cuda {
+    type Bf16 = Cuda;
+    const OFFERS_BF16: bool = false;
+    fn to_bf16(src: &CudaTensor, dst: &mut CudaTensor) {
+        let mut h = vec![0.0f32; Cuda::shape(src).numel()];
+        Cuda::copy_to_slice(src, &mut h);
+        h.iter_mut().for_each(|v| *v = bf16::from_f32(*v).to_f32());
+        Cuda::copy_from_slice(&h, dst);
+    }
+}

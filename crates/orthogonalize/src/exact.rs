@@ -1,18 +1,20 @@
 //! Exact polar factor through faer's SVD (pure Rust; no system library).
 
 use faer::Mat;
-use lmo_core::{Backend, LmoError, Orthogonalizer};
-use lmo_ndarray::{NdBackend, NdScalar};
-use ndarray::ArrayD;
+use lmo_core::{Backend, LmoError, Orthogonalizer, Scalar};
 
 /// Exact polar factor `polar(G) = Σ_{σ_j > rtol·σ_max} u_j·v_jᵀ` through
 /// faer's thin SVD, computed in f64 whatever the backend precision, with
 /// `rtol = max(m,n)·ε_f64` (singular pairs at rounding level count as zero,
 /// the partial isometry Newton–Schulz also converges to).
 ///
-/// The reference for accuracy tables and a user option for small and
-/// medium matrices (`O(m·n·min(m,n))` flops, several times a Newton–Schulz
-/// step). Zero → zero; empty → nothing; non-finite → error, output untouched.
+/// Works on every [`Backend`]: the matrix is read through
+/// [`Backend::copy_to_slice`] and written back through
+/// [`Backend::copy_from_slice`] (host copies; the SVD allocates anyway).
+/// The reference for accuracy tables and a user option for small
+/// and medium matrices (`O(m·n·min(m,n))` flops, several times a
+/// Newton–Schulz step). Zero → zero; empty → nothing; non-finite → error,
+/// output untouched.
 pub struct FaerPolar {
     a: Mat<f64>,
     p: Mat<f64>,
@@ -34,43 +36,59 @@ impl FaerPolar {
     }
 
     /// Singular values of `g` (descending), in f64.
-    pub fn singular_values<S: NdScalar>(&mut self, g: &ArrayD<S>) -> Result<Vec<f64>, LmoError> {
-        let (m, n) = NdBackend::<S>::shape(g).as_matrix()?;
-        NdBackend::<S>::check_finite(g)?;
+    pub fn singular_values<B: Backend>(&mut self, g: &B::Tensor) -> Result<Vec<f64>, LmoError> {
+        let (m, n) = B::shape(g).as_matrix()?;
+        B::check_finite(g)?;
         if m == 0 || n == 0 {
             return Ok(Vec::new());
         }
-        self.load(g, m, n);
+        self.load::<B>(g, m, n);
         self.a.singular_values().map_err(|_| LmoError::NonFinite)
     }
 
-    fn load<S: NdScalar>(&mut self, g: &ArrayD<S>, m: usize, n: usize) {
+    /// Reads `g` (row-major) into `self.a` and returns max|g|.
+    fn load<B: Backend>(&mut self, g: &B::Tensor, m: usize, n: usize) -> f64 {
+        let mut buf = vec![B::Scalar::of(0.0); m * n];
+        B::copy_to_slice(g, &mut buf);
         self.a.resize_with(m, n, |_, _| 0.0);
-        for ((i, j), v) in g
-            .view()
-            .into_dimensionality::<ndarray::Ix2>()
-            .expect("matrix")
-            .indexed_iter()
-        {
-            self.a[(i, j)] = v.as_f64();
+        let mut amax = 0.0f64;
+        for i in 0..m {
+            for j in 0..n {
+                let v = buf[i * n + j].as_f64();
+                amax = amax.max(v.abs());
+                self.a[(i, j)] = v;
+            }
         }
+        amax
     }
 }
 
-impl<S: NdScalar> Orthogonalizer<NdBackend<S>> for FaerPolar {
-    fn polar(&mut self, g: &ArrayD<S>, out: &mut ArrayD<S>) -> Result<(), LmoError> {
-        let shape = NdBackend::<S>::shape(g);
-        shape.check_eq(&NdBackend::<S>::shape(out))?;
+impl<B: Backend> Orthogonalizer<B> for FaerPolar {
+    fn polar(&mut self, g: &B::Tensor, out: &mut B::Tensor) -> Result<(), LmoError> {
+        self.run::<B>(g, out)
+    }
+
+    fn is_exact(&self) -> bool {
+        true
+    }
+}
+
+impl FaerPolar {
+    /// Writes `polar(g)` into `out` on backend `B` (the
+    /// [`Orthogonalizer`] method, callable with the backend named:
+    /// `FaerPolar::new().run::<Nd64>(&g, &mut out)`).
+    pub fn run<B: Backend>(&mut self, g: &B::Tensor, out: &mut B::Tensor) -> Result<(), LmoError> {
+        let shape = B::shape(g);
+        shape.check_eq(&B::shape(out))?;
         let (m, n) = shape.as_matrix()?;
-        NdBackend::<S>::check_finite(g)?;
+        B::check_finite(g)?;
         if m == 0 || n == 0 {
             return Ok(());
         }
-        self.load(g, m, n);
         // Scale by max|g| so no entry size over/underflows inside the SVD.
-        let amax = g.iter().fold(0.0f64, |a, v| a.max(v.as_f64().abs()));
+        let amax = self.load::<B>(g, m, n);
         if amax == 0.0 {
-            out.fill(S::zero());
+            B::fill(out, B::Scalar::of(0.0));
             return Ok(());
         }
         for j in 0..n {
@@ -93,18 +111,11 @@ impl<S: NdScalar> Orthogonalizer<NdBackend<S>> for FaerPolar {
             1.0,
             faer::Par::Seq,
         );
-        for ((i, j), o) in out
-            .view_mut()
-            .into_dimensionality::<ndarray::Ix2>()
-            .expect("matrix")
-            .indexed_iter_mut()
-        {
-            *o = S::of(self.p[(i, j)]);
-        }
+        let vals: Vec<B::Scalar> = (0..m * n)
+            .map(|k| B::Scalar::of(self.p[(k / n, k % n)]))
+            .collect();
+        B::copy_from_slice(&vals, out);
         Ok(())
     }
 
-    fn is_exact(&self) -> bool {
-        true
-    }
 }

@@ -1,46 +1,56 @@
-//! Newton–Schulz in bf16 for f32 tensors (mixed precision).
+//! Newton–Schulz in bf16 for wider tensors (mixed precision).
 
-use lmo_core::{Backend, LmoError, Orthogonalizer};
-use lmo_ndarray::{Bf16Kernel, Nd32, NdBf16, bf16_kernel, round_bf16};
-use ndarray::ArrayD;
+use lmo_core::{Bf16Storage, LmoError, Orthogonalizer};
 
 use crate::{NewtonSchulz, NsConfig};
 
-/// The polar factor of an **f32** matrix computed with **bf16 storage and
-/// f32 accumulation** — what `torch.optim.Muon` does with f32 parameters:
-/// `X₀ = bf16(G)`, the iteration of [`NewtonSchulz`] on
-/// [`NdBf16`](lmo_ndarray::NdBf16) (every stored intermediate rounded to
-/// bf16, products accumulated in f32), the result returned as f32.
+/// The polar factor of a matrix computed with **bf16 storage and f32
+/// accumulation** on a backend that offers it ([`Bf16Storage`]) — what
+/// `torch.optim.Muon` does with f32 parameters:
+/// `X₀ = bf16(G)` ([`Bf16Storage::to_bf16`]), then the iteration of
+/// [`NewtonSchulz`] on the backend's bf16 twin [`Bf16Storage::Bf16`]
+/// (every stored intermediate rounded to bf16, products accumulated in
+/// f32), the result written into the caller's tensor.
 ///
-/// On CPUs with AVX-512 BF16 the products run on the native `vdpbf16ps`
-/// kernel ([`lmo_ndarray::native`]) at twice the f32 FMA rate;
-/// elsewhere on the f32 kernels with rounding ([`NewtonSchulzBf16::kernel`]
-/// says which). Accuracy versus f32: docs/orthogonalize.md ("Accuracy").
+/// On the ndarray f32 backend (`lmo_ndarray::Nd32`) the twin is
+/// `lmo_ndarray::NdBf16`: on CPUs with AVX-512 BF16 its products run on the
+/// native `vdpbf16ps` kernel, elsewhere on the f32 kernels with rounding
+/// (`lmo_ndarray::bf16_kernel()` says which). Accuracy versus f32:
+/// docs/orthogonalize.md ("Accuracy").
 ///
-/// As an [`Orthogonalizer<Nd32>`] it plugs into `lmo_core::Spectral`, and
+/// As an [`Orthogonalizer<B>`] it plugs into `lmo_core::Spectral`, and
 /// gluon-optim selects it with `Orth::NewtonSchulzBf16`. Input handling as
 /// [`NewtonSchulz`]: non-finite entries → [`LmoError::NonFinite`] with
-/// `out` untouched; the f32 staging buffer of the rounded input is
+/// `out` untouched; a backend that does not offer the path
+/// (`OFFERS_BF16 = false`) → [`LmoError::InvalidHyperParameter`] from
+/// [`NewtonSchulzBf16::new`]. The staging buffer of the rounded input is
 /// allocated on the first call for a shape and reused, and the iteration
 /// writes `out` directly.
-pub struct NewtonSchulzBf16 {
-    ns: NewtonSchulz<NdBf16>,
-    x: ArrayD<f32>,
+pub struct NewtonSchulzBf16<B: Bf16Storage> {
+    ns: NewtonSchulz<B::Bf16>,
+    x: Option<B::Tensor>,
 }
 
-impl NewtonSchulzBf16 {
-    /// A new bf16 iteration; invalid hyper-parameters give
-    /// [`LmoError::InvalidHyperParameter`] (see [`NsConfig::validate`]).
+impl<B: Bf16Storage> NewtonSchulzBf16<B> {
+    /// A new bf16 iteration; invalid hyper-parameters (see
+    /// [`NsConfig::validate`]) or a backend without a bf16 path give
+    /// [`LmoError::InvalidHyperParameter`].
     pub fn new(cfg: NsConfig) -> Result<Self, LmoError> {
+        if !B::OFFERS_BF16 {
+            return Err(LmoError::InvalidHyperParameter(
+                "this backend offers no bf16 polar factor (Bf16Storage::OFFERS_BF16 is false)",
+            ));
+        }
         Ok(Self {
             ns: NewtonSchulz::new(cfg)?,
-            x: ArrayD::zeros(ndarray::IxDyn(&[0])),
+            x: None,
         })
     }
 
-    /// Muon's NS5 ([`NsConfig::muon`]) in bf16.
-    pub fn muon() -> Self {
-        Self::new(NsConfig::muon()).expect("Muon's configuration is valid")
+    /// Muon's NS5 ([`NsConfig::muon`]) in bf16, or the error of
+    /// [`NewtonSchulzBf16::new`] on a backend without a bf16 path.
+    pub fn muon() -> Result<Self, LmoError> {
+        Self::new(NsConfig::muon())
     }
 
     /// The configuration.
@@ -48,29 +58,24 @@ impl NewtonSchulzBf16 {
         self.ns.config()
     }
 
-    /// The kernel the bf16 products run on, on this CPU.
-    pub fn kernel() -> Bf16Kernel {
-        bf16_kernel()
-    }
-
     /// Writes the bf16 iteration's approximation of `polar(g)` into `out`.
-    pub fn run(&mut self, g: &ArrayD<f32>, out: &mut ArrayD<f32>) -> Result<(), LmoError> {
-        Nd32::shape(g).check_eq(&Nd32::shape(out))?;
-        Nd32::shape(g).as_matrix()?;
-        Nd32::check_finite(g)?;
-        if self.x.shape() != g.shape() {
-            self.x = g.clone();
-        } else {
-            self.x.assign(g);
-        }
-        round_bf16(&mut self.x);
+    pub fn run(&mut self, g: &B::Tensor, out: &mut B::Tensor) -> Result<(), LmoError> {
+        let shape = B::shape(g);
+        shape.check_eq(&B::shape(out))?;
+        shape.as_matrix()?;
+        B::check_finite(g)?;
+        let x = match &mut self.x {
+            Some(x) if B::shape(x) == shape => x,
+            slot => slot.insert(B::zeros(g, shape)),
+        };
+        B::to_bf16(g, x);
         // `x` is finite and shaped like `out`: the run cannot fail half-way.
-        self.ns.run(&self.x, out)
+        self.ns.run(x, out)
     }
 }
 
-impl Orthogonalizer<Nd32> for NewtonSchulzBf16 {
-    fn polar(&mut self, g: &ArrayD<f32>, out: &mut ArrayD<f32>) -> Result<(), LmoError> {
+impl<B: Bf16Storage> Orthogonalizer<B> for NewtonSchulzBf16<B> {
+    fn polar(&mut self, g: &B::Tensor, out: &mut B::Tensor) -> Result<(), LmoError> {
         self.run(g, out)
     }
 }

@@ -3,7 +3,7 @@
 //! leaves `out` untouched on bad input.
 
 use lmo_core::LmoError;
-use lmo_ndarray::{NdBf16, round_bf16};
+use lmo_ndarray::{Nd32, Nd64, NdBf16, round_bf16};
 use ndarray::{ArrayD, IxDyn};
 use orthogonalize::{NewtonSchulz, NewtonSchulzBf16, NsConfig};
 
@@ -25,7 +25,7 @@ fn equals_ndbf16_on_the_rounded_input() {
             .run(&gr, &mut want)
             .unwrap();
         let mut got = ArrayD::zeros(g.raw_dim());
-        let mut ns = NewtonSchulzBf16::muon();
+        let mut ns = NewtonSchulzBf16::<Nd32>::muon().unwrap();
         ns.run(&g, &mut got).unwrap();
         assert_eq!(got, want, "{m}×{n}");
         // Reuse with the same and with another shape.
@@ -38,7 +38,7 @@ fn equals_ndbf16_on_the_rounded_input() {
 
 #[test]
 fn bad_input_leaves_out_untouched() {
-    let mut ns = NewtonSchulzBf16::muon();
+    let mut ns = NewtonSchulzBf16::<Nd32>::muon().unwrap();
     let mut g = input(8, 12);
     g[[3, 4]] = f32::NAN;
     let mut out = ArrayD::from_elem(IxDyn(&[8, 12]), 7.0f32);
@@ -57,4 +57,26 @@ fn bad_input_leaves_out_untouched() {
     let mut h = ArrayD::zeros(IxDyn(&[8, 12]));
     ns.run(&input(8, 12).mapv(|v| v * 1e30), &mut h).unwrap();
     assert!(h.iter().all(|v| v.is_finite()) && h.iter().any(|&v| v != 0.0));
+}
+
+#[test]
+fn a_backend_without_a_bf16_path_is_refused_at_construction() {
+    // Nd64 declares `OFFERS_BF16 = false` (lmo_core::Bf16Storage).
+    assert!(matches!(
+        NewtonSchulzBf16::<Nd64>::muon(),
+        Err(LmoError::InvalidHyperParameter(_))
+    ));
+    // On NdBf16 itself the bf16 path is plain Newton–Schulz on the input.
+    let g = input(12, 20);
+    let mut want = ArrayD::zeros(g.raw_dim());
+    NewtonSchulz::<NdBf16>::new(NsConfig::muon())
+        .unwrap()
+        .run(&g, &mut want)
+        .unwrap();
+    let mut got = ArrayD::zeros(g.raw_dim());
+    NewtonSchulzBf16::<NdBf16>::muon()
+        .unwrap()
+        .run(&g, &mut got)
+        .unwrap();
+    assert_eq!(got, want);
 }

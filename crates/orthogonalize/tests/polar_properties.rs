@@ -24,7 +24,7 @@ fn gaussian(rng: &mut StdRng, m: usize, n: usize) -> ArrayD<f64> {
 fn orthogonal(rng: &mut StdRng, n: usize) -> ArrayD<f64> {
     let g = gaussian(rng, n, n);
     let mut q = g.clone();
-    FaerPolar::new().polar(&g, &mut q).unwrap();
+    FaerPolar::new().run::<Nd64>(&g, &mut q).unwrap();
     q
 }
 
@@ -136,13 +136,13 @@ where
         .run(&g, &mut out)
         .unwrap();
     let mut faer = FaerPolar::new();
-    let sin = faer.singular_values(&g_used).unwrap();
+    let sin = faer.singular_values::<Nd64>(&g_used).unwrap();
     let s = input_scale(cfg, &g_used);
     let normalized: Vec<f64> = sin.iter().map(|&x| x * s).collect();
     let slack = 4.0 * propagated_error(cfg, &normalized, u);
     let mut want: Vec<f64> = normalized.iter().map(|&x| scalar_map(cfg, x)).collect();
     want.sort_by(|a, b| b.total_cmp(a));
-    let got = faer.singular_values(&up(&out)).unwrap();
+    let got = faer.singular_values::<Nd64>(&up(&out)).unwrap();
     for (w, o) in want.iter().zip(&got) {
         prop_assert!(
             (w - o).abs() <= tol * (1.0 + w.abs()) + slack,
@@ -176,7 +176,7 @@ proptest! {
             let gb: ArrayD<f32> = cast(&g);
             let mut ob = gb.clone();
             NewtonSchulz::<NdBf16>::new(cfg.clone()).unwrap().run(&gb, &mut ob).unwrap();
-            let s = FaerPolar::new().singular_values(&up(&ob)).unwrap();
+            let s = FaerPolar::new().singular_values::<Nd64>(&up(&ob)).unwrap();
             prop_assert!(s.iter().all(|v| v.is_finite() && *v <= 2.0), "{s:?}");
         } else {
             singular_value_map::<NdBf16>(&cfg, &g, 0.05, 2f64.powi(-9))?;
@@ -204,7 +204,7 @@ proptest! {
         let mut rng = StdRng::seed_from_u64(seed);
         let g = gaussian(&mut rng, m, n);
         let (mut a, mut b) = (g.clone(), g.clone());
-        FaerPolar::new().polar(&g, &mut a).unwrap();
+        FaerPolar::new().run::<Nd64>(&g, &mut a).unwrap();
         ExactPolar::<Nd64>::new().polar(&g, &mut b).unwrap();
         prop_assert!(fro(&(&a - &b)) < 1e-11 * (m.min(n) as f64));
         // UᵀU = I on the smaller side (Gaussian matrices have full rank).
@@ -235,7 +235,7 @@ fn cubic_and_polar_express_limits_are_exact() {
             .collect(); // condition 10
         let g = with_singular_values(&mut rng, m, n, &sigma);
         let mut exact = g.clone();
-        FaerPolar::new().polar(&g, &mut exact).unwrap();
+        FaerPolar::new().run::<Nd64>(&g, &mut exact).unwrap();
         for (cfg, tol64, tol32) in [
             (
                 NsConfig::new(CoefficientSet::Cubic).with_steps(30),
@@ -418,7 +418,7 @@ fn muon_ns5_lands_in_its_known_band() {
     let g = gaussian(&mut rng, 64, 128);
     let mut o = g.clone();
     NewtonSchulz::<Nd64>::muon().run(&g, &mut o).unwrap();
-    let s = FaerPolar::new().singular_values(&o).unwrap();
+    let s = FaerPolar::new().singular_values::<Nd64>(&o).unwrap();
     assert!(
         s.iter().all(|&x| (0.68..=1.2).contains(&x)),
         "{:?}",

@@ -257,3 +257,36 @@ impl Backend for NdBf16 {
         round_bf16(out);
     }
 }
+
+/// f32 arrays offer the bf16 polar factor: the iteration runs on
+/// [`NdBf16`] (the same `ArrayD<f32>` tensors), the input rounded by
+/// [`round_bf16`].
+impl lmo_core::Bf16Storage for Nd32 {
+    type Bf16 = NdBf16;
+    const OFFERS_BF16: bool = true;
+    fn to_bf16(src: &ArrayD<f32>, dst: &mut ArrayD<f32>) {
+        dst.assign(src);
+        round_bf16(dst)
+    }
+}
+
+/// [`NdBf16`] is itself the bf16 path: its first operation rounds its
+/// input, so `to_bf16` copies the tensor as it is and the bf16 polar
+/// factor is plain Newton–Schulz on this backend.
+impl lmo_core::Bf16Storage for NdBf16 {
+    type Bf16 = NdBf16;
+    const OFFERS_BF16: bool = true;
+    fn to_bf16(src: &ArrayD<f32>, dst: &mut ArrayD<f32>) {
+        dst.assign(src);
+    }
+}
+
+/// f64 arrays offer no bf16 path (their tensors are not f32); the rounding
+/// is still the exact bf16 value of each entry.
+impl lmo_core::Bf16Storage for crate::Nd64 {
+    type Bf16 = crate::Nd64;
+    const OFFERS_BF16: bool = false;
+    fn to_bf16(src: &ArrayD<f64>, dst: &mut ArrayD<f64>) {
+        dst.zip_mut_with(src, |d, &s| *d = bf16::from_f64(s).to_f64());
+    }
+}

@@ -340,3 +340,15 @@ fn norms_along<S: TchScalar>(x: &Tensor, dim: i64, out: &mut [S]) {
     let v = n.to_device(Device::Cpu).to_kind(S::KIND).contiguous();
     v.copy_data(out, out.len());
 }
+
+/// libtorch tensors offer no bf16 polar factor through this backend yet
+/// (a group asking for one is refused when the optimizer is built); the
+/// rounding is libtorch's own conversion to `BFloat16` and back.
+impl<S: TchScalar> lmo_core::Bf16Storage for Tch<S> {
+    type Bf16 = Tch<S>;
+    const OFFERS_BF16: bool = false;
+    fn to_bf16(src: &TchTensor, dst: &mut TchTensor) {
+        let r = src.0.to_kind(Kind::BFloat16).to_kind(dst.0.kind());
+        dst.0.copy_(&r);
+    }
+}
