@@ -320,8 +320,9 @@ fn linear_and_box_oracles() {
     let mut lin = Linear::<Nd64, _>::new(tensor(g.clone(), &[4]), SignInf::new()).unwrap();
     lin.brox(&x, 0.25, &mut u).unwrap();
     assert_eq!(u, vec![0.25, 0.75, 0.5, 0.25]);
-    let mut sp = Linear::<Nd64, _>::new(tensor(vec![3.0, 0.0, 0.0, -2.0], &[2, 2]), Spectral::new())
-    .unwrap();
+    let mut sp =
+        Linear::<Nd64, _>::new(tensor(vec![3.0, 0.0, 0.0, -2.0], &[2, 2]), Spectral::new())
+            .unwrap();
     let c = sp.brox(&x, 1.0, &mut u).unwrap();
     assert_eq!(u, vec![-0.5, 0.5, 0.5, 1.5]);
     assert!((c.multiplier.unwrap() - 5.0).abs() < 1e-12); // nuclear norm / t

@@ -44,7 +44,7 @@ use orthogonalize::cuda::{Cuda, CudaDevice, CudaError, CudaTensor, DType, PolarP
 
 use crate::{
     AdamWGroup, Config, GroupConfig, Label, LmoGroup, Mode, NonFinitePolicy, NormSpec, OptError,
-    Orth, Radius, momentum, radius,
+    Orth, RadiusRule, momentum,
 };
 
 /// Errors of the device step: the optimizer's own, or the device's.
@@ -243,9 +243,11 @@ pub fn total_scale(g: &LmoGroup, dims: &[usize]) -> f64 {
 /// a block of shape `dims` in group `g` (SPEC §3; what
 /// [`crate::Optimizer`] does, with the adaptive radius left to the device).
 pub fn update_coeffs(g: &LmoGroup, dims: &[usize], k: u64, mult: f64) -> UpdateCoeffs {
-    let (t, adaptive) = match g.radius {
-        Radius::Adaptive { l0, l1 } => (0.0, Some((l0 as f32, l1 as f32))),
-        r => (radius(&r, k, 0.0) * mult, None),
+    // The radius rule of phase 3: the kernel evaluates the adaptive rule
+    // on the dual norm it keeps on the device; a fixed rule is passed as t.
+    let (t, adaptive) = match RadiusRule::new(&g.radius, k, mult) {
+        RadiusRule::Adaptive { l0, l1, .. } => (0.0, Some((l0 as f32, l1 as f32))),
+        rule => (rule.at(0.0), None),
     };
     UpdateCoeffs {
         t: t as f32,
@@ -926,18 +928,9 @@ impl<E: Exec> DeviceOptimizer<E> {
             let c = update_coeffs(group, &self.dims[i], k, mult);
             ex.lmo_update(&mut params[i], &e.out, 0, &e.inner, &c)?;
         }
-        let kk = (k + 1) as i32;
         for (i, (b, a)) in self.plan.blocks.iter().zip(&mut self.adam).enumerate() {
             if let (BlockPlan::AdamW(cfg), Some(a)) = (b, a) {
-                let h = AdamWStep {
-                    lr: (cfg.lr * mult) as f32,
-                    beta1: cfg.beta1 as f32,
-                    beta2: cfg.beta2 as f32,
-                    eps: cfg.eps as f32,
-                    weight_decay: cfg.weight_decay as f32,
-                    bias1: (1.0 - cfg.beta1.powi(kk)) as f32,
-                    bias2: (1.0 - cfg.beta2.powi(kk)) as f32,
-                };
+                let h = crate::phases::adamw_step::<f32>(cfg, k, mult);
                 ex.adamw(&mut params[i], &grads[i], &mut a.m, &mut a.v, &h)?;
             }
         }

@@ -12,6 +12,10 @@
 //! - [`Optimizer`]: the step, typed errors that leave everything untouched,
 //!   [`OptState`] (serde, versioned) for bit-identical resume,
 //!   allocation-free after the first step, blocks in parallel (rayon).
+//! - [`phases`]: the step as four phases (momentum, direction, radius,
+//!   apply), written once; [`Optimizer::begin_step`],
+//!   [`Optimizer::compute_directions`], [`Optimizer::set_direction`] and
+//!   [`Optimizer::finish_step`] expose them for sharded steps.
 //! - [`presets`]: Muon, Scion, Gluon, normalized SGD, signSGD, AdamW.
 //! - [`LipschitzEstimator`] and [`fit_envelope`]: record
 //!   `(‖∇_i f‖_*, L̂)` along a probe run and fit `(L0, L1)` per block.
@@ -24,6 +28,7 @@ mod config;
 pub mod cuda;
 mod estimator;
 mod optimizer;
+pub mod phases;
 pub mod presets;
 
 pub use config::{
@@ -31,6 +36,5 @@ pub use config::{
     Orth, Radius, Schedule, ShapeScale,
 };
 pub use estimator::{Fit, LipschitzEstimator, Point, fit_envelope, fit_quantile};
-pub use optimizer::{
-    BlockReport, BlockState, OptError, OptState, Optimizer, StepReport, momentum, radius,
-};
+pub use optimizer::{BlockReport, BlockState, OptError, OptState, Optimizer, StepReport};
+pub use phases::{RadiusRule, momentum, radius};

@@ -1,11 +1,12 @@
 //! The layer-wise LMO step (SPEC §3) over blocks, with AdamW for the groups
 //! configured so.
 
-use lmo_core::{AdamWStep, Backend, Bf16Storage, LmoError, Scalar};
+use lmo_core::{Backend, Bf16Storage, LmoError, Scalar};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Config, DynNorm, GroupConfig, Label, LmoGroup, Mode, NonFinitePolicy, Radius};
+use crate::config::{Config, DynNorm, GroupConfig, Label, LmoGroup, NonFinitePolicy};
+use crate::phases;
 
 /// Errors of [`Optimizer`]; every error leaves parameters and state
 /// untouched.
@@ -35,6 +36,9 @@ pub enum OptError {
     NoGroup(Label),
     /// A saved state does not fit this optimizer.
     BadState(String),
+    /// A phased-step call out of order (see [`Optimizer::begin_step`]);
+    /// nothing changed.
+    Phase(&'static str),
 }
 
 impl core::fmt::Display for OptError {
@@ -52,6 +56,7 @@ impl core::fmt::Display for OptError {
             OptError::Lmo { block, error } => write!(f, "block {block}: {error}"),
             OptError::NoGroup(l) => write!(f, "no group configured for label {l:?}"),
             OptError::BadState(why) => write!(f, "state does not fit this optimizer: {why}"),
+            OptError::Phase(why) => write!(f, "phased step: {why}"),
         }
     }
 }
@@ -108,16 +113,6 @@ pub struct StepReport {
     pub blocks: Vec<BlockReport>,
 }
 
-/// One block's work item in [`Optimizer::step`]: index, block, report
-/// slot, parameter, gradient.
-type StepItem<'a, B> = (
-    usize,
-    (
-        (&'a mut Block<B>, &'a mut BlockReport),
-        (&'a mut <B as Backend>::Tensor, &'a <B as Backend>::Tensor),
-    ),
-);
-
 enum Kind<B: Backend> {
     Lmo {
         cfg: LmoGroup,
@@ -125,6 +120,9 @@ enum Kind<B: Backend> {
         m: B::Tensor,
         d: B::Tensor,
         nest: Option<B::Tensor>,
+        /// The dual norm of this step's direction, once phase 2 ran (or the
+        /// direction was handed in).
+        dual: Option<f64>,
     },
     AdamW {
         cfg: crate::config::AdamWGroup,
@@ -167,6 +165,18 @@ pub struct Optimizer<B: Backend> {
     step: u64,
     skipped: u64,
     report: StepReport,
+    stage: Stage,
+}
+
+/// Where the optimizer is within a phased step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stage {
+    /// No step in progress.
+    Idle,
+    /// Phase 1 ran (momenta updated); directions may be computed or handed in.
+    Prepared,
+    /// The step is skipped (non-finite gradient under `Skip`).
+    Skipped,
 }
 
 impl<B: Bf16Storage> Optimizer<B>
@@ -207,6 +217,7 @@ where
                         m: B::zeros_like(p),
                         d: B::zeros_like(p),
                         nest: g.nesterov.then(|| B::zeros_like(p)),
+                        dual: None,
                     }
                 }
                 GroupConfig::AdamW(a) => Kind::AdamW {
@@ -229,6 +240,7 @@ where
             step: 0,
             skipped: 0,
             report,
+            stage: Stage::Idle,
         })
     }
 
@@ -255,6 +267,22 @@ where
     /// Checks counts, shapes and finiteness; `Ok(false)` when the step is
     /// to be skipped (non-finite gradient under the `Skip` policy).
     fn check(&self, params: &[B::Tensor], grads: &[B::Tensor]) -> Result<bool, OptError> {
+        self.check_counts_and_shapes(params, grads)?;
+        match grads.iter().position(|g| !B::all_finite(g)) {
+            None => Ok(true),
+            Some(block) => match self.config.non_finite {
+                NonFinitePolicy::Error => Err(OptError::NonFiniteGradient { block }),
+                NonFinitePolicy::Skip => Ok(false),
+            },
+        }
+    }
+
+    /// Checks counts and shapes of `params` and `grads`.
+    fn check_counts_and_shapes(
+        &self,
+        params: &[B::Tensor],
+        grads: &[B::Tensor],
+    ) -> Result<(), OptError> {
         let n = self.blocks.len();
         for len in [params.len(), grads.len()] {
             if len != n {
@@ -279,51 +307,244 @@ where
                 }
             }
         }
-        match grads.iter().position(|g| !B::all_finite(g)) {
-            None => Ok(true),
-            Some(block) => match self.config.non_finite {
-                NonFinitePolicy::Error => Err(OptError::NonFiniteGradient { block }),
-                NonFinitePolicy::Skip => Ok(false),
-            },
-        }
+        Ok(())
     }
 
     /// One step: updates `params` in place from `grads` and returns what it
     /// did. Validates everything (counts, shapes, finiteness) before
     /// changing anything. Allocation-free after the first step.
+    ///
+    /// The step is the four phases of [`crate::phases`], run for every
+    /// block: [`Optimizer::begin_step`], [`Optimizer::compute_directions`]
+    /// for all blocks, [`Optimizer::finish_step`]. A sharded step runs the
+    /// same calls with phase 2 for its own blocks and
+    /// [`Optimizer::set_direction`] for the others: the result is the same
+    /// bit for bit.
     pub fn step(
         &mut self,
         params: &mut [B::Tensor],
         grads: &[B::Tensor],
     ) -> Result<&StepReport, OptError> {
-        let k = self.step;
-        self.report.step = k;
-        if !self.check(params, grads)? {
-            self.skipped += 1;
-            self.report.skipped = true;
-            return Ok(&self.report);
+        if self.stage == Stage::Prepared {
+            return Err(OptError::Phase(
+                "a phased step is in progress: finish it with finish_step",
+            ));
         }
-        self.report.skipped = false;
-        let mult = self.config.schedule.at(k);
-        let run = |(i, ((b, r), (p, g))): StepItem<'_, B>| {
-            *r = step_block::<B>(b, p, g, k, mult)
-                .map_err(|error| OptError::Lmo { block: i, error })?;
+        if self.begin_step(params, grads)? {
+            self.compute_directions(|_| true)?;
+        }
+        self.finish_step(params, grads)
+    }
+
+    /// Phase 1 of a step: validates counts, shapes and finiteness (nothing
+    /// changes on error), then updates every LMO block's momentum (and
+    /// Nesterov look-ahead). Returns `false` when the step is skipped
+    /// (non-finite gradient under [`NonFinitePolicy::Skip`]): then nothing
+    /// changes and [`Optimizer::finish_step`] reports the skip.
+    ///
+    /// Errors with [`OptError::Phase`] if a step is already in progress.
+    pub fn begin_step(
+        &mut self,
+        params: &[B::Tensor],
+        grads: &[B::Tensor],
+    ) -> Result<bool, OptError> {
+        if self.stage != Stage::Idle {
+            return Err(OptError::Phase(
+                "a phased step is in progress: finish it with finish_step",
+            ));
+        }
+        if !self.check(params, grads)? {
+            self.stage = Stage::Skipped;
+            return Ok(false);
+        }
+        let k = self.step;
+        let run = |(b, g): (&mut Block<B>, &B::Tensor)| {
+            if let Kind::Lmo {
+                cfg, m, nest, dual, ..
+            } = &mut b.kind
+            {
+                phases::momentum_phase::<B>(cfg, k, g, m, nest.as_mut());
+                *dual = None;
+            }
+        };
+        if self.config.parallel {
+            self.blocks
+                .par_iter_mut()
+                .zip(grads.par_iter())
+                .for_each(run);
+        } else {
+            self.blocks.iter_mut().zip(grads.iter()).for_each(run);
+        }
+        self.stage = Stage::Prepared;
+        Ok(true)
+    }
+
+    /// Phase 2 for the LMO blocks `i` with `owned(i)` (in parallel when
+    /// [`Config::parallel`] is set): the direction `D_i = lmo_i(U_i)` and
+    /// its dual norm. Other blocks are left for
+    /// [`Optimizer::set_direction`]. AdamW blocks have no direction.
+    ///
+    /// On an LMO error the step is abandoned (the momenta of phase 1 stay
+    /// updated, the step counter does not advance).
+    pub fn compute_directions(
+        &mut self,
+        owned: impl Fn(usize) -> bool + Sync,
+    ) -> Result<(), OptError> {
+        if self.stage != Stage::Prepared {
+            return Err(OptError::Phase("compute_directions needs begin_step first"));
+        }
+        let run = |(i, b): (usize, &mut Block<B>)| {
+            if !owned(i) {
+                return Ok(());
+            }
+            if let Kind::Lmo {
+                norm,
+                m,
+                d,
+                nest,
+                dual,
+                ..
+            } = &mut b.kind
+            {
+                let u = nest.as_ref().unwrap_or(m);
+                let v = phases::direction::<B>(norm.as_mut(), u, d)
+                    .map_err(|error| OptError::Lmo { block: i, error })?;
+                *dual = Some(v);
+            }
             Ok::<(), OptError>(())
         };
-        let blocks = self.blocks.iter_mut().zip(self.report.blocks.iter_mut());
+        let r = if self.config.parallel {
+            self.blocks.par_iter_mut().enumerate().try_for_each(run)
+        } else {
+            self.blocks.iter_mut().enumerate().try_for_each(run)
+        };
+        if r.is_err() {
+            self.stage = Stage::Idle;
+        }
+        r
+    }
+
+    /// Block `block`'s direction `D` and dual norm `‖U‖_*` from phase 2 of
+    /// the step in progress (what a sharded step sends to the other
+    /// ranks), or `None` when it has none yet (or is an AdamW block).
+    pub fn direction(&self, block: usize) -> Option<(&B::Tensor, f64)> {
+        match (&self.stage, &self.blocks.get(block)?.kind) {
+            (
+                Stage::Prepared,
+                Kind::Lmo {
+                    d, dual: Some(v), ..
+                },
+            ) => Some((d, *v)),
+            _ => None,
+        }
+    }
+
+    /// Hands in block `block`'s phase-2 result computed elsewhere (another
+    /// rank, another device): the direction `d` and the dual norm `dual`
+    /// its LMO attained. Checked before anything changes: a step in
+    /// progress, an LMO block, `d`'s shape, finite `d`, finite `dual ≥ 0`.
+    pub fn set_direction(
+        &mut self,
+        block: usize,
+        d: &B::Tensor,
+        dual: f64,
+    ) -> Result<(), OptError> {
+        if self.stage != Stage::Prepared {
+            return Err(OptError::Phase("set_direction needs begin_step first"));
+        }
+        let n = self.blocks.len();
+        let b = self.blocks.get_mut(block).ok_or(OptError::CountMismatch {
+            expected: n,
+            found: block + 1,
+        })?;
+        let found = B::shape(d);
+        if found.dims() != b.shape.as_slice() {
+            let expected = lmo_core::Shape::new(&b.shape)
+                .map(|s| s.as_pair())
+                .unwrap_or((0, 0));
+            let error = LmoError::ShapeMismatch {
+                expected,
+                found: found.as_pair(),
+            };
+            return Err(OptError::Lmo { block, error });
+        }
+        if !(dual.is_finite() && dual >= 0.0) || !B::all_finite(d) {
+            return Err(OptError::Lmo {
+                block,
+                error: LmoError::NonFinite,
+            });
+        }
+        match &mut b.kind {
+            Kind::Lmo {
+                d: mine, dual: v, ..
+            } => {
+                B::scale(B::Scalar::of(1.0), d, mine);
+                *v = Some(dual);
+                Ok(())
+            }
+            Kind::AdamW { .. } => Err(OptError::Phase("an AdamW block has no direction")),
+        }
+    }
+
+    /// Phases 3 and 4: every LMO block's radius (from its dual norm and the
+    /// schedule) and update, every AdamW block's whole update; then the
+    /// step counter advances. `params` and `grads` are the ones given to
+    /// [`Optimizer::begin_step`]. Checks, before changing anything, that a
+    /// step is in progress, that every LMO block has its direction, and the
+    /// counts and shapes. A skipped step (see `begin_step`) is counted and
+    /// reported here.
+    pub fn finish_step(
+        &mut self,
+        params: &mut [B::Tensor],
+        grads: &[B::Tensor],
+    ) -> Result<&StepReport, OptError> {
+        let k = self.step;
+        match self.stage {
+            Stage::Idle => {
+                return Err(OptError::Phase("finish_step needs begin_step first"));
+            }
+            Stage::Skipped => {
+                self.stage = Stage::Idle;
+                self.skipped += 1;
+                self.report.step = k;
+                self.report.skipped = true;
+                return Ok(&self.report);
+            }
+            Stage::Prepared => {}
+        }
+        self.check_counts_and_shapes(params, grads)?;
+        if self
+            .blocks
+            .iter()
+            .any(|b| matches!(b.kind, Kind::Lmo { dual: None, .. }))
+        {
+            return Err(OptError::Phase(
+                "finish_step: an LMO block has no direction (compute_directions or set_direction)",
+            ));
+        }
+        let mult = self.config.schedule.at(k);
+        let run = |((b, r), (p, g)): (
+            (&mut Block<B>, &mut BlockReport),
+            (&mut B::Tensor, &B::Tensor),
+        )| {
+            *r = finish_block::<B>(b, p, g, k, mult);
+        };
         if self.config.parallel {
             self.blocks
                 .par_iter_mut()
                 .zip(self.report.blocks.par_iter_mut())
                 .zip(params.par_iter_mut().zip(grads.par_iter()))
-                .enumerate()
-                .try_for_each(run)?;
+                .for_each(run);
         } else {
-            blocks
+            self.blocks
+                .iter_mut()
+                .zip(self.report.blocks.iter_mut())
                 .zip(params.iter_mut().zip(grads.iter()))
-                .enumerate()
-                .try_for_each(run)?;
+                .for_each(run);
         }
+        self.stage = Stage::Idle;
+        self.report.step = k;
+        self.report.skipped = false;
         self.step += 1;
         Ok(&self.report)
     }
@@ -410,89 +631,31 @@ where
 
 use lmo_core::num_traits::Zero;
 
-/// The radius `t_i^k` of a policy before the schedule, given `‖M‖_*`.
-pub fn radius(policy: &Radius, k: u64, dual: f64) -> f64 {
-    match *policy {
-        Radius::Constant(t) => t,
-        Radius::Theory { t0 } => t0 / ((k + 1) as f64).powf(0.75),
-        Radius::Adaptive { l0, l1 } => {
-            if dual == 0.0 {
-                0.0
-            } else {
-                dual / (l0 + l1 * dual)
-            }
-        }
-    }
-}
-
-/// The momentum β_k of a group at step k (the theory schedule overrides β).
-pub fn momentum(cfg: &LmoGroup, k: u64) -> f64 {
-    match cfg.radius {
-        Radius::Theory { .. } => 1.0 - 1.0 / ((k + 1) as f64).sqrt(),
-        _ => cfg.beta,
-    }
-}
-
-fn step_block<B: Backend>(
+/// Phases 3 and 4 of one block (its direction is ready).
+fn finish_block<B: Backend>(
     b: &mut Block<B>,
     p: &mut B::Tensor,
     g: &B::Tensor,
     k: u64,
     mult: f64,
-) -> Result<BlockReport, LmoError> {
-    let one = B::Scalar::of(1.0);
+) -> BlockReport {
     match &mut b.kind {
-        Kind::Lmo {
-            cfg,
-            norm,
-            m,
-            d,
-            nest,
-        } => {
-            let beta = momentum(cfg, k);
-            let bs = B::Scalar::of(beta);
-            B::axpby(one - bs, g, bs, m);
-            let ip = match nest {
-                Some(nb) => {
-                    B::scale(bs, m, nb);
-                    B::axpby(one - bs, g, one, nb);
-                    norm.lmo(nb, d)?
-                }
-                None => norm.lmo(m, d)?,
-            };
-            let dual = (-ip.as_f64()).max(0.0);
-            let t = radius(&cfg.radius, k, dual) * mult;
-            if cfg.weight_decay > 0.0 {
-                B::scale_mut(B::Scalar::of(1.0 - t * cfg.weight_decay), p);
-            }
-            match cfg.mode {
-                Mode::Unconstrained => B::axpby(B::Scalar::of(t), d, one, p),
-                Mode::Constrained { rho } => {
-                    let gamma = t.clamp(0.0, 1.0);
-                    B::axpby(B::Scalar::of(gamma * rho), d, B::Scalar::of(1.0 - gamma), p)
-                }
-            }
-            Ok(BlockReport {
+        Kind::Lmo { cfg, d, dual, .. } => {
+            let dual = dual.expect("checked by finish_step");
+            let t = phases::RadiusRule::new(&cfg.radius, k, mult).at(dual);
+            phases::apply::<B>(cfg, t, d, p);
+            BlockReport {
                 radius: t,
                 dual_norm: dual,
-            })
+            }
         }
         Kind::AdamW { cfg, m, v } => {
-            let kk = (k + 1) as i32;
-            let h = AdamWStep {
-                lr: B::Scalar::of(cfg.lr * mult),
-                beta1: B::Scalar::of(cfg.beta1),
-                beta2: B::Scalar::of(cfg.beta2),
-                eps: B::Scalar::of(cfg.eps),
-                weight_decay: B::Scalar::of(cfg.weight_decay),
-                bias1: B::Scalar::of(1.0 - cfg.beta1.powi(kk)),
-                bias2: B::Scalar::of(1.0 - cfg.beta2.powi(kk)),
-            };
+            let h = phases::adamw_step::<B::Scalar>(cfg, k, mult);
             B::adamw(p, g, m, v, &h);
-            Ok(BlockReport {
+            BlockReport {
                 radius: cfg.lr * mult,
                 dual_norm: 0.0,
-            })
+            }
         }
     }
 }

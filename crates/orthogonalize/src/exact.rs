@@ -117,5 +117,4 @@ impl FaerPolar {
         B::copy_from_slice(&vals, out);
         Ok(())
     }
-
 }
