@@ -29,7 +29,7 @@ pub fn run(suite: &str, _o: &Opts) -> Result<(), String> {
 
 #[cfg(feature = "cuda")]
 pub fn run(suite: &str, o: &Opts) -> Result<(), String> {
-    use orthogonalize::cuda::CudaDevice;
+    use lmo_cuda::CudaDevice;
     let dev = if CudaDevice::available() {
         CudaDevice::new(0).map_err(|e| e.to_string())?
     } else if cfg!(feature = "cuda-emu") && std::env::var("LMO_BENCH_EMULATE").as_deref() == Ok("1")
@@ -55,12 +55,12 @@ pub fn run(suite: &str, o: &Opts) -> Result<(), String> {
 }
 
 #[cfg(feature = "cuda-emu")]
-fn emulated() -> std::sync::Arc<orthogonalize::cuda::CudaDevice> {
-    orthogonalize::cuda::CudaDevice::emulated()
+fn emulated() -> std::sync::Arc<lmo_cuda::CudaDevice> {
+    lmo_cuda::CudaDevice::emulated()
 }
 
 #[cfg(all(feature = "cuda", not(feature = "cuda-emu")))]
-fn emulated() -> std::sync::Arc<orthogonalize::cuda::CudaDevice> {
+fn emulated() -> std::sync::Arc<lmo_cuda::CudaDevice> {
     unreachable!("checked by cfg!(feature = \"cuda-emu\")")
 }
 
@@ -72,8 +72,8 @@ mod cuda {
     use gluon_optim::cuda::DeviceOptimizer;
     use gluon_optim::{AdamWGroup, presets};
     use lmo_core::{Backend, Trans};
+    use lmo_cuda::{Cuda, CudaDevice, CudaTensor, DType, PolarPlan};
     use orthogonalize::NsConfig;
-    use orthogonalize::cuda::{Cuda, CudaDevice, CudaTensor, DType, PolarPlan};
     use rand::{SeedableRng, rngs::StdRng};
     use rand_distr::{Distribution, StandardNormal};
 

@@ -167,7 +167,7 @@ fn with_libtorch(c: &mut Command) -> Result<(), String> {
 
 /// The features that compile the CUDA backend and its CPU kernel emulator
 /// (tests, clippy, docs).
-const CUDA_FEATURE: &str = "orthogonalize/cuda,orthogonalize/cuda-emu,gluon-optim/cuda,gluon-optim/cuda-emu,lmo-tch/device-step";
+const CUDA_FEATURE: &str = "lmo-cuda/emu,gluon-optim/cuda,gluon-optim/cuda-emu,lmo-tch/device-step";
 
 /// The file the test suites append their skips to (`lmo_testkit::skip`).
 fn skip_log() -> PathBuf {
@@ -458,11 +458,10 @@ fn gpu_bundle(args: &[String]) -> Result<(), String> {
         std::fs::remove_dir_all(&tests).map_err(io)?;
     }
     std::fs::create_dir_all(&tests).map_err(io)?;
-    let features =
-        "orthogonalize/cuda,orthogonalize/cuda-emu,gluon-optim/cuda,gluon-optim/cuda-emu";
+    let features = "lmo-cuda/emu,gluon-optim/cuda,gluon-optim/cuda-emu";
     let mut bins = Vec::new();
     for (pkg, names) in [
-        ("orthogonalize", &["cuda", "cuda_emu"][..]),
+        ("lmo-cuda", &["cuda", "cuda_emu"][..]),
         ("gluon-optim", &["device_step"][..]),
     ] {
         let mut c = cargo();

@@ -16,9 +16,9 @@
 use gluon_optim::cuda::DeviceOptimizer;
 use gluon_optim::{Label, Optimizer, presets};
 use lmo_core::Backend;
+use lmo_cuda::{Cuda, CudaDevice, CudaTensor, DType};
 use lmo_ndarray::Nd32;
 use ndarray::{ArrayD, IxDyn};
-use orthogonalize::cuda::{Cuda, CudaDevice, CudaTensor, DType};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use rand_distr::StandardNormal;
 

@@ -38,9 +38,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use lmo_core::{AdamWStep, Backend, LmoError};
+use lmo_cuda::step::{self, DeviceScalars, UpdateCoeffs};
+use lmo_cuda::{Cuda, CudaDevice, CudaError, CudaTensor, DType, PolarPlan};
 use orthogonalize::NsConfig;
-use orthogonalize::cuda::step::{self, DeviceScalars, UpdateCoeffs};
-use orthogonalize::cuda::{Cuda, CudaDevice, CudaError, CudaTensor, DType, PolarPlan};
 
 use crate::{
     AdamWGroup, Config, GroupConfig, Label, LmoGroup, Mode, NonFinitePolicy, NormSpec, OptError,
@@ -348,7 +348,7 @@ pub trait Exec {
 }
 
 /// [`Exec`] on a [`CudaDevice`]: the kernels and plans of
-/// `orthogonalize::cuda`.
+/// `lmo_cuda`.
 pub struct CudaExec(pub Arc<CudaDevice>);
 
 impl Exec for CudaExec {

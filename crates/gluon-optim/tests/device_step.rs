@@ -81,7 +81,7 @@ fn plan_stacks_same_shapes() {
     assert!(matches!(p.blocks[4], BlockPlan::AdamW(_)));
     assert_eq!(p.stacks[0].work, None);
     let bf = DevicePlan::new(&presets::muon(0.02, 3e-4).with_bf16_polar(), &labels, &dims).unwrap();
-    assert_eq!(bf.stacks[0].work, Some(orthogonalize::cuda::DType::Bf16));
+    assert_eq!(bf.stacks[0].work, Some(lmo_cuda::DType::Bf16));
 }
 
 /// What has no device path is refused at construction, with the block.
@@ -256,38 +256,18 @@ fn update_coeffs_reproduce_the_generic_step() {
     }
 }
 
-/// The devices a GPU test runs on: the GPU when there is one (under
-/// `LMO_EXPECT_GPU=1` a missing one fails), then the CPU kernel emulator
-/// (feature `cuda-emu`), which runs the same commands.
-fn devices() -> Vec<std::sync::Arc<orthogonalize::cuda::CudaDevice>> {
-    use orthogonalize::cuda::CudaDevice;
-    let mut v = Vec::new();
-    if CudaDevice::available() {
-        v.push(CudaDevice::new(0).expect("device 0"));
-    } else {
-        assert!(
-            std::env::var("LMO_EXPECT_GPU").as_deref() != Ok("1"),
-            "LMO_EXPECT_GPU=1 but no CUDA driver or device answers"
-        );
-        lmo_testkit::skip("the GPU part (no CUDA driver or device; the emulator part runs)");
-    }
-    #[cfg(feature = "cuda-emu")]
-    v.push(CudaDevice::emulated());
-    v
-}
-
 /// `DeviceOptimizer` against `Optimizer::<Nd32>` over three steps, on the
 /// GPU and on the emulator.
 #[test]
 fn device_step_matches_cpu() {
-    for dev in devices() {
+    for dev in lmo_testkit::cuda_devices() {
         device_step_matches_cpu_on(&dev);
     }
 }
 
-fn device_step_matches_cpu_on(dev: &std::sync::Arc<orthogonalize::cuda::CudaDevice>) {
+fn device_step_matches_cpu_on(dev: &std::sync::Arc<lmo_cuda::CudaDevice>) {
     use gluon_optim::cuda::DeviceOptimizer;
-    use orthogonalize::cuda::DType;
+    use lmo_cuda::DType;
     let mut rng = StdRng::seed_from_u64(8);
     let spec = [
         (Label::Hidden, vec![48, 32]),
@@ -391,7 +371,7 @@ fn host_exec_step_matches_the_generic_optimizer() {
 #[test]
 fn emulated_device_step_matches_the_generic_optimizer() {
     use gluon_optim::cuda::CudaExec;
-    use orthogonalize::cuda::{CudaDevice, DType};
+    use lmo_cuda::{CudaDevice, DType};
     let dev = CudaDevice::emulated();
     exec_matches_the_generic_optimizer(
         || CudaExec(dev.clone()),
@@ -504,4 +484,57 @@ fn exec_matches_the_generic_optimizer<E: gluon_optim::cuda::Exec>(
         Err(DeviceError::Opt(OptError::CountMismatch { .. }))
     ));
     assert_eq!(before, all(&ph));
+}
+
+/// A whole Muon step and a Gluon step of the generic `Optimizer<Cuda>`
+/// against `Optimizer<Nd32>`.
+#[test]
+fn optimizer_step_matches_cpu() {
+    use lmo_cuda::{Cuda, CudaTensor, DType};
+    for dev in lmo_testkit::cuda_devices() {
+        let mut rng = StdRng::seed_from_u64(3);
+        let spec = [
+            (Label::Hidden, vec![48, 32]),
+            (Label::Hidden, vec![32, 96]),
+            (Label::Embedding, vec![50, 32]),
+            (Label::Vector, vec![32]),
+        ];
+        for cfg in [
+            presets::muon(0.05, 0.01),
+            presets::gluon((0.5, 2.0), (0.5, 1.0), 0.9),
+        ] {
+            let labels: Vec<Label> = spec.iter().map(|s| s.0.clone()).collect();
+            let vals: Vec<Vec<f32>> = spec
+                .iter()
+                .map(|s| randn(&mut rng, s.1.iter().product()))
+                .collect();
+            let mut pc: Vec<ArrayD<f32>> =
+                vals.iter().zip(&spec).map(|(v, s)| nd(v, &s.1)).collect();
+            let mut pg: Vec<CudaTensor> = vals
+                .iter()
+                .zip(&spec)
+                .map(|(v, s)| dev.tensor(v, &s.1, DType::F32).unwrap())
+                .collect();
+            let mut oc = Optimizer::<Nd32>::new(cfg.clone(), labels.clone(), &pc).unwrap();
+            let mut og = Optimizer::<Cuda>::new(cfg.clone(), labels.clone(), &pg).unwrap();
+            for _ in 0..3 {
+                let gv: Vec<Vec<f32>> = spec
+                    .iter()
+                    .map(|s| randn(&mut rng, s.1.iter().product()))
+                    .collect();
+                let gc: Vec<ArrayD<f32>> = gv.iter().zip(&spec).map(|(v, s)| nd(v, &s.1)).collect();
+                let gg: Vec<CudaTensor> = gv
+                    .iter()
+                    .zip(&spec)
+                    .map(|(v, s)| dev.tensor(v, &s.1, DType::F32).unwrap())
+                    .collect();
+                oc.step(&mut pc, &gc).unwrap();
+                og.step(&mut pg, &gg).unwrap();
+            }
+            for (c, g) in pc.iter().zip(&pg) {
+                let e = rel(&g.to_host(), c.as_slice().unwrap());
+                assert!(e < 1e-4, "step differs: {e:e}");
+            }
+        }
+    }
 }

@@ -19,21 +19,22 @@
 //! Both plug into lmo-core's spectral LMO:
 //! `lmo_core::Spectral::with_orthogonalizer(NewtonSchulz::muon())`.
 //!
-//! - [`cuda`] (feature `cuda`): the CUDA backend (cudarc; cuBLAS GEMMs in
-//!   f32 or bf16 with f32 accumulation, `syrk` Gram products, NVRTC
-//!   kernels), so the same `NewtonSchulz` runs on a GPU.
+//! The same `NewtonSchulz` runs on a GPU through the CUDA backend of the
+//! `lmo-cuda` adapter crate (cudarc; cuBLAS GEMMs in f32 or bf16 with f32
+//! accumulation, `syrk` Gram products, NVRTC kernels), which also has the
+//! batched device plans of this iteration.
 //!
 //! Precision: the backend's scalar (f32 or f64); bf16 storage with f32
-//! accumulation through `lmo_ndarray::NdBf16`, natively (`vdpbf16ps`) on
-//! CPUs with AVX-512 BF16; [`NewtonSchulzBf16`] runs that bf16 iteration on
-//! f32 tensors (mixed precision, as `torch.optim.Muon`). `docs/orthogonalize.md` has
+//! accumulation through a bf16 backend such as `lmo_ndarray::NdBf16`
+//! (natively, `vdpbf16ps`, on CPUs with AVX-512 BF16); [`NewtonSchulzBf16`]
+//! runs that bf16 iteration on a wider backend's tensors (mixed precision,
+//! as `torch.optim.Muon`), on the path the backend declares through
+//! [`lmo_core::Bf16Storage`]. `docs/orthogonalize.md` has
 //! the accuracy and speed tables.
 #![warn(missing_docs)]
 
 mod batch;
 mod coeffs;
-#[cfg(feature = "cuda")]
-pub mod cuda;
 mod exact;
 mod mixed;
 mod ns;

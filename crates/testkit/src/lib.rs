@@ -1,4 +1,5 @@
-//! Test support for the workspace's test suites (a dev-dependency only).
+//! Test support for the workspace's test suites (a dev-dependency only):
+//! visible skips and (feature `cuda`) the CUDA devices a test runs on.
 //!
 //! A test that cannot run part of its work here (no GPU, no NVRTC, a CPU
 //! without a kernel's instructions) reports it with [`skip`]. libtest shows
@@ -10,6 +11,11 @@
 //! calling this.
 
 use std::io::Write;
+
+#[cfg(feature = "cuda")]
+mod devices;
+#[cfg(feature = "cuda")]
+pub use devices::cuda_devices;
 
 /// The environment variable naming the file skips are appended to.
 pub const SKIP_LOG: &str = "LMO_SKIP_LOG";

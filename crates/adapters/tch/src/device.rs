@@ -12,7 +12,7 @@
 //! use std::sync::Arc;
 //! use gluon_optim::{cuda::DeviceOptimizer, presets, Label};
 //! use lmo_tch::device::cuda_views;
-//! use orthogonalize::cuda::CudaDevice;
+//! use lmo_cuda::CudaDevice;
 //! use tch::{Device, Kind, Tensor};
 //!
 //! let dev = CudaDevice::new(0).unwrap();
@@ -31,7 +31,7 @@
 
 use std::sync::Arc;
 
-use orthogonalize::cuda::{CudaDevice, CudaError, CudaTensor, DType};
+use lmo_cuda::{CudaDevice, CudaError, CudaTensor, DType};
 use tch::{Device, Kind, Tensor};
 
 /// What a libtorch tensor must be to be viewed by the CUDA backend, and

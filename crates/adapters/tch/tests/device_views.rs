@@ -2,8 +2,8 @@
 //! on the CPU: every refusal), and on a GPU the zero-copy round trip.
 #![cfg(feature = "device-step")]
 
+use lmo_cuda::CudaDevice;
 use lmo_tch::device::{cuda_layout, cuda_views};
-use orthogonalize::cuda::CudaDevice;
 use tch::{Device, Kind, Tensor};
 
 #[test]
@@ -37,7 +37,7 @@ fn views_share_libtorch_memory() {
     tch::Cuda::synchronize(0);
     let mut v = unsafe { cuda_views(&dev, &[t.shallow_clone()]) }.unwrap();
     use lmo_core::Backend;
-    orthogonalize::cuda::Cuda::scale_mut(2.0, &mut v[0]);
+    lmo_cuda::Cuda::scale_mut(2.0, &mut v[0]);
     dev.synchronize().unwrap();
     let back: Vec<f32> = Vec::try_from(t.flatten(0, -1)).unwrap();
     assert_eq!(back, (0..12).map(|k| 2.0 * k as f32).collect::<Vec<_>>());

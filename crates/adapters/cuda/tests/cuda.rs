@@ -1,45 +1,19 @@
 //! The CUDA backend against the CPU reference (ndarray backend) on
-//! identical inputs: every Backend op, Newton–Schulz (f32 and bf16) and a
-//! whole Gluon/Muon step. Without a GPU (or CUDA driver) each test prints
+//! identical inputs: every Backend op, Newton–Schulz (f32 and bf16), the
+//! batched plans and the step primitives (the whole optimizer step on
+//! `Cuda` is tested in gluon-optim's `device_step.rs`). Without a GPU (or CUDA driver) each test prints
 //! that it skipped. Tolerances: f32 1e-5 relative for elementwise ops and
 //! reductions, 1e-4 for products and NS5 (cuBLAS sums in another order);
 //! bf16 within bf16's resolution (2⁻⁸ relative per rounding, a few per
 //! step: 3e-2).
-#![cfg(feature = "cuda")]
-
-use std::sync::Arc;
 
 use lmo_core::{Backend, Orthogonalizer, Trans};
+use lmo_cuda::{Cuda, DType, KERNEL_NAMES, KERNELS};
 use lmo_ndarray::Nd32;
 use ndarray::{ArrayD, IxDyn};
 use orthogonalize::NewtonSchulz;
-use orthogonalize::cuda::{Cuda, CudaDevice, CudaTensor, DType, KERNEL_NAMES, KERNELS};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use rand_distr::StandardNormal;
-
-/// The devices a GPU test runs on: the GPU when there is one (and, under
-/// `LMO_EXPECT_GPU=1`, a failure when there is none), then the CPU kernel
-/// emulator (feature `cuda-emu`), which runs the same commands.
-fn devices() -> Vec<Arc<CudaDevice>> {
-    let mut v = Vec::new();
-    if CudaDevice::available() {
-        v.push(CudaDevice::new(0).expect("device 0"));
-    } else {
-        // On the GPU machine (`cargo xtask gpu-bundle`'s run.sh) a missing
-        // device is a failure, not a skip.
-        assert!(
-            std::env::var("LMO_EXPECT_GPU").as_deref() != Ok("1"),
-            "LMO_EXPECT_GPU=1 but no CUDA driver or device answers"
-        );
-        lmo_testkit::skip("the GPU part (no CUDA driver or device; the emulator part runs)");
-    }
-    #[cfg(feature = "cuda-emu")]
-    v.push(CudaDevice::emulated());
-    if v.is_empty() {
-        lmo_testkit::skip("everything (no GPU and no emulator: feature cuda-emu)");
-    }
-    v
-}
 
 fn randn(rng: &mut StdRng, n: usize) -> Vec<f32> {
     (0..n)
@@ -79,7 +53,7 @@ fn kernel_names_match_the_source() {
 
 #[test]
 fn ops_match_cpu_f32() {
-    for dev in devices() {
+    for dev in lmo_testkit::cuda_devices() {
         let mut rng = StdRng::seed_from_u64(1);
         let (m, n) = (37, 53);
         let (a, b) = (randn(&mut rng, m * n), randn(&mut rng, m * n));
@@ -149,7 +123,7 @@ fn ops_match_cpu_f32() {
 /// bf16 resolution of the f32 result.
 #[test]
 fn newton_schulz_matches_cpu() {
-    for dev in devices() {
+    for dev in lmo_testkit::cuda_devices() {
         let mut rng = StdRng::seed_from_u64(2);
         for (m, n) in [(64, 64), (96, 200), (200, 96)] {
             let g = randn(&mut rng, m * n);
@@ -168,65 +142,12 @@ fn newton_schulz_matches_cpu() {
         }
     }
 }
-
-/// A whole Muon step and a Gluon step on device against the CPU.
-#[test]
-fn optimizer_step_matches_cpu() {
-    use gluon_optim::{Label, Optimizer, presets};
-    for dev in devices() {
-        let mut rng = StdRng::seed_from_u64(3);
-        let spec = [
-            (Label::Hidden, vec![48, 32]),
-            (Label::Hidden, vec![32, 96]),
-            (Label::Embedding, vec![50, 32]),
-            (Label::Vector, vec![32]),
-        ];
-        for cfg in [
-            presets::muon(0.05, 0.01),
-            presets::gluon((0.5, 2.0), (0.5, 1.0), 0.9),
-        ] {
-            let labels: Vec<Label> = spec.iter().map(|s| s.0.clone()).collect();
-            let vals: Vec<Vec<f32>> = spec
-                .iter()
-                .map(|s| randn(&mut rng, s.1.iter().product()))
-                .collect();
-            let mut pc: Vec<ArrayD<f32>> =
-                vals.iter().zip(&spec).map(|(v, s)| nd(v, &s.1)).collect();
-            let mut pg: Vec<CudaTensor> = vals
-                .iter()
-                .zip(&spec)
-                .map(|(v, s)| dev.tensor(v, &s.1, DType::F32).unwrap())
-                .collect();
-            let mut oc = Optimizer::<Nd32>::new(cfg.clone(), labels.clone(), &pc).unwrap();
-            let mut og = Optimizer::<Cuda>::new(cfg.clone(), labels.clone(), &pg).unwrap();
-            for _ in 0..3 {
-                let gv: Vec<Vec<f32>> = spec
-                    .iter()
-                    .map(|s| randn(&mut rng, s.1.iter().product()))
-                    .collect();
-                let gc: Vec<ArrayD<f32>> = gv.iter().zip(&spec).map(|(v, s)| nd(v, &s.1)).collect();
-                let gg: Vec<CudaTensor> = gv
-                    .iter()
-                    .zip(&spec)
-                    .map(|(v, s)| dev.tensor(v, &s.1, DType::F32).unwrap())
-                    .collect();
-                oc.step(&mut pc, &gc).unwrap();
-                og.step(&mut pg, &gg).unwrap();
-            }
-            for (c, g) in pc.iter().zip(&pg) {
-                let e = rel(&g.to_host(), c.as_slice().unwrap());
-                assert!(e < 1e-4, "step differs: {e:e}");
-            }
-        }
-    }
-}
-
 /// NVRTC (a host library: no GPU needed) compiles the kernel source, and
 /// the PTX has an entry for every kernel the backend loads. Skips when
 /// libnvrtc is not on the library path.
 #[test]
 fn nvrtc_compiles_the_kernels() {
-    if !orthogonalize::cuda::nvrtc_available() {
+    if !lmo_cuda::nvrtc_available() {
         // `cargo xtask test` installs NVRTC and says so: then it must load.
         assert!(
             std::env::var("LMO_EXPECT_NVRTC").as_deref() != Ok("1"),
@@ -239,7 +160,7 @@ fn nvrtc_compiles_the_kernels() {
     }
     // The default architecture and the H100/H200's (sm_90).
     for arch in [None, Some((9, 0))] {
-        let ptx = orthogonalize::cuda::compile_kernels(arch)
+        let ptx = lmo_cuda::compile_kernels(arch)
             .unwrap_or_else(|e| panic!("NVRTC ({arch:?}) rejects cuda_kernels.cu: {e}"));
         let src = ptx.to_src();
         if arch.is_some() {
@@ -261,9 +182,9 @@ fn nvrtc_compiles_the_kernels() {
 /// the CPU, matrix by matrix. Tolerances as above.
 #[test]
 fn polar_plan_matches_cpu() {
+    use lmo_cuda::PolarPlan;
     use orthogonalize::NsConfig;
-    use orthogonalize::cuda::PolarPlan;
-    for dev in devices() {
+    for dev in lmo_testkit::cuda_devices() {
         let mut rng = StdRng::seed_from_u64(4);
         let batch = 3;
         for (m, n) in [(64, 96), (120, 40)] {
@@ -309,8 +230,8 @@ fn polar_plan_matches_cpu() {
 /// constant and an on-device adaptive radius.
 #[test]
 fn step_primitives_match_host() {
-    use orthogonalize::cuda::step::{self, DeviceScalars, UpdateCoeffs};
-    for dev in devices() {
+    use lmo_cuda::step::{self, DeviceScalars, UpdateCoeffs};
+    for dev in lmo_testkit::cuda_devices() {
         let mut rng = StdRng::seed_from_u64(5);
         let (batch, m, n) = (2, 16, 24);
         let per = m * n;
@@ -388,7 +309,7 @@ fn step_primitives_match_host() {
 /// Polar Express (whose first step amplifies them).
 #[test]
 fn plan_op_list_matches_newton_schulz_on_the_host() {
-    use orthogonalize::cuda::PolarPlan;
+    use lmo_cuda::PolarPlan;
     use orthogonalize::{CoefficientSet, NsConfig};
     let mut rng = StdRng::seed_from_u64(9);
     let batch = 3;

@@ -1,4 +1,4 @@
-//! The CPU kernel emulator (feature `cuda-emu`): [`super::CudaDevice::emulated`].
+//! The CPU kernel emulator (feature `emu`): [`super::CudaDevice::emulated`].
 //!
 //! Every operation of the CUDA backend (the [`super::Cuda`] backend, the
 //! step primitives of [`super::step`], [`super::PolarPlan`]) first lowers

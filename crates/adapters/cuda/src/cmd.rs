@@ -3,7 +3,7 @@
 //! [`super::PolarPlan`] queue is first built as a [`Cmd`] by a device-free
 //! lowering function, then issued by [`super::CudaDevice::issue`]: on a
 //! GPU one driver or cuBLAS call per command; on an emulated device
-//! (feature `cuda-emu`) by the CPU kernel emulator, which runs the same
+//! (feature `emu`) by the CPU kernel emulator, which runs the same
 //! commands over host memory with the kernels of `cuda_kernels.cu`
 //! compiled as C++. What the emulator checks is therefore exactly what the
 //! GPU receives: kernel names, launch dimensions, argument order and types,

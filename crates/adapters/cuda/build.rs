@@ -1,22 +1,18 @@
-//! Builds the CPU kernel emulator (feature `cuda-emu`): the kernels of
+//! Builds the CPU kernel emulator (feature `emu`): the kernels of
 //! `src/cuda_kernels.cu`, unchanged, compiled as C++20 against the thread
-//! model of `src/cuda/emu/emu.h`. Without the feature nothing is built.
+//! model of `src/emu/emu.h`. Without the feature nothing is built.
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
-    #[cfg(feature = "cuda-emu")]
+    #[cfg(feature = "emu")]
     {
-        for f in [
-            "src/cuda_kernels.cu",
-            "src/cuda/emu/emu.h",
-            "src/cuda/emu/emu.cpp",
-        ] {
+        for f in ["src/cuda_kernels.cu", "src/emu/emu.h", "src/emu/emu.cpp"] {
             println!("cargo:rerun-if-changed={f}");
         }
         cc::Build::new()
             .cpp(true)
             .std("c++20")
-            .file("src/cuda/emu/emu.cpp")
+            .file("src/emu/emu.cpp")
             // Plain IEEE arithmetic: no fused multiply-adds, no fast-math,
             // and no instructions the build machine has but a test machine
             // may lack.

@@ -1,4 +1,4 @@
-//! The CPU kernel emulator (feature `cuda-emu`): what it refuses, and the
+//! The CPU kernel emulator (feature `emu`): what it refuses, and the
 //! parts of the CUDA backend the GPU tests of `cuda.rs` (which also run on
 //! the emulator) do not reach: every kernel in bf16 storage as well as
 //! f32, reductions past the grid-stride bound, the polar plan for every
@@ -10,19 +10,17 @@
 //! bf16). f64 reductions: 1e-12 relative (summation order). Polar factors:
 //! the bounds of the host interpreter's test (f32 2e-5, bf16 3e-2, Polar
 //! Express in bf16 1e-1).
-#![cfg(feature = "cuda-emu")]
+#![cfg(feature = "emu")]
 
 use std::sync::Arc;
 
 use half::bf16;
 use lmo_core::{AdamWStep, Backend, Orthogonalizer, Trans};
+use lmo_cuda::cmd::{Arg, Cmd, Launch, StridedGemm};
+use lmo_cuda::step::{self, DeviceScalars};
+use lmo_cuda::{Cuda, CudaDevice, CudaError, CudaTensor, DType, PolarPlan, UpdateCoeffs, emu};
 use lmo_ndarray::Nd32;
 use ndarray::{ArrayD, IxDyn};
-use orthogonalize::cuda::cmd::{Arg, Cmd, Launch, StridedGemm};
-use orthogonalize::cuda::step::{self, DeviceScalars};
-use orthogonalize::cuda::{
-    Cuda, CudaDevice, CudaError, CudaTensor, DType, PolarPlan, UpdateCoeffs, emu,
-};
 use orthogonalize::{CoefficientSet, NewtonSchulz, NsConfig};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use rand_distr::StandardNormal;

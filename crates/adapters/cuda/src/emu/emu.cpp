@@ -18,7 +18,7 @@
 #include <utility>
 #include <vector>
 
-#include "../../cuda_kernels.cu"
+#include "../cuda_kernels.cu"
 
 // Two faulty kernels for the emulator's own tests (not part of the
 // backend): a barrier that thread 0 skips, and a warp exchange that half a

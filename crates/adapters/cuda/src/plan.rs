@@ -10,13 +10,13 @@ use lmo_core::LmoError;
 
 use super::cmd::{Arg, Cmd, Launch, Sink, StridedGemm, elem_size, grid_batched, grid_tiles};
 use super::{CudaDevice, CudaError, CudaTensor, DType, Mem, drv};
-use crate::{Normalization, NsConfig};
+use orthogonalize::{Normalization, NsConfig};
 
 /// How many (input, output) address pairs a plan keeps a graph for.
 const GRAPH_CACHE: usize = 4;
 
 /// Batched polar factors of a stack of `batch` same-shape `m × n` matrices
-/// on a [`CudaDevice`]: the iteration of [`crate::NewtonSchulz`] (SPEC §2),
+/// on a [`CudaDevice`]: the iteration of [`orthogonalize::NewtonSchulz`] (SPEC §2),
 /// with every matrix of the stack in one cuBLAS strided-batched call per
 /// product.
 ///
@@ -38,7 +38,7 @@ const GRAPH_CACHE: usize = 4;
 /// coefficients are not rounded). The sequence is one list of operations
 /// run by the CUDA executor here and, on the CPU, by
 /// [`PolarPlan::simulate`], which the tests check against
-/// [`crate::NewtonSchulz`]. Flops per matrix and step: `2k²l` (Gram) `+ 2k³`
+/// [`orthogonalize::NewtonSchulz`]. Flops per matrix and step: `2k²l` (Gram) `+ 2k³`
 /// (`A·A`, when `c ≠ 0`) `+ 2k²l`, `k = min(m,n)`, `l = max(m,n)`
 /// ([`PolarPlan::flops`]). cuBLAS has no bf16 `syrk`, so the Gram product
 /// is a full GEMM.
@@ -83,7 +83,7 @@ pub struct PolarPlan {
 /// as a graph is).
 enum Graph {
     Gpu(CudaGraph),
-    #[cfg(feature = "cuda-emu")]
+    #[cfg(feature = "emu")]
     Recorded(Vec<Cmd>),
 }
 
@@ -237,7 +237,7 @@ impl PolarPlan {
         if let Some((_, graph)) = graphs.iter().find(|(k, _)| *k == (gp, op)) {
             return match graph {
                 Graph::Gpu(g) => g.launch().map_err(drv),
-                #[cfg(feature = "cuda-emu")]
+                #[cfg(feature = "emu")]
                 Graph::Recorded(cmds) => self.dev.run(|sink| cmds.iter().try_for_each(sink)),
             };
         }
@@ -253,7 +253,7 @@ impl PolarPlan {
     /// Captures the op list from `gp` into `op` and runs it once.
     fn capture(&self, gp: u64, op: u64) -> Result<Graph, CudaError> {
         let Some(stream) = self.dev.stream() else {
-            #[cfg(feature = "cuda-emu")]
+            #[cfg(feature = "emu")]
             {
                 let mut cmds = Vec::new();
                 self.lowering().run(gp, op, &mut |c| {
@@ -263,7 +263,7 @@ impl PolarPlan {
                 self.dev.run(|sink| cmds.iter().try_for_each(&mut *sink))?;
                 return Ok(Graph::Recorded(cmds));
             }
-            #[cfg(not(feature = "cuda-emu"))]
+            #[cfg(not(feature = "emu"))]
             unreachable!("only emulated devices have no stream");
         };
         self.dev.bind()?;
@@ -275,7 +275,7 @@ impl PolarPlan {
         let low = self.lowering();
         // SAFETY: as in `CudaDevice::run`: the plan's own buffers and the
         // checked tensors `g`, `out`.
-        let queued = low.run(gp, op, &mut |c| unsafe { self.dev.issue(c) });
+        let queued = low.run(gp, op, &mut |c| unsafe { self.dev.issue_cmd(c) });
         // End the capture whether or not queuing failed.
         let graph = stream.end_capture(drv_sys::CUgraphInstantiate_flags(0));
         queued?;
@@ -313,7 +313,7 @@ impl PolarPlan {
     /// normalization and conversions) executed on the CPU, with storage
     /// rounding to bf16 (nearest even) where the plan stores bf16, f64
     /// accumulation elsewhere. Needs no GPU: the tests check the op list
-    /// against [`crate::NewtonSchulz`] with it. `g` holds the stack
+    /// against [`orthogonalize::NewtonSchulz`] with it. `g` holds the stack
     /// `[batch, m, n]` row-major (rounded to `io` first).
     #[allow(clippy::too_many_arguments)]
     pub fn simulate(
@@ -429,7 +429,7 @@ impl PolarPlan {
 /// (`[batch·k·l, batch·k·l, batch·k·k, batch·k·k]` elements of `work`,
 /// [`buffer_lens`]) and `batch` f64 accumulators. [`Lowering::run`] turns
 /// it into the [`Cmd`]s [`PolarPlan::run`] queues (and the emulator of
-/// feature `cuda-emu` runs over host memory).
+/// feature `emu` runs over host memory).
 pub(crate) struct Lowering<'a> {
     pub ops: &'a [Op],
     pub batch: usize,
