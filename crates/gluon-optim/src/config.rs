@@ -63,6 +63,12 @@ pub enum NormSpec {
     RowNorm,
     /// Vector RMS (biases, gains).
     VectorRms,
+    /// A user norm, by name: built for each block by the
+    /// [`NormRegistry`](crate::NormRegistry) given to
+    /// [`Optimizer::with_norms`](crate::Optimizer::with_norms) (any type
+    /// implementing lmo-core's `Norm`; no enum to edit). The device step
+    /// has no path for it.
+    Custom(String),
 }
 
 /// A scale of the norm that depends on the block's shape `m × n`
@@ -242,6 +248,67 @@ pub struct LmoGroup {
     pub mode: Mode,
 }
 
+impl LmoGroup {
+    /// A group with norm `norm` and radius policy `radius`, and the
+    /// neutral rest: scale 1, no shape factor, β = 0, no Nesterov, no
+    /// weight decay, unconstrained. Set the rest by name with the builder
+    /// methods below.
+    pub fn new(norm: NormSpec, radius: Radius) -> Self {
+        LmoGroup {
+            norm,
+            scale: 1.0,
+            shape_scale: ShapeScale::None,
+            radius,
+            beta: 0.0,
+            nesterov: false,
+            weight_decay: 0.0,
+            mode: Mode::Unconstrained,
+        }
+    }
+
+    /// Sets the constant scale `s` of the norm.
+    pub fn scale(mut self, s: f64) -> Self {
+        self.scale = s;
+        self
+    }
+
+    /// Sets the shape-dependent factor of the scale.
+    pub fn shape_scale(mut self, f: ShapeScale) -> Self {
+        self.shape_scale = f;
+        self
+    }
+
+    /// Sets the radius policy.
+    pub fn radius(mut self, r: Radius) -> Self {
+        self.radius = r;
+        self
+    }
+
+    /// Sets the momentum β.
+    pub fn beta(mut self, beta: f64) -> Self {
+        self.beta = beta;
+        self
+    }
+
+    /// Turns Nesterov momentum on or off.
+    pub fn nesterov(mut self, on: bool) -> Self {
+        self.nesterov = on;
+        self
+    }
+
+    /// Sets the decoupled weight decay λ.
+    pub fn weight_decay(mut self, wd: f64) -> Self {
+        self.weight_decay = wd;
+        self
+    }
+
+    /// Sets the mode (unconstrained or constrained).
+    pub fn mode(mut self, m: Mode) -> Self {
+        self.mode = m;
+        self
+    }
+}
+
 /// AdamW (Loshchilov & Hutter 2019), the baseline and Muon's partner for
 /// non-hidden tensors.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -396,6 +463,11 @@ impl Config {
                     {
                         return Err(bad("constrained radius ρ must be > 0"));
                     }
+                    if let NormSpec::Custom(name) = &l.norm
+                        && name.is_empty()
+                    {
+                        return Err(bad("a custom norm needs a name"));
+                    }
                     if let NormSpec::Spectral(Orth::NewtonSchulz(c))
                     | NormSpec::RmsToRms(Orth::NewtonSchulz(c)) = &l.norm
                     {
@@ -428,7 +500,26 @@ impl Default for Config {
 pub type DynNorm<B> = Box<dyn Norm<B> + Send>;
 
 impl NormSpec {
-    /// Builds the norm for a block of shape `dims` with total scale `s`.
+    /// Builds the norm for a block of shape `dims` with total scale `s`,
+    /// a [`NormSpec::Custom`] norm through `norms`.
+    pub fn build_for<B: Bf16Storage>(
+        &self,
+        dims: &[usize],
+        s: f64,
+        norms: &crate::NormRegistry<B>,
+    ) -> Result<DynNorm<B>, LmoError>
+    where
+        B::Tensor: Send,
+    {
+        match self {
+            NormSpec::Custom(name) => norms.build(name, dims, s),
+            _ => self.build::<B>(s),
+        }
+    }
+
+    /// Builds a built-in norm with total scale `s`;
+    /// [`NormSpec::Custom`] needs a registry ([`NormSpec::build_for`]) and
+    /// gives [`LmoError::InvalidHyperParameter`] here.
     pub fn build<B: Bf16Storage>(&self, s: f64) -> Result<DynNorm<B>, LmoError>
     where
         B::Tensor: Send,
@@ -463,6 +554,11 @@ impl NormSpec {
             NormSpec::ColNorm => Box::new(ColNorm::<B::Scalar>::new().with_scale(s)?),
             NormSpec::RowNorm => Box::new(RowNorm::<B::Scalar>::new().with_scale(s)?),
             NormSpec::VectorRms => Box::new(VectorRms::new().with_scale(s)?),
+            NormSpec::Custom(_) => {
+                return Err(LmoError::InvalidHyperParameter(
+                    "a custom norm is built through a NormRegistry (Optimizer::with_norms)",
+                ));
+            }
         })
     }
 }

@@ -180,10 +180,13 @@ impl DevicePlan {
                             blocks.push(elem(ElemKind::Euclidean));
                             continue;
                         }
-                        NormSpec::L1 | NormSpec::ColNorm | NormSpec::RowNorm => {
+                        NormSpec::L1
+                        | NormSpec::ColNorm
+                        | NormSpec::RowNorm
+                        | NormSpec::Custom(_) => {
                             return Err(unsupported(
-                                "the device step has no ℓ1, column- or row-norm LMO; use \
-                                 Optimizer<Cuda> for these norms",
+                                "the device step has no ℓ1, column-, row- or custom-norm LMO; \
+                                 use Optimizer<Cuda> for these norms",
                                 i,
                             ));
                         }

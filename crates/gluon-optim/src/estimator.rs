@@ -211,6 +211,17 @@ where
     /// An estimator for the blocks of an optimizer built from `config`,
     /// `labels` and `params`.
     pub fn new(config: &Config, labels: &[Label], params: &[B::Tensor]) -> Result<Self, OptError> {
+        Self::with_norms(config, labels, params, &crate::NormRegistry::new())
+    }
+
+    /// [`LipschitzEstimator::new`] with the user norms of
+    /// [`crate::Optimizer::with_norms`].
+    pub fn with_norms(
+        config: &Config,
+        labels: &[Label],
+        params: &[B::Tensor],
+        registry: &crate::NormRegistry<B>,
+    ) -> Result<Self, OptError> {
         if labels.len() != params.len() {
             return Err(OptError::CountMismatch {
                 expected: labels.len(),
@@ -225,7 +236,10 @@ where
                 .get(l)
                 .ok_or_else(|| OptError::NoGroup(l.clone()))?
             {
-                GroupConfig::Lmo(g) => g.norm.build::<B>(g.scale * g.shape_scale.factor(&dims)),
+                GroupConfig::Lmo(g) => {
+                    g.norm
+                        .build_for::<B>(&dims, g.scale * g.shape_scale.factor(&dims), registry)
+                }
                 GroupConfig::AdamW(_) => NormSpec::Frobenius.build::<B>(1.0),
             }
             .map_err(|error| OptError::Lmo { block: i, error })?;

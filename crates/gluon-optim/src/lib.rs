@@ -9,6 +9,9 @@
 //!   §1 with a scale), a [`Radius`] policy (constant, theory schedule,
 //!   adaptive (L0, L1)), momentum (Nesterov option), weight decay and
 //!   [`Mode`] (unconstrained / constrained); a [`Schedule`] multiplier.
+//! - [`NormRegistry`]: user norms (any `lmo_core::Norm`) for groups with
+//!   [`NormSpec::Custom`], without editing an enum;
+//!   [`LmoGroup::new`] and its named builder methods.
 //! - [`Optimizer`]: the step, typed errors that leave everything untouched,
 //!   [`OptState`] (serde, versioned) for bit-identical resume,
 //!   allocation-free after the first step, blocks in parallel (rayon).
@@ -26,6 +29,7 @@
 mod config;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+mod custom;
 mod estimator;
 mod optimizer;
 pub mod phases;
@@ -35,6 +39,7 @@ pub use config::{
     AdamWGroup, Config, DynNorm, GroupConfig, Label, LmoGroup, Mode, NonFinitePolicy, NormSpec,
     Orth, Radius, Schedule, ShapeScale,
 };
+pub use custom::{NormBuilder, NormRegistry};
 pub use estimator::{Fit, LipschitzEstimator, Point, fit_envelope, fit_quantile};
 pub use optimizer::{BlockReport, BlockState, OptError, OptState, Optimizer, StepReport};
 pub use phases::{RadiusRule, momentum, radius};

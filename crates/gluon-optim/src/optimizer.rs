@@ -6,6 +6,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{Config, DynNorm, GroupConfig, Label, LmoGroup, NonFinitePolicy};
+use crate::custom::NormRegistry;
 use crate::phases;
 
 /// Errors of [`Optimizer`]; every error leaves parameters and state
@@ -187,6 +188,18 @@ where
     /// Errors: invalid hyper-parameters, a label without a group, count
     /// mismatch.
     pub fn new(config: Config, labels: Vec<Label>, params: &[B::Tensor]) -> Result<Self, OptError> {
+        Self::with_norms(config, labels, params, &NormRegistry::new())
+    }
+
+    /// [`Optimizer::new`] with user norms: the groups whose norm is
+    /// [`NormSpec::Custom`](crate::NormSpec::Custom) get theirs from
+    /// `norms` (a name it lacks is refused here, before anything is built).
+    pub fn with_norms(
+        config: Config,
+        labels: Vec<Label>,
+        params: &[B::Tensor],
+        norms: &NormRegistry<B>,
+    ) -> Result<Self, OptError> {
         config.validate().map_err(|error| OptError::Lmo {
             block: usize::MAX,
             error,
@@ -209,7 +222,7 @@ where
                     let s = g.scale * g.shape_scale.factor(&shape);
                     let norm = g
                         .norm
-                        .build::<B>(s)
+                        .build_for::<B>(&shape, s, norms)
                         .map_err(|error| OptError::Lmo { block: i, error })?;
                     Kind::Lmo {
                         cfg: g.clone(),

@@ -15,19 +15,6 @@ fn everywhere(g: GroupConfig) -> Config {
         .fold(Config::new(), |c, l| c.group(l.clone(), g.clone()))
 }
 
-fn lmo(norm: NormSpec, scale: f64, shape_scale: ShapeScale, radius: Radius, beta: f64) -> LmoGroup {
-    LmoGroup {
-        norm,
-        scale,
-        shape_scale,
-        radius,
-        beta,
-        nesterov: false,
-        weight_decay: 0.0,
-        mode: Mode::Unconstrained,
-    }
-}
-
 /// Muon (K. Jordan et al., "Muon: an optimizer for hidden layers in neural
 /// networks", 2024), the hybrid users expect:
 /// - `Hidden`: spectral LMO through Muon's NS5 (quintic, 5 steps), Nesterov
@@ -36,14 +23,13 @@ fn lmo(norm: NormSpec, scale: f64, shape_scale: ShapeScale, radius: Radius, beta
 /// - `Embedding`, `Head`, `Vector`: AdamW with β = (0.9, 0.95), ε = 1e-10,
 ///   learning rate `adam_lr` (default 3e-4), no weight decay.
 pub fn muon(lr: f64, adam_lr: f64) -> Config {
-    let mut hidden = lmo(
+    let hidden = LmoGroup::new(
         NormSpec::Spectral(Orth::NewtonSchulz(NsConfig::muon())),
-        1.0,
-        ShapeScale::MuonRatio,
         Radius::Constant(lr),
-        0.95,
-    );
-    hidden.nesterov = true;
+    )
+    .shape_scale(ShapeScale::MuonRatio)
+    .beta(0.95)
+    .nesterov(true);
     let adam = AdamWGroup {
         lr: adam_lr,
         beta1: 0.9,
@@ -105,31 +91,29 @@ pub fn scion_with(lr: f64, constrained: bool, r: ScionRadii) -> Config {
     let mut groups = [
         (
             Label::Hidden,
-            lmo(NormSpec::RmsToRms(ns), r.hidden, ShapeScale::None, c, 0.9),
+            LmoGroup::new(NormSpec::RmsToRms(ns), c)
+                .scale(r.hidden)
+                .beta(0.9),
         ),
         (
             Label::Embedding,
-            lmo(
-                NormSpec::Sign,
-                r.embedding_head,
-                ShapeScale::InvFanIn,
-                c,
-                0.9,
-            ),
+            LmoGroup::new(NormSpec::Sign, c)
+                .scale(r.embedding_head)
+                .shape_scale(ShapeScale::InvFanIn)
+                .beta(0.9),
         ),
         (
             Label::Head,
-            lmo(
-                NormSpec::Sign,
-                r.embedding_head,
-                ShapeScale::InvFanIn,
-                c,
-                0.9,
-            ),
+            LmoGroup::new(NormSpec::Sign, c)
+                .scale(r.embedding_head)
+                .shape_scale(ShapeScale::InvFanIn)
+                .beta(0.9),
         ),
         (
             Label::Vector,
-            lmo(NormSpec::VectorRms, r.vector, ShapeScale::None, c, 0.9),
+            LmoGroup::new(NormSpec::VectorRms, c)
+                .scale(r.vector)
+                .beta(0.9),
         ),
     ];
     let mut c = Config::new();
@@ -153,69 +137,41 @@ pub fn gluon(hidden: (f64, f64), other: (f64, f64), beta: f64) -> Config {
     Config::new()
         .group(
             Label::Hidden,
-            GroupConfig::Lmo(lmo(
-                NormSpec::RmsToRms(ns),
-                1.0,
-                ShapeScale::None,
-                ad(hidden),
-                beta,
-            )),
+            GroupConfig::Lmo(LmoGroup::new(NormSpec::RmsToRms(ns), ad(hidden)).beta(beta)),
         )
         .group(
             Label::Embedding,
-            GroupConfig::Lmo(lmo(
-                NormSpec::Sign,
-                1.0,
-                ShapeScale::InvFanIn,
-                ad(other),
-                beta,
-            )),
+            GroupConfig::Lmo(
+                LmoGroup::new(NormSpec::Sign, ad(other))
+                    .shape_scale(ShapeScale::InvFanIn)
+                    .beta(beta),
+            ),
         )
         .group(
             Label::Head,
-            GroupConfig::Lmo(lmo(
-                NormSpec::Sign,
-                1.0,
-                ShapeScale::InvFanIn,
-                ad(other),
-                beta,
-            )),
+            GroupConfig::Lmo(
+                LmoGroup::new(NormSpec::Sign, ad(other))
+                    .shape_scale(ShapeScale::InvFanIn)
+                    .beta(beta),
+            ),
         )
         .group(
             Label::Vector,
-            GroupConfig::Lmo(lmo(
-                NormSpec::VectorRms,
-                1.0,
-                ShapeScale::None,
-                ad(other),
-                beta,
-            )),
+            GroupConfig::Lmo(LmoGroup::new(NormSpec::VectorRms, ad(other)).beta(beta)),
         )
 }
 
 /// Normalized SGD with momentum (Cutkosky & Mehta 2020): Frobenius LMO
 /// `−M/‖M‖_F` on every block, radius `lr`.
 pub fn normalized_sgd(lr: f64, beta: f64) -> Config {
-    let g = lmo(
-        NormSpec::Frobenius,
-        1.0,
-        ShapeScale::None,
-        Radius::Constant(lr),
-        beta,
-    );
+    let g = LmoGroup::new(NormSpec::Frobenius, Radius::Constant(lr)).beta(beta);
     everywhere(GroupConfig::Lmo(g))
 }
 
 /// signSGD / Signum (Bernstein et al. 2018): ℓ∞ LMO `−sign(M)` on every
 /// block, radius `lr` (β = 0: signSGD; β > 0: Signum).
 pub fn sign_sgd(lr: f64, beta: f64) -> Config {
-    let g = lmo(
-        NormSpec::Sign,
-        1.0,
-        ShapeScale::None,
-        Radius::Constant(lr),
-        beta,
-    );
+    let g = LmoGroup::new(NormSpec::Sign, Radius::Constant(lr)).beta(beta);
     everywhere(GroupConfig::Lmo(g))
 }
 
