@@ -169,6 +169,13 @@ pub struct Optimizer<B: Backend> {
     stage: Stage,
 }
 
+/// One block's work item in [`Optimizer::finish_step`]: block, report
+/// slot, parameter, gradient.
+type FinishItem<'a, B> = (
+    (&'a mut Block<B>, &'a mut BlockReport),
+    (&'a mut <B as Backend>::Tensor, &'a <B as Backend>::Tensor),
+);
+
 /// Where the optimizer is within a phased step.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Stage {
@@ -481,7 +488,7 @@ where
             };
             return Err(OptError::Lmo { block, error });
         }
-        if !(dual.is_finite() && dual >= 0.0) || !B::all_finite(d) {
+        if !(dual.is_finite() && dual >= 0.0 && B::all_finite(d)) {
             return Err(OptError::Lmo {
                 block,
                 error: LmoError::NonFinite,
@@ -536,10 +543,7 @@ where
             ));
         }
         let mult = self.config.schedule.at(k);
-        let run = |((b, r), (p, g)): (
-            (&mut Block<B>, &mut BlockReport),
-            (&mut B::Tensor, &B::Tensor),
-        )| {
+        let run = |((b, r), (p, g)): FinishItem<'_, B>| {
             *r = finish_block::<B>(b, p, g, k, mult);
         };
         if self.config.parallel {

@@ -259,8 +259,8 @@ fn run_both<T, N>(
     read_n: impl Fn(&N::Tensor) -> Vec<f64>,
 ) -> (Vec<f64>, Vec<f64>)
 where
-    T: Backend,
-    N: Backend,
+    T: lmo_core::Bf16Storage,
+    N: lmo_core::Bf16Storage,
     T::Tensor: Send + Sync,
     N::Tensor: Send + Sync,
 {
