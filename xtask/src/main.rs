@@ -18,6 +18,7 @@
 //! - `cargo xtask nanogpt -- ARGS` — runs `examples/nanogpt` with libtorch.
 
 mod bench;
+mod layers;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -253,6 +254,7 @@ fn ci() -> Result<(), String> {
     ]);
     step("cargo clippy -D warnings", c)?;
     nostd()?;
+    layers::layers()?;
     let mut c = cargo();
     c.args([
         "doc",
@@ -265,6 +267,7 @@ fn ci() -> Result<(), String> {
     with_libtorch(&mut c)?;
     step("cargo doc (warnings and missing docs denied)", c)?;
     test()?;
+    layers::package()?;
     let mut c = cargo();
     c.args(["run", "--release", "--example", "quickstart"]);
     step("README demo (cargo run --release --example quickstart)", c)?;
@@ -628,11 +631,14 @@ fn print_libtorch() -> Result<(), String> {
     Ok(())
 }
 
-const USAGE: &str = "usage: cargo xtask <test | nostd | ci | bench | gpu-plumbing | gpu-bundle | data | libtorch | nanogpt>
+const USAGE: &str = "usage: cargo xtask <test | nostd | layers | package | ci | bench | gpu-plumbing | gpu-bundle | data | libtorch | nanogpt>
   test   run the test suite (unit, property, doc tests); lists what tests skipped
   nostd  build lmo-core without std and link-check a #![no_std] staticlib
-  ci     every check of .ci/run: fmt, clippy -D warnings, nostd, rustdoc -D warnings,
-         tests, the quickstart, lmo_tour and bpm examples, the NanoGPT smoke run,
+  layers check the crate layers (docs/architecture.md): no upward or backend
+         dependencies, no TypeId/downcast under crates/
+  package  cargo package (verified) of every library crate, in dependency order
+  ci     every check of .ci/run: fmt, clippy -D warnings, nostd, layers, rustdoc -D warnings,
+         tests, package, the quickstart, lmo_tour and bpm examples, the NanoGPT smoke run,
          bench --quick, gpu-plumbing
   bench  side-by-side benchmarks against numpy/PyTorch (cargo xtask bench --help)
   gpu-plumbing  the GPU paths without a GPU: bench bundle, run (skip lines), import;
@@ -650,6 +656,8 @@ fn main() -> ExitCode {
         Some("test") => test(),
         Some("nostd") => nostd(),
         Some("ci") => ci(),
+        Some("layers") => layers::layers(),
+        Some("package") => layers::package(),
         Some("bench") => bench::run(&args[1..]),
         Some("gpu-plumbing") => gpu_plumbing(),
         Some("gpu-bundle") => gpu_bundle(&args[1..]),
