@@ -144,7 +144,9 @@ pub fn trust_region<B: Backend<Scalar = f64>, N: Norm<B>>(
         }
         let (step, predicted, grad_dual) = match model {
             Model::Linear { norm, .. } => {
-                let (ga, d) = work.as_mut().expect("sized for the linear model");
+                let Some((ga, d)) = work.as_mut() else {
+                    return Err(BroxError::InvalidInput("linear model without workspace"));
+                };
                 B::copy_from_slice(&g, ga);
                 let ip = norm.lmo(ga, d).map_err(BroxError::Lmo)?;
                 let mut step = vec![0.0; n];

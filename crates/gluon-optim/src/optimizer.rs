@@ -40,6 +40,8 @@ pub enum OptError {
     /// A phased-step call out of order (see [`Optimizer::begin_step`]);
     /// nothing changed.
     Phase(&'static str),
+    /// A block index beyond the optimizer's blocks; nothing changed.
+    NoBlock(usize),
 }
 
 impl core::fmt::Display for OptError {
@@ -58,6 +60,7 @@ impl core::fmt::Display for OptError {
             OptError::NoGroup(l) => write!(f, "no group configured for label {l:?}"),
             OptError::BadState(why) => write!(f, "state does not fit this optimizer: {why}"),
             OptError::Phase(why) => write!(f, "phased step: {why}"),
+            OptError::NoBlock(i) => write!(f, "no block {i}"),
         }
     }
 }
@@ -314,17 +317,7 @@ where
         }
         for (i, (b, (p, g))) in self.blocks.iter().zip(params.iter().zip(grads)).enumerate() {
             for t in [p, g] {
-                let found = B::shape(t);
-                if found.dims() != b.shape.as_slice() {
-                    let expected = lmo_core::Shape::new(&b.shape)
-                        .map(|s| s.as_pair())
-                        .unwrap_or((0, 0));
-                    let error = LmoError::ShapeMismatch {
-                        expected,
-                        found: found.as_pair(),
-                    };
-                    return Err(OptError::Lmo { block: i, error });
-                }
+                check_shape(i, &b.shape, B::shape(t))?;
             }
         }
         Ok(())
@@ -353,7 +346,7 @@ where
         if self.begin_step(params, grads)? {
             self.compute_directions(|_| true)?;
         }
-        self.finish_step(params, grads)
+        self.finish(params, grads, false)
     }
 
     /// Phase 1 of a step: validates counts, shapes and finiteness (nothing
@@ -472,22 +465,8 @@ where
         if self.stage != Stage::Prepared {
             return Err(OptError::Phase("set_direction needs begin_step first"));
         }
-        let n = self.blocks.len();
-        let b = self.blocks.get_mut(block).ok_or(OptError::CountMismatch {
-            expected: n,
-            found: block + 1,
-        })?;
-        let found = B::shape(d);
-        if found.dims() != b.shape.as_slice() {
-            let expected = lmo_core::Shape::new(&b.shape)
-                .map(|s| s.as_pair())
-                .unwrap_or((0, 0));
-            let error = LmoError::ShapeMismatch {
-                expected,
-                found: found.as_pair(),
-            };
-            return Err(OptError::Lmo { block, error });
-        }
+        let b = self.blocks.get_mut(block).ok_or(OptError::NoBlock(block))?;
+        check_shape(block, &b.shape, B::shape(d))?;
         if !(dual.is_finite() && dual >= 0.0 && B::all_finite(d)) {
             return Err(OptError::Lmo {
                 block,
@@ -518,6 +497,18 @@ where
         params: &mut [B::Tensor],
         grads: &[B::Tensor],
     ) -> Result<&StepReport, OptError> {
+        self.finish(params, grads, true)
+    }
+
+    /// [`Optimizer::finish_step`]; `recheck`: check the AdamW blocks'
+    /// gradients for finiteness (`step` passes the ones `begin_step`
+    /// checked, and skips it).
+    fn finish(
+        &mut self,
+        params: &mut [B::Tensor],
+        grads: &[B::Tensor],
+        recheck: bool,
+    ) -> Result<&StepReport, OptError> {
         let k = self.step;
         match self.stage {
             Stage::Idle => {
@@ -541,6 +532,15 @@ where
             return Err(OptError::Phase(
                 "finish_step: an LMO block has no direction (compute_directions or set_direction)",
             ));
+        }
+        if recheck
+            && let Some(block) = self
+                .blocks
+                .iter()
+                .zip(grads)
+                .position(|(b, g)| matches!(b.kind, Kind::AdamW { .. }) && !B::all_finite(g))
+        {
+            return Err(OptError::NonFiniteGradient { block });
         }
         let mult = self.config.schedule.at(k);
         let run = |((b, r), (p, g)): FinishItem<'_, B>| {
@@ -567,6 +567,9 @@ where
     }
 
     /// The state (momenta, AdamW moments, counters), for checkpoints.
+    /// Take it between steps: during a phased step (after
+    /// [`Optimizer::begin_step`], before [`Optimizer::finish_step`]) the
+    /// momenta already hold this step's phase 1 while the counter does not.
     pub fn state(&self) -> OptState {
         let read = |t: &B::Tensor| {
             let mut v = vec![B::Scalar::zero(); B::shape(t).numel()];
@@ -595,6 +598,11 @@ where
     /// Restores a state saved by [`Optimizer::state`] from an optimizer
     /// with the same blocks; checks everything before changing anything.
     pub fn load_state(&mut self, s: &OptState) -> Result<(), OptError> {
+        if self.stage != Stage::Idle {
+            return Err(OptError::Phase(
+                "load_state during a phased step: finish it with finish_step first",
+            ));
+        }
         if s.version != OptState::VERSION {
             return Err(OptError::BadState(format!(
                 "version {} (expected {})",
@@ -648,6 +656,22 @@ where
 
 use lmo_core::num_traits::Zero;
 
+/// `OptError::Lmo { block, ShapeMismatch }` unless `found` has the dims
+/// `expected` of block `block`.
+fn check_shape(block: usize, expected: &[usize], found: lmo_core::Shape) -> Result<(), OptError> {
+    if found.dims() == expected {
+        return Ok(());
+    }
+    let expected = lmo_core::Shape::new(expected)
+        .map(|s| s.as_pair())
+        .unwrap_or((0, 0));
+    let error = LmoError::ShapeMismatch {
+        expected,
+        found: found.as_pair(),
+    };
+    Err(OptError::Lmo { block, error })
+}
+
 /// Phases 3 and 4 of one block (its direction is ready).
 fn finish_block<B: Backend>(
     b: &mut Block<B>,
@@ -658,7 +682,8 @@ fn finish_block<B: Backend>(
 ) -> BlockReport {
     match &mut b.kind {
         Kind::Lmo { cfg, d, dual, .. } => {
-            let dual = dual.expect("checked by finish_step");
+            // finish_step checked that every LMO block has its dual norm.
+            let dual = dual.unwrap_or(0.0);
             let t = phases::RadiusRule::new(&cfg.radius, k, mult).at(dual);
             phases::apply::<B>(cfg, t, d, p);
             BlockReport {

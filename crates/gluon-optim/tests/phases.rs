@@ -102,9 +102,16 @@ fn phase_calls_out_of_order_are_refused_and_change_nothing() {
         .position(|l| *l == gluon_optim::Label::Hidden)
         .unwrap();
     opt.compute_directions(|i| i != hidden).unwrap();
-    let kept = params.clone();
+    let (kept, state) = (params.clone(), opt.state());
     assert!(phase(opt.finish_step(&mut params, &g).map(|_| ())));
     assert_eq!(params, kept);
+    assert_eq!(opt.state(), state);
+    // Mid-step: no state load, no block beyond the last.
+    assert!(phase(opt.load_state(&state)));
+    assert_eq!(
+        opt.set_direction(usize::MAX, &params[0].clone(), 1.0),
+        Err(OptError::NoBlock(usize::MAX))
+    );
     // A bad handed-in direction: wrong shape, NaN, negative dual.
     let wrong = ArrayD::zeros(ndarray::IxDyn(&[1, 1]));
     assert!(matches!(
@@ -120,8 +127,52 @@ fn phase_calls_out_of_order_are_refused_and_change_nothing() {
     );
     assert!(opt.direction(hidden).is_none());
     assert_eq!(opt.steps(), 0);
-    // Handed in properly, the step completes.
+    // NaN gradients for the AdamW blocks at finish (not those begin_step
+    // checked) are refused, and change nothing.
     opt.compute_directions(|i| i == hidden).unwrap();
+    let adam = labels
+        .iter()
+        .position(|l| *l != gluon_optim::Label::Hidden)
+        .unwrap();
+    let mut bad = g.clone();
+    bad[adam].fill(f64::NAN);
+    assert_eq!(
+        opt.finish_step(&mut params, &bad).map(|_| ()),
+        Err(OptError::NonFiniteGradient { block: adam })
+    );
+    assert_eq!(params, kept);
+    // Handed in properly, the step completes.
     opt.finish_step(&mut params, &g).unwrap();
+    assert_eq!(opt.steps(), 1);
+    assert_ne!(params, kept);
+}
+
+#[test]
+fn a_skipped_phased_step_is_counted_at_finish_and_changes_nothing() {
+    let p = Mlp::new(7);
+    let (_, mut cfg) = all_presets()
+        .into_iter()
+        .find(|(n, _)| *n == "gluon")
+        .unwrap();
+    cfg.non_finite = gluon_optim::NonFinitePolicy::Skip;
+    let (labels, mut params) = setup(&p);
+    let mut g = params.clone();
+    p.loss_grad(&params, &mut g);
+    g[0].fill(f64::NAN);
+    let mut opt = Optimizer::<Nd64>::new(cfg, labels, &params).unwrap();
+    let before = bits(&params, &opt);
+    assert!(!opt.begin_step(&params, &g).unwrap());
+    assert!(matches!(
+        opt.compute_directions(|_| true),
+        Err(OptError::Phase(_))
+    ));
+    let r = opt.finish_step(&mut params, &g).unwrap();
+    assert!(r.skipped);
+    assert_eq!(opt.skipped(), 1);
+    assert_eq!(opt.steps(), 0);
+    assert_eq!(bits(&params, &opt), before);
+    // The next step starts afresh.
+    p.loss_grad(&params, &mut g);
+    opt.step(&mut params, &g).unwrap();
     assert_eq!(opt.steps(), 1);
 }

@@ -1,5 +1,7 @@
 //! Test support for the workspace's test suites (a dev-dependency only):
-//! visible skips and (feature `cuda`) the CUDA devices a test runs on.
+//! visible skips, the test data and comparisons of backend-against-backend
+//! suites ([`randn`], [`nd`], [`rel`]) and (feature `cuda`) the CUDA
+//! devices a test runs on.
 //!
 //! A test that cannot run part of its work here (no GPU, no NVRTC, a CPU
 //! without a kernel's instructions) reports it with [`skip`]. libtest shows
@@ -11,6 +13,9 @@
 //! calling this.
 
 use std::io::Write;
+
+mod data;
+pub use data::{nd, randn, rel};
 
 #[cfg(feature = "cuda")]
 mod devices;

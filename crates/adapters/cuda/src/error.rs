@@ -2,7 +2,7 @@
 
 use lmo_core::LmoError;
 
-/// Errors creating a [`CudaDevice`].
+/// Errors creating a [`crate::CudaDevice`].
 #[derive(Debug)]
 pub enum CudaError {
     /// No CUDA driver library, or no device with that ordinal.

@@ -32,7 +32,7 @@ pub fn compile_kernels(arch: Option<(i32, i32)>) -> Result<cudarc::nvrtc::Ptx, C
 /// then never allocates during a call, which CUDA graph capture needs.
 pub(crate) const CUBLAS_WORKSPACE_BYTES: usize = 32 << 20;
 
-/// The kernel source, compiled by NVRTC when a [`CudaDevice`] is created.
+/// The kernel source, compiled by NVRTC when a [`crate::CudaDevice`] is created.
 pub const KERNELS: &str = include_str!("cuda_kernels.cu");
 
 /// The kernels the backend loads from [`KERNELS`], each as `<name>_f32`

@@ -1,4 +1,4 @@
-//! The CUDA backend (feature `cuda`): lmo-core's [`Backend`] on device
+//! The CUDA backend of the LMO toolkit: lmo-core's [`lmo_core::Backend`] on device
 //! tensors, so that [`orthogonalize::NewtonSchulz`] (and every norm, LMO and the
 //! whole `gluon-optim` step) runs on a GPU with the same code as on the CPU.
 //!
@@ -27,10 +27,10 @@
 //!   without a GPU.
 //!
 //! The CUDA libraries are loaded at run time (cudarc's `dynamic-loading`):
-//! this module builds on machines without CUDA; [`CudaDevice::available`]
+//! this crate builds on machines without CUDA; [`CudaDevice::available`]
 //! tells whether a driver and a device are present.
 //!
-//! Errors of the driver, NVRTC or cuBLAS inside a [`Backend`] operation
+//! Errors of the driver, NVRTC or cuBLAS inside a [`lmo_core::Backend`] operation
 //! (which has no error channel) panic with the library's message; they are
 //! not caused by user input, which the optimizer validates first.
 

@@ -10,29 +10,9 @@
 use lmo_core::{Backend, Orthogonalizer, Trans};
 use lmo_cuda::{Cuda, DType, KERNEL_NAMES, KERNELS};
 use lmo_ndarray::Nd32;
-use ndarray::{ArrayD, IxDyn};
+use lmo_testkit::{nd, randn, rel};
 use orthogonalize::NewtonSchulz;
-use rand::{Rng, SeedableRng, rngs::StdRng};
-use rand_distr::StandardNormal;
-
-fn randn(rng: &mut StdRng, n: usize) -> Vec<f32> {
-    (0..n)
-        .map(|_| rng.sample::<f32, _>(StandardNormal))
-        .collect()
-}
-
-fn nd(v: &[f32], dims: &[usize]) -> ArrayD<f32> {
-    ArrayD::from_shape_vec(IxDyn(dims), v.to_vec()).unwrap()
-}
-
-fn rel(a: &[f32], b: &[f32]) -> f32 {
-    let scale = b.iter().fold(1.0f32, |m, x| m.max(x.abs()));
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
-        / scale
-}
+use rand::{SeedableRng, rngs::StdRng};
 
 /// Every kernel the Rust side loads exists in the source for both storage
 /// types (runs without a GPU).

@@ -20,16 +20,10 @@ use lmo_cuda::cmd::{Arg, Cmd, Launch, StridedGemm};
 use lmo_cuda::step::{self, DeviceScalars};
 use lmo_cuda::{Cuda, CudaDevice, CudaError, CudaTensor, DType, PolarPlan, UpdateCoeffs, emu};
 use lmo_ndarray::Nd32;
+use lmo_testkit::randn;
 use ndarray::{ArrayD, IxDyn};
 use orthogonalize::{CoefficientSet, NewtonSchulz, NsConfig};
-use rand::{Rng, SeedableRng, rngs::StdRng};
-use rand_distr::StandardNormal;
-
-fn randn(rng: &mut StdRng, n: usize) -> Vec<f32> {
-    (0..n)
-        .map(|_| rng.sample::<f32, _>(StandardNormal))
-        .collect()
-}
+use rand::{SeedableRng, rngs::StdRng};
 
 fn rel(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
