@@ -838,28 +838,17 @@ impl<E: Exec> DeviceOptimizer<E> {
     }
 
     fn check(&self, params: &[E::Tensor], grads: &[E::Tensor]) -> Result<bool, DeviceError> {
-        let n = self.dims.len();
-        for len in [params.len(), grads.len()] {
-            if len != n {
-                return Err(OptError::CountMismatch {
-                    expected: n,
-                    found: len,
-                }
-                .into());
-            }
-        }
+        crate::validate::counts(self.dims.len(), params.len(), grads.len())?;
         for (i, (d, (p, g))) in self.dims.iter().zip(params.iter().zip(grads)).enumerate() {
             for t in [p, g] {
+                // A tensor of another storage type is a mismatch too.
                 let found = E::dims(t);
-                if found != *d || E::dtype(t) != self.dtype {
-                    let pair =
-                        |v: &[usize]| lmo_core::Shape::new(v).map_or((0, 0), |s| s.as_pair());
-                    let error = LmoError::ShapeMismatch {
-                        expected: pair(d),
-                        found: pair(&found),
-                    };
-                    return Err(OptError::Lmo { block: i, error }.into());
-                }
+                let found: &[usize] = if E::dtype(t) == self.dtype {
+                    &found
+                } else {
+                    &[]
+                };
+                crate::validate::shape(i, d, found)?;
             }
         }
         if !self.check_finite {
@@ -869,19 +858,20 @@ impl<E: Exec> DeviceOptimizer<E> {
         if self.exec.count_nonfinite(&all)? == 0 {
             return Ok(true);
         }
-        match self.config.non_finite {
-            NonFinitePolicy::Skip => Ok(false),
-            NonFinitePolicy::Error => {
-                let mut block = 0;
-                for (i, g) in grads.iter().enumerate() {
-                    if self.exec.count_nonfinite(&[g])? > 0 {
-                        block = i;
-                        break;
-                    }
+        // Name the first bad block only when the policy needs it.
+        let mut first = None;
+        if self.config.non_finite == NonFinitePolicy::Error {
+            for (i, g) in grads.iter().enumerate() {
+                if self.exec.count_nonfinite(&[g])? > 0 {
+                    first = Some(i);
+                    break;
                 }
-                Err(OptError::NonFiniteGradient { block }.into())
             }
         }
+        Ok(crate::validate::non_finite(
+            self.config.non_finite,
+            Some(first.unwrap_or(0)),
+        )?)
     }
 
     /// One step: updates `params` from `grads` on the device. Validates

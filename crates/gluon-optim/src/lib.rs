@@ -34,6 +34,7 @@ mod estimator;
 mod optimizer;
 pub mod phases;
 pub mod presets;
+mod validate;
 
 pub use config::{
     AdamWGroup, Config, DynNorm, GroupConfig, Label, LmoGroup, Mode, NonFinitePolicy, NormSpec,

@@ -5,9 +5,9 @@ use lmo_core::{Backend, Bf16Storage, LmoError, Scalar};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Config, DynNorm, GroupConfig, Label, LmoGroup, NonFinitePolicy};
+use crate::config::{Config, DynNorm, GroupConfig, Label, LmoGroup};
 use crate::custom::NormRegistry;
-use crate::phases;
+use crate::{phases, validate};
 
 /// Errors of [`Optimizer`]; every error leaves parameters and state
 /// untouched.
@@ -76,7 +76,7 @@ pub struct OptState {
     pub version: u32,
     /// Steps taken (the `k` of the schedules).
     pub step: u64,
-    /// Steps skipped under [`NonFinitePolicy::Skip`].
+    /// Steps skipped under [`crate::NonFinitePolicy::Skip`].
     pub skipped: u64,
     /// Per block: its shape and its buffers (LMO: momentum; AdamW: m, v),
     /// row-major.
@@ -291,13 +291,8 @@ where
     /// to be skipped (non-finite gradient under the `Skip` policy).
     fn check(&self, params: &[B::Tensor], grads: &[B::Tensor]) -> Result<bool, OptError> {
         self.check_counts_and_shapes(params, grads)?;
-        match grads.iter().position(|g| !B::all_finite(g)) {
-            None => Ok(true),
-            Some(block) => match self.config.non_finite {
-                NonFinitePolicy::Error => Err(OptError::NonFiniteGradient { block }),
-                NonFinitePolicy::Skip => Ok(false),
-            },
-        }
+        let first = grads.iter().position(|g| !B::all_finite(g));
+        validate::non_finite(self.config.non_finite, first)
     }
 
     /// Checks counts and shapes of `params` and `grads`.
@@ -306,18 +301,10 @@ where
         params: &[B::Tensor],
         grads: &[B::Tensor],
     ) -> Result<(), OptError> {
-        let n = self.blocks.len();
-        for len in [params.len(), grads.len()] {
-            if len != n {
-                return Err(OptError::CountMismatch {
-                    expected: n,
-                    found: len,
-                });
-            }
-        }
+        validate::counts(self.blocks.len(), params.len(), grads.len())?;
         for (i, (b, (p, g))) in self.blocks.iter().zip(params.iter().zip(grads)).enumerate() {
             for t in [p, g] {
-                check_shape(i, &b.shape, B::shape(t))?;
+                validate::shape(i, &b.shape, B::shape(t).dims())?;
             }
         }
         Ok(())
@@ -352,7 +339,7 @@ where
     /// Phase 1 of a step: validates counts, shapes and finiteness (nothing
     /// changes on error), then updates every LMO block's momentum (and
     /// Nesterov look-ahead). Returns `false` when the step is skipped
-    /// (non-finite gradient under [`NonFinitePolicy::Skip`]): then nothing
+    /// (non-finite gradient under [`crate::NonFinitePolicy::Skip`]): then nothing
     /// changes and [`Optimizer::finish_step`] reports the skip.
     ///
     /// Errors with [`OptError::Phase`] if a step is already in progress.
@@ -466,7 +453,7 @@ where
             return Err(OptError::Phase("set_direction needs begin_step first"));
         }
         let b = self.blocks.get_mut(block).ok_or(OptError::NoBlock(block))?;
-        check_shape(block, &b.shape, B::shape(d))?;
+        validate::shape(block, &b.shape, B::shape(d).dims())?;
         if !(dual.is_finite() && dual >= 0.0 && B::all_finite(d)) {
             return Err(OptError::Lmo {
                 block,
@@ -655,22 +642,6 @@ where
 }
 
 use lmo_core::num_traits::Zero;
-
-/// `OptError::Lmo { block, ShapeMismatch }` unless `found` has the dims
-/// `expected` of block `block`.
-fn check_shape(block: usize, expected: &[usize], found: lmo_core::Shape) -> Result<(), OptError> {
-    if found.dims() == expected {
-        return Ok(());
-    }
-    let expected = lmo_core::Shape::new(expected)
-        .map(|s| s.as_pair())
-        .unwrap_or((0, 0));
-    let error = LmoError::ShapeMismatch {
-        expected,
-        found: found.as_pair(),
-    };
-    Err(OptError::Lmo { block, error })
-}
 
 /// Phases 3 and 4 of one block (its direction is ready).
 fn finish_block<B: Backend>(

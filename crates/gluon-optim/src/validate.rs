@@ -1,0 +1,49 @@
+//! The checks every engine makes before a step changes anything (the CPU
+//! [`crate::Optimizer`] and the device step share them): counts, shapes,
+//! and what a non-finite gradient means under the configured policy.
+
+use lmo_core::{LmoError, Shape};
+
+use crate::config::NonFinitePolicy;
+use crate::optimizer::OptError;
+
+/// `params` and `grads` both have `n` entries, else
+/// [`OptError::CountMismatch`].
+pub(crate) fn counts(n: usize, params: usize, grads: usize) -> Result<(), OptError> {
+    for len in [params, grads] {
+        if len != n {
+            return Err(OptError::CountMismatch {
+                expected: n,
+                found: len,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Block `block`'s tensor has the dims `expected`, else
+/// `OptError::Lmo { block, ShapeMismatch }`.
+pub(crate) fn shape(block: usize, expected: &[usize], found: &[usize]) -> Result<(), OptError> {
+    if found == expected {
+        return Ok(());
+    }
+    let pair = |v: &[usize]| Shape::new(v).map_or((0, 0), |s| s.as_pair());
+    let error = LmoError::ShapeMismatch {
+        expected: pair(expected),
+        found: pair(found),
+    };
+    Err(OptError::Lmo { block, error })
+}
+
+/// What the step does given the first block with a non-finite gradient
+/// (`None`: all finite): `Ok(true)` step, `Ok(false)` skip (policy
+/// [`NonFinitePolicy::Skip`]), or [`OptError::NonFiniteGradient`].
+pub(crate) fn non_finite(policy: NonFinitePolicy, first: Option<usize>) -> Result<bool, OptError> {
+    match first {
+        None => Ok(true),
+        Some(block) => match policy {
+            NonFinitePolicy::Error => Err(OptError::NonFiniteGradient { block }),
+            NonFinitePolicy::Skip => Ok(false),
+        },
+    }
+}
