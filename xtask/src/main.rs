@@ -461,11 +461,11 @@ fn gpu_bundle(args: &[String]) -> Result<(), String> {
         std::fs::remove_dir_all(&tests).map_err(io)?;
     }
     std::fs::create_dir_all(&tests).map_err(io)?;
-    let features = "lmo-cuda/emu,gluon-optim/cuda,gluon-optim/cuda-emu";
     let mut bins = Vec::new();
-    for (pkg, names) in [
-        ("lmo-cuda", &["cuda", "cuda_emu"][..]),
-        ("gluon-optim", &["device_step"][..]),
+    // Each package with its own features (the emulator tests run there too).
+    for (pkg, features, names) in [
+        ("lmo-cuda", "emu", &["cuda", "cuda_emu"][..]),
+        ("gluon-optim", "cuda-emu", &["device_step"][..]),
     ] {
         let mut c = cargo();
         c.args([
