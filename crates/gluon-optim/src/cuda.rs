@@ -841,14 +841,12 @@ impl<E: Exec> DeviceOptimizer<E> {
         crate::validate::counts(self.dims.len(), params.len(), grads.len())?;
         for (i, (d, (p, g))) in self.dims.iter().zip(params.iter().zip(grads)).enumerate() {
             for t in [p, g] {
-                // A tensor of another storage type is a mismatch too.
                 let found = E::dims(t);
-                let found: &[usize] = if E::dtype(t) == self.dtype {
-                    &found
-                } else {
-                    &[]
-                };
-                crate::validate::shape(i, d, found)?;
+                // A tensor of another storage type is a mismatch too.
+                if E::dtype(t) != self.dtype {
+                    return Err(crate::validate::mismatch(i, d, &found).into());
+                }
+                crate::validate::shape(i, d, &found)?;
             }
         }
         if !self.check_finite {
@@ -858,19 +856,19 @@ impl<E: Exec> DeviceOptimizer<E> {
         if self.exec.count_nonfinite(&all)? == 0 {
             return Ok(true);
         }
-        // Name the first bad block only when the policy needs it.
-        let mut first = None;
+        // Some gradient is non-finite; find which only when the error names it.
+        let mut first = 0;
         if self.config.non_finite == NonFinitePolicy::Error {
             for (i, g) in grads.iter().enumerate() {
                 if self.exec.count_nonfinite(&[g])? > 0 {
-                    first = Some(i);
+                    first = i;
                     break;
                 }
             }
         }
         Ok(crate::validate::non_finite(
             self.config.non_finite,
-            Some(first.unwrap_or(0)),
+            Some(first),
         )?)
     }
 

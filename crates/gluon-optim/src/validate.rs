@@ -25,14 +25,20 @@ pub(crate) fn counts(n: usize, params: usize, grads: usize) -> Result<(), OptErr
 /// `OptError::Lmo { block, ShapeMismatch }`.
 pub(crate) fn shape(block: usize, expected: &[usize], found: &[usize]) -> Result<(), OptError> {
     if found == expected {
-        return Ok(());
+        Ok(())
+    } else {
+        Err(mismatch(block, expected, found))
     }
+}
+
+/// `OptError::Lmo { block, ShapeMismatch { expected, found } }`.
+pub(crate) fn mismatch(block: usize, expected: &[usize], found: &[usize]) -> OptError {
     let pair = |v: &[usize]| Shape::new(v).map_or((0, 0), |s| s.as_pair());
     let error = LmoError::ShapeMismatch {
         expected: pair(expected),
         found: pair(found),
     };
-    Err(OptError::Lmo { block, error })
+    OptError::Lmo { block, error }
 }
 
 /// What the step does given the first block with a non-finite gradient
