@@ -582,8 +582,11 @@ where
         }
     }
 
-    /// Restores a state saved by [`Optimizer::state`] from an optimizer
-    /// with the same blocks; checks everything before changing anything.
+    /// Restores a state saved by [`Optimizer::state`] (or by the device
+    /// optimizer, which writes the same format) from an optimizer with the
+    /// same blocks; checks everything before changing anything: version,
+    /// block count, shapes, buffer counts and lengths, and every value
+    /// finite in the backend's scalar type.
     pub fn load_state(&mut self, s: &OptState) -> Result<(), OptError> {
         if self.stage != Stage::Idle {
             return Err(OptError::Phase(
@@ -618,7 +621,13 @@ where
                     "block {i}: shape or buffers differ"
                 )));
             }
-            if sb.buffers.iter().flatten().any(|x| !x.is_finite()) {
+            // Finite in the backend's scalar too (1e39 is not an f32).
+            if sb
+                .buffers
+                .iter()
+                .flatten()
+                .any(|&x| !B::Scalar::of(x).as_f64().is_finite())
+            {
                 return Err(OptError::BadState(format!("block {i}: non-finite buffer")));
             }
         }

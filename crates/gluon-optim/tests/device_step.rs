@@ -11,7 +11,8 @@
 //! steps (f32: 1e-4 relative; bf16 polar factors: 3e-2).
 #![cfg(feature = "cuda")]
 
-use gluon_optim::cuda::{BlockPlan, DevicePlan, update_coeffs};
+use gluon_optim::RadiusRule;
+use gluon_optim::cuda::{BlockPlan, DevicePlan, total_scale, update_coeffs};
 use gluon_optim::{
     Config, GroupConfig, Label, LmoGroup, Mode, NormSpec, OptError, Optimizer, Orth, Radius,
     Schedule, ShapeScale, presets,
@@ -226,9 +227,13 @@ fn update_coeffs_reproduce_the_generic_step() {
         };
         let o = direction(&g, &u, &dims);
         let inner: f64 = u.iter().zip(&o).map(|(a, b)| *a as f64 * *b as f64).sum();
-        let c = update_coeffs(&g, &dims, 0, config.schedule.at(0));
+        // Phase 3 on the host, as the device step does it: the dual norm
+        // s·⟨U, O⟩ into the group's radius rule.
+        let dual = (total_scale(&g, &dims) * inner).max(0.0);
+        let t = RadiusRule::new(&g.radius, 0, config.schedule.at(0)).at(dual);
+        let c = update_coeffs(&g, &dims, t);
         let mut want = p0.clone();
-        c.apply_host(&mut want, &o, inner);
+        c.apply_host(&mut want, &o);
         let got: Vec<f32> = params[0].iter().copied().collect();
         let e = rel(&got, &want);
         assert!(e < 1e-5, "{g:?} {dims:?}: {e:e}");
@@ -291,7 +296,13 @@ fn device_step_matches_cpu_on(dev: &std::sync::Arc<lmo_cuda::CudaDevice>) {
                 .collect();
             let rep = oc.step(&mut pc, &gc).unwrap().clone();
             assert!(og.step(&mut pg, &gg).unwrap());
-            let duals = og.dual_norms().unwrap();
+            let duals: Vec<f64> = og
+                .report()
+                .unwrap()
+                .blocks
+                .iter()
+                .map(|b| b.dual_norm)
+                .collect();
             for (b, d) in rep.blocks.iter().zip(&duals) {
                 assert!(
                     (b.dual_norm - d).abs() <= tol as f64 * (1.0 + b.dual_norm),
@@ -415,13 +426,18 @@ fn exec_matches_the_generic_optimizer<E: gluon_optim::cuda::Exec>(
             let gh = tensors(&gv);
             let rep = oc.step(&mut pc, &gc).unwrap().clone();
             assert!(oh.step(&mut ph, &gh).unwrap());
-            let duals = oh.dual_norms().unwrap();
-            for (i, (b, d)) in rep.blocks.iter().zip(&duals).enumerate() {
-                assert!(
-                    (b.dual_norm - d).abs() <= tol as f64 * (1.0 + b.dual_norm),
-                    "block {i}: dual {} vs {d}",
-                    b.dual_norm
-                );
+            let got = oh.report().unwrap();
+            assert_eq!((got.step, got.skipped), (rep.step, false));
+            for (i, (b, d)) in rep.blocks.iter().zip(&got.blocks).enumerate() {
+                for (what, want, found) in [
+                    ("dual", b.dual_norm, d.dual_norm),
+                    ("radius", b.radius, d.radius),
+                ] {
+                    assert!(
+                        (want - found).abs() <= tol as f64 * (1.0 + want.abs()),
+                        "block {i}: {what} {want} vs {found}"
+                    );
+                }
             }
         }
         for (i, (c, h)) in pc.iter().zip(&ph).enumerate() {
@@ -465,6 +481,161 @@ fn exec_matches_the_generic_optimizer<E: gluon_optim::cuda::Exec>(
         Err(DeviceError::Opt(OptError::CountMismatch { .. }))
     ));
     assert_eq!(before, all(&ph));
+}
+
+/// Checkpoints in the CPU optimizer's format, on `HostExec`: a device
+/// state saved after 3 steps and loaded into a fresh optimizer continues
+/// bit for bit; the CPU optimizer's state (same format) loads into the
+/// device optimizer and reads back exactly; bad states are refused and
+/// change nothing.
+#[test]
+fn host_exec_state_round_trips_in_the_cpu_format() {
+    use gluon_optim::cuda::{HostExec, HostTensor};
+    state_round_trips(
+        || HostExec,
+        |v, d| HostTensor::f32(v.to_vec(), d),
+        |t| t.data.clone(),
+    );
+}
+
+/// The same on the CPU kernel emulator (the commands a GPU receives).
+#[cfg(feature = "cuda-emu")]
+#[test]
+fn emulated_state_round_trips_in_the_cpu_format() {
+    use gluon_optim::cuda::CudaExec;
+    use lmo_cuda::{CudaDevice, DType};
+    let dev = CudaDevice::emulated();
+    state_round_trips(
+        || CudaExec(dev.clone()),
+        |v, d| dev.tensor(v, d, DType::F32).unwrap(),
+        |t| t.to_host(),
+    );
+}
+
+fn state_round_trips<E: gluon_optim::cuda::Exec>(
+    exec: impl Fn() -> E,
+    make: impl Fn(&[f32], &[usize]) -> E::Tensor,
+    values: impl Fn(&E::Tensor) -> Vec<f32>,
+) {
+    use gluon_optim::cuda::{DeviceError, DeviceOptimizer};
+    use gluon_optim::{NonFinitePolicy, OptState};
+    let mut rng = StdRng::seed_from_u64(21);
+    let spec = [
+        (Label::Hidden, vec![24, 16]),
+        (Label::Hidden, vec![16, 40]),
+        (Label::Hidden, vec![24, 16]),
+        (Label::Embedding, vec![30, 16]),
+        (Label::Head, vec![30, 16]),
+        (Label::Vector, vec![16]),
+    ];
+    let labels: Vec<Label> = spec.iter().map(|s| s.0.clone()).collect();
+    let rand_vals = |rng: &mut StdRng| -> Vec<Vec<f32>> {
+        spec.iter()
+            .map(|s| randn(rng, s.1.iter().product()))
+            .collect()
+    };
+    let tensors = |vals: &[Vec<f32>]| -> Vec<E::Tensor> {
+        vals.iter().zip(&spec).map(|(v, s)| make(v, &s.1)).collect()
+    };
+    let all = |ts: &[E::Tensor]| -> Vec<Vec<f32>> { ts.iter().map(&values).collect() };
+    let mut muon_nesterov = presets::muon(0.05, 0.01).non_finite(NonFinitePolicy::Skip);
+    if let Some(GroupConfig::Lmo(g)) = muon_nesterov.groups.get_mut(&Label::Hidden) {
+        g.nesterov = true;
+        g.weight_decay = 0.1;
+    }
+    for cfg in [
+        muon_nesterov,
+        presets::gluon((0.5, 2.0), (0.5, 1.0), 0.9).schedule(Schedule::Warmup { warmup: 4 }),
+        presets::scion(0.01, true),
+    ] {
+        let p0 = rand_vals(&mut rng);
+        let grads: Vec<Vec<Vec<f32>>> = (0..6).map(|_| rand_vals(&mut rng)).collect();
+        // Uninterrupted: 6 steps, the state saved after 3.
+        let mut pa = tensors(&p0);
+        let mut oa = DeviceOptimizer::with_exec(exec(), cfg.clone(), &labels, &pa).unwrap();
+        for g in &grads[..3] {
+            assert!(oa.step(&mut pa, &tensors(g)).unwrap());
+        }
+        let saved = oa.state().unwrap();
+        let mid = all(&pa);
+        for g in &grads[3..] {
+            assert!(oa.step(&mut pa, &tensors(g)).unwrap());
+        }
+        // Resumed: a fresh optimizer on the parameters after 3 steps.
+        let mut pb = tensors(&mid);
+        let mut ob = DeviceOptimizer::with_exec(exec(), cfg.clone(), &labels, &pb).unwrap();
+        ob.load_state(&saved).unwrap();
+        assert_eq!(ob.steps(), 3);
+        for g in &grads[3..] {
+            assert!(ob.step(&mut pb, &tensors(g)).unwrap());
+        }
+        assert_eq!(all(&pa), all(&pb), "resumed run differs");
+        assert_eq!(oa.state().unwrap(), ob.state().unwrap());
+
+        // The CPU optimizer's state has the same layout and close values…
+        let mut pc: Vec<ArrayD<f32>> = p0.iter().zip(&spec).map(|(v, s)| nd(v, &s.1)).collect();
+        let mut oc = Optimizer::<Nd32>::new(cfg.clone(), labels.clone(), &pc).unwrap();
+        for g in &grads[..3] {
+            let gc: Vec<ArrayD<f32>> = g.iter().zip(&spec).map(|(v, s)| nd(v, &s.1)).collect();
+            oc.step(&mut pc, &gc).unwrap();
+        }
+        let cpu = oc.state();
+        assert_eq!((cpu.version, cpu.step, cpu.skipped), (saved.version, 3, 0));
+        for (i, (c, d)) in cpu.blocks.iter().zip(&saved.blocks).enumerate() {
+            assert_eq!(c.shape, d.shape, "block {i}");
+            assert_eq!(c.buffers.len(), d.buffers.len(), "block {i}");
+            for (bc, bd) in c.buffers.iter().zip(&d.buffers) {
+                let bc: Vec<f32> = bc.iter().map(|&x| x as f32).collect();
+                let bd: Vec<f32> = bd.iter().map(|&x| x as f32).collect();
+                assert!(rel(&bd, &bc) < 1e-4, "block {i}: {:e}", rel(&bd, &bc));
+            }
+        }
+        // …and loads into the device optimizer exactly (f32 through f64).
+        let mut pd = tensors(&mid);
+        let mut od = DeviceOptimizer::with_exec(exec(), cfg.clone(), &labels, &pd).unwrap();
+        od.load_state(&cpu).unwrap();
+        assert_eq!(od.state().unwrap(), cpu);
+        assert!(od.step(&mut pd, &tensors(&grads[3])).unwrap());
+
+        // Bad states: typed errors, nothing changes.
+        let before = od.state().unwrap();
+        let mut wrong: Vec<OptState> = Vec::new();
+        let mut s = before.clone();
+        s.version += 1;
+        wrong.push(s);
+        let mut s = before.clone();
+        s.blocks.pop();
+        wrong.push(s);
+        let mut s = before.clone();
+        s.blocks[1].shape = vec![40, 16];
+        wrong.push(s);
+        let mut s = before.clone();
+        s.blocks[5].buffers[0][3] = f64::NAN;
+        wrong.push(s);
+        let mut s = before.clone();
+        s.blocks[0].buffers[0][0] = 1e39; // finite in f64, not in f32
+        wrong.push(s);
+        let mut s = before.clone();
+        s.blocks[2].buffers.push(vec![0.0; 24 * 16]);
+        wrong.push(s);
+        for s in &wrong {
+            assert!(matches!(
+                od.load_state(s),
+                Err(DeviceError::Opt(OptError::BadState(_)))
+            ));
+            assert_eq!(od.state().unwrap(), before);
+        }
+        // A skipped step reports the last completed step's figures.
+        let last = od.report().unwrap().clone();
+        let mut bad = grads[4].clone();
+        bad[0][0] = f32::NAN;
+        if cfg.non_finite == NonFinitePolicy::Skip {
+            assert!(!od.step(&mut pd, &tensors(&bad)).unwrap());
+            let r = od.report().unwrap();
+            assert!(r.skipped);
+            assert_eq!(r.blocks, last.blocks);
+        }
+    }
 }
 
 /// A whole Muon step and a Gluon step of the generic `Optimizer<Cuda>`

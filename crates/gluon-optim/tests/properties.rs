@@ -423,6 +423,28 @@ fn save_load_continue_is_bit_identical() {
     }
 }
 
+/// A state value finite in f64 but not in the backend's f32 (1e39) is
+/// refused, and the optimizer's state is unchanged.
+#[test]
+fn state_values_must_fit_the_backend_scalar() {
+    use lmo_ndarray::Nd32;
+    let params = vec![
+        ArrayD::<f32>::zeros(IxDyn(&[4, 3])),
+        ArrayD::zeros(IxDyn(&[3])),
+    ];
+    let labels = vec![Label::Hidden, Label::Vector];
+    let mut opt =
+        Optimizer::<Nd32>::new(gluon_optim::presets::muon(0.05, 0.01), labels, &params).unwrap();
+    let before = opt.state();
+    let mut bad = before.clone();
+    bad.blocks[1].buffers[1][2] = 1e39;
+    assert!(matches!(opt.load_state(&bad), Err(OptError::BadState(_))));
+    assert_eq!(opt.state(), before);
+    bad.blocks[1].buffers[1][2] = 1e30;
+    opt.load_state(&bad).unwrap();
+    assert_eq!(opt.state().blocks[1].buffers[1][2] as f32, 1e30f32);
+}
+
 #[test]
 fn parallel_blocks_equal_sequential_bit_for_bit() {
     for (name, cfg) in common::all_presets() {

@@ -26,8 +26,8 @@ pub enum Arg {
     F32(f32),
 }
 
-/// The most arguments a kernel of `cuda_kernels.cu` takes (`lmo_update`).
-pub const MAX_ARGS: usize = 13;
+/// The most arguments a kernel of `cuda_kernels.cu` takes (`adamw`).
+pub const MAX_ARGS: usize = 12;
 
 /// One kernel launch: kernel `<kernel>_<f32|bf16>` on a `grid × block`
 /// launch with its arguments in order. Fixed size (no allocation).

@@ -234,20 +234,12 @@ extern "C" __global__ void momentum_##S(const T* g, T* m, T* u, float beta, int 
         if (nesterov) st(u, i, beta * ld(m, i) + (1.0f - beta) * gi);                        \
     }                                                                                        \
 }                                                                                            \
-/* The LMO step of one block with D = −s·o (o the polar factor):                             \
-   t = adaptive ? mult·d/(l0 + l1·d), d = s·dual[0] (t = 0 if d = 0) : t_host;                \
+/* Phase 4 of the LMO step of one block with D = −s·o (o the polar factor), for a           \
+   radius t computed by the caller (the optimizer's radius rule, on the host):              \
    p ← (1 − t·wd)·p; then p ← p + t·D (unconstrained) or p ← (1−γ)·p + γ·ρ·D,               \
    γ = clamp(t, 0, 1) (constrained). */                                                      \
-extern "C" __global__ void lmo_update_##S(T* p, const T* o, const double* dual, long long n, \
-                                          float t_host, float mult, float l0, float l1,     \
-                                          int adaptive, float s, float wd, int constrained, \
-                                          float rho) {                                      \
-    float t = t_host;                                                                        \
-    if (adaptive) {                                                                          \
-        double d = (double)s * dual[0];                                                      \
-        d = d > 0.0 ? d : 0.0;                                                               \
-        t = d == 0.0 ? 0.0f : (float)(mult * d / (l0 + l1 * d));                             \
-    }                                                                                        \
+extern "C" __global__ void lmo_update_##S(T* p, const T* o, long long n, float t, float s,   \
+                                          float wd, int constrained, float rho) {           \
     float decay = 1.0f - t * wd;                                                             \
     float g = fminf(fmaxf(t, 0.0f), 1.0f);                                                   \
     for (long long i = gid(); i < n; i += gstride()) {                                       \

@@ -113,12 +113,11 @@ pub(crate) fn batch_dot(
     )))
 }
 
-/// See [`super::step::lmo_update`]; `inner` is `(address, length)` of f64s.
+/// See [`super::step::lmo_update`].
 pub(crate) fn lmo_update(
     p: Desc,
     o: Desc,
     j: usize,
-    inner: (u64, usize),
     c: &UpdateCoeffs,
     sink: &mut Sink,
 ) -> Result<(), CudaError> {
@@ -129,16 +128,14 @@ pub(crate) fn lmo_update(
     if p.numel() != per {
         return Err(count_mismatch(per, p.numel()));
     }
-    if j >= inner.1 {
-        return Err(input("lmo_update: no inner product for this index"));
+    if !(c.t.is_finite() && c.s.is_finite() && c.weight_decay.is_finite())
+        || c.constrained.is_some_and(|r| !r.is_finite())
+    {
+        return Err(input("lmo_update: non-finite coefficient"));
     }
     if per == 0 {
         return Ok(());
     }
-    let (l0, l1, adaptive) = match c.adaptive {
-        Some((l0, l1)) => (l0, l1, 1),
-        None => (0.0, 0.0, 0),
-    };
     let (rho, constrained) = match c.constrained {
         Some(r) => (r, 1),
         None => (0.0, 0),
@@ -147,13 +144,8 @@ pub(crate) fn lmo_update(
     let args = [
         Ptr(p.ptr),
         Ptr(opp),
-        Ptr(inner.0 + 8 * j as u64),
         I64(per as i64),
         F32(c.t),
-        F32(c.mult),
-        F32(l0),
-        F32(l1),
-        I32(adaptive),
         F32(c.s),
         F32(c.weight_decay),
         I32(constrained),

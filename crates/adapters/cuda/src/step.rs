@@ -1,8 +1,9 @@
 //! Device-side pieces of an optimizer step on stacks of same-shape
 //! matrices (the building blocks of `gluon_optim::cuda::DeviceOptimizer`):
 //! the momentum update into a stack, per-matrix inner products kept on the
-//! device, the LMO update whose radius may be computed on the device from
-//! those inner products, and one batched finiteness count.
+//! device (read back once per step when the radius or a report needs
+//! them), the LMO update for a radius computed on the host, and one
+//! batched finiteness count.
 
 use std::sync::Arc;
 
@@ -50,24 +51,23 @@ impl DeviceScalars {
     }
 }
 
-/// The coefficients of one block's LMO update, SPEC §3 (with `D = −s·O`,
-/// `O` the polar factor of the LMO's input `U`, and `d = s·⟨U, O⟩ = ‖U‖_*`
-/// read on the device):
+/// The coefficients of one block's LMO update (phase 4 of SPEC §3), with
+/// `D = −s·O`, `O` the polar factor (or other direction) of the LMO's
+/// input and `t` the radius the optimizer's radius rule computed on the
+/// host (schedule included):
 ///
 /// ```text
-/// t = adaptive ? mult·d/(l0 + l1·d)  (0 if d = 0)  : t
 /// X ← (1 − t·wd)·X
 /// X ← X + t·D                    (unconstrained)
 /// X ← (1 − γ)·X + γ·ρ·D,  γ = clamp(t, 0, 1)   (constrained)
 /// ```
+///
+/// The kernel takes these values as they are: no optimizer policy (radius
+/// rules, schedules) is evaluated on the device.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct UpdateCoeffs {
-    /// The radius when not adaptive (schedule multiplier included).
+    /// The radius `t` (schedule multiplier included).
     pub t: f32,
-    /// The schedule multiplier (used by the adaptive radius).
-    pub mult: f32,
-    /// Adaptive radius `(L0, L1)`, or `None`.
-    pub adaptive: Option<(f32, f32)>,
     /// The norm's total scale `s`.
     pub s: f32,
     /// Decoupled weight decay λ.
@@ -77,25 +77,10 @@ pub struct UpdateCoeffs {
 }
 
 impl UpdateCoeffs {
-    /// The radius for dual norm `d` (the kernel's formula, in f64).
-    pub fn radius(&self, d: f64) -> f64 {
-        match self.adaptive {
-            Some((l0, l1)) => {
-                let d = d.max(0.0);
-                if d == 0.0 {
-                    0.0
-                } else {
-                    self.mult as f64 * d / (l0 as f64 + l1 as f64 * d)
-                }
-            }
-            None => self.t as f64,
-        }
-    }
-
     /// The update on host slices: the reference the kernel `lmo_update`
-    /// implements (`o` is the polar factor, `inner = ⟨U, O⟩`).
-    pub fn apply_host(&self, p: &mut [f32], o: &[f32], inner: f64) {
-        let t = self.radius(self.s as f64 * inner) as f32;
+    /// implements (`o` is the direction `O`).
+    pub fn apply_host(&self, p: &mut [f32], o: &[f32]) {
+        let t = self.t;
         let decay = 1.0 - t * self.weight_decay;
         let g = t.clamp(0.0, 1.0);
         for (x, &oi) in p.iter_mut().zip(o) {
@@ -143,19 +128,20 @@ pub fn batch_dot(x: &CudaTensor, y: &CudaTensor, out: &DeviceScalars) -> Result<
         .run(|sink| lower::batch_dot(x.desc(), y.desc(), o, sink))
 }
 
-/// `P ← update(P, O_j)` per [`UpdateCoeffs`], with the dual norm read from
-/// `inner[j]` on the device (`d = s·inner[j]`). One kernel.
+/// `P ← update(P, O_j)` per [`UpdateCoeffs`] (`O_j` matrix `j` of the
+/// stack `o`, or `o` itself for `j = 0` of an unstacked tensor). One
+/// kernel. Errors: tensors on different devices or of different dtypes,
+/// `j` out of range, `P`'s size not that of `O_j`, a non-finite
+/// coefficient.
 pub fn lmo_update(
     p: &mut CudaTensor,
     o: &CudaTensor,
     j: usize,
-    inner: &DeviceScalars,
     c: &UpdateCoeffs,
 ) -> Result<(), CudaError> {
     same_dev(p, o)?;
     let dev = p.dev.clone();
-    let inner = (inner.ptr(), inner.len);
-    dev.run(|sink| lower::lmo_update(p.desc(), o.desc(), j, inner, c, sink))
+    dev.run(|sink| lower::lmo_update(p.desc(), o.desc(), j, c, sink))
 }
 
 /// The number of NaN/Inf entries over all of `ts` (all on `dev`): one

@@ -81,6 +81,28 @@ impl CudaTensor {
         v
     }
 
+    /// The values as f32, row-major (synchronizes): [`CudaTensor::to_host`]
+    /// with the driver's error returned instead of a panic.
+    pub fn read(&self) -> Result<Vec<f32>, CudaError> {
+        let mut v = vec![0.0; self.shape.numel()];
+        self.dev.download(self.raw(), &mut v, self.dtype)?;
+        Ok(v)
+    }
+
+    /// Overwrites the values with `data` (row-major, converted to the
+    /// storage type). Errors: `data` of another length (nothing copied),
+    /// or the driver's.
+    pub fn write(&mut self, data: &[f32]) -> Result<(), CudaError> {
+        let n = self.shape.numel();
+        if data.len() != n {
+            return Err(CudaError::Input(lmo_core::LmoError::ShapeMismatch {
+                expected: (n, 1),
+                found: (data.len(), 1),
+            }));
+        }
+        self.dev.upload(self.raw(), data, self.dtype)
+    }
+
     /// The device address of the storage (a host address on an emulated
     /// device), for [`CudaDevice::issue`].
     pub fn address(&self) -> u64 {

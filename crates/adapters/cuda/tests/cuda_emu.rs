@@ -186,32 +186,24 @@ fn step_kernels_match_their_formulas_in_both_storages() {
             step::momentum(&g, &mut mt, 3, None, beta),
             Err(CudaError::Input(_))
         ));
-        // lmo_update with the inner products ⟨M_j, U_j⟩ on the device.
-        let inner = DeviceScalars::new(&dev, b).unwrap();
-        step::batch_dot(&mt, &ut, &inner).unwrap();
-        let ih = inner.to_host().unwrap();
+        // lmo_update with host-computed radii (fixed and what an adaptive
+        // rule gives), unconstrained and constrained, into member 1.
         let us = ut.to_host();
         for c in [
             UpdateCoeffs {
                 t: 0.05,
-                mult: 1.0,
-                adaptive: None,
                 s: 1.5,
                 weight_decay: 0.1,
                 constrained: None,
             },
             UpdateCoeffs {
-                t: 0.0,
-                mult: 0.5,
-                adaptive: Some((0.5, 2.0)),
+                t: 0.37,
                 s: 0.7,
                 weight_decay: 0.0,
                 constrained: None,
             },
             UpdateCoeffs {
                 t: 0.3,
-                mult: 1.0,
-                adaptive: None,
                 s: 1.0,
                 weight_decay: 0.01,
                 constrained: Some(2.0),
@@ -219,11 +211,25 @@ fn step_kernels_match_their_formulas_in_both_storages() {
         ] {
             let mut p = t(&dev, &randn(&mut rng, per), &[m, n], d);
             let mut want = p.to_host();
-            step::lmo_update(&mut p, &ut, 1, &inner, &c).unwrap();
-            c.apply_host(&mut want, &us[per..2 * per], ih[1]);
+            step::lmo_update(&mut p, &ut, 1, &c).unwrap();
+            c.apply_host(&mut want, &us[per..2 * per]);
             let want: Vec<f32> = want.into_iter().map(|v| st(d, v)).collect();
             assert!(rel(&p.to_host(), &want) <= tol(d), "{d:?} {c:?}");
         }
+        // A non-finite radius is refused before anything is queued.
+        let mut p = t(&dev, &randn(&mut rng, per), &[m, n], d);
+        let before = p.to_host();
+        let nan = UpdateCoeffs {
+            t: f32::NAN,
+            s: 1.0,
+            weight_decay: 0.0,
+            constrained: None,
+        };
+        assert!(matches!(
+            step::lmo_update(&mut p, &ut, 1, &nan),
+            Err(CudaError::Input(_))
+        ));
+        assert_eq!(p.to_host(), before);
     }
 }
 
