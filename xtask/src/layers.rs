@@ -13,6 +13,7 @@ use crate::{cargo, root, step, with_libtorch};
 /// (normally) only on lower layers.
 const LAYERS: &[(&str, u8)] = &[
     ("lmo-core", 0),
+    ("lmo-comm", 1),
     ("orthogonalize", 1),
     ("brox", 1),
     ("lmo-problems", 1),
@@ -21,6 +22,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("gluon-optim", 3),
     ("lmo-tch", 4),
     ("lmo-testkit", 5),
+    ("lmo-dist-tests", 5),
     ("lmo-examples", 5),
     ("nanogpt", 6),
     ("lmo-bench", 6),
@@ -28,12 +30,13 @@ const LAYERS: &[(&str, u8)] = &[
 ];
 
 /// The generic crates: no non-optional normal dependency on a backend.
-const GENERIC: &[&str] = &["orthogonalize", "brox", "gluon-optim"];
+const GENERIC: &[&str] = &["lmo-comm", "orthogonalize", "brox", "gluon-optim"];
 
 /// The library crates, in dependency order, that `cargo xtask package`
 /// packages (and verifies) as `cargo publish` would.
 pub const PUBLISHED: &[&str] = &[
     "lmo-core",
+    "lmo-comm",
     "orthogonalize",
     "brox",
     "lmo-problems",

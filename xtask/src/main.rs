@@ -218,7 +218,50 @@ fn run_tests() -> Result<(), String> {
     c.args(["test", "--workspace", "--doc", "--features", CUDA_FEATURE])
         .env("LMO_SKIP_LOG", skip_log());
     with_libtorch(&mut c)?;
-    step("cargo test --doc", c)
+    step("cargo test --doc", c)?;
+    mpi_tests()
+}
+
+/// Whether MPI is installed: `mpirun` runs and `mpicc` (the library's
+/// compiler wrapper, which the `mpi` crate's build uses) is on the PATH.
+fn have_mpi() -> bool {
+    let ok = |prog: &str| {
+        Command::new(prog)
+            .arg("--version")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    ok("mpirun") && ok("mpicc")
+}
+
+/// The sharded step under `mpirun -np 2` and `-np 3` (lmo-dist-tests with
+/// feature `mpi`) where MPI is installed; a reported skip where it is not,
+/// an error with `LMO_EXPECT_MPI=1` (CI installs Open MPI and sets it).
+fn mpi_tests() -> Result<(), String> {
+    if !have_mpi() {
+        if std::env::var("LMO_EXPECT_MPI").as_deref() == Ok("1") {
+            return Err("LMO_EXPECT_MPI=1 but mpirun/mpicc are not installed".into());
+        }
+        let line = "xtask::mpi_tests: the sharded step under mpirun (no MPI; \
+                    apt-get install openmpi-bin libopenmpi-dev libclang-dev)\n";
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(skip_log())
+            .map_err(|e| format!("skip log: {e}"))?;
+        std::io::Write::write_all(&mut f, line.as_bytes()).map_err(|e| format!("skip log: {e}"))?;
+        eprintln!("==> SKIPPED the MPI tests: no mpirun/mpicc on the PATH");
+        return Ok(());
+    }
+    let mut c = cargo();
+    c.args(["test", "-p", "lmo-dist-tests", "--features", "mpi"])
+        .env("LMO_SKIP_LOG", skip_log());
+    step(
+        "the sharded step under mpirun -np 2 and -np 3 (Open MPI)",
+        c,
+    )
 }
 
 fn nostd() -> Result<(), String> {
@@ -266,6 +309,11 @@ fn ci() -> Result<(), String> {
     .env("RUSTDOCFLAGS", "-D warnings -D missing_docs");
     with_libtorch(&mut c)?;
     step("cargo doc (warnings and missing docs denied)", c)?;
+    if have_mpi() {
+        let mut c = cargo();
+        c.args(MPI_CLIPPY);
+        step("cargo clippy of the MPI crates (feature mpi)", c)?;
+    }
     test()?;
     layers::package()?;
     let mut c = cargo();
@@ -281,6 +329,21 @@ fn ci() -> Result<(), String> {
     bench::run(&["--quick".to_string()])?;
     gpu_plumbing()
 }
+
+/// Clippy of the crates with feature `mpi` (needs Open MPI); `.ci/run`
+/// runs the same arguments.
+const MPI_CLIPPY: [&str; 10] = [
+    "clippy",
+    "-p",
+    "lmo-comm",
+    "-p",
+    "lmo-dist-tests",
+    "--all-targets",
+    "--features",
+    "lmo-comm/mpi,lmo-dist-tests/mpi",
+    "--",
+    "-Dwarnings",
+];
 
 /// The NanoGPT smoke run of CI (tiny model, embedded text, all four
 /// optimizers); `.ci/run` runs the same arguments.

@@ -22,8 +22,13 @@
 //! - [`presets`]: Muon, Scion, Gluon, normalized SGD, signSGD, AdamW.
 //! - [`LipschitzEstimator`] and [`fit_envelope`]: record
 //!   `(‖∇_i f‖_*, L̂)` along a probe run and fit `(L0, L1)` per block.
+//! - [`ShardedOptimizer`]: the step sharded over the ranks of an
+//!   `lmo_comm::Communicator` (ZeRO-1 style: each block's state and step
+//!   on one owner rank, parameters broadcast), with gradient averaging for
+//!   data parallelism and checkpoints in the single-process format.
 //! - `cuda` (feature `cuda`): `DeviceOptimizer`, the same configuration
-//!   stepped resident on a GPU (batched polar factors, radii on the device).
+//!   stepped resident on a GPU (batched polar factors, the same phases,
+//!   report and checkpoint format).
 #![warn(missing_docs)]
 
 mod config;
@@ -34,6 +39,7 @@ mod estimator;
 mod optimizer;
 pub mod phases;
 pub mod presets;
+mod sharded;
 mod validate;
 
 pub use config::{
@@ -44,3 +50,4 @@ pub use custom::{NormBuilder, NormRegistry};
 pub use estimator::{Fit, LipschitzEstimator, Point, fit_envelope, fit_quantile};
 pub use optimizer::{BlockReport, BlockState, OptError, OptState, Optimizer, StepReport};
 pub use phases::{RadiusRule, momentum, radius};
+pub use sharded::{ShardError, ShardedOptimizer, assign_owners};

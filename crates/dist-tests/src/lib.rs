@@ -1,0 +1,444 @@
+//! The checks of the sharded step (`gluon_optim::ShardedOptimizer`),
+//! written once over any [`Communicator`]: run in one process by this
+//! crate's tests (world size 1) and on every rank of `mpirun -np N
+//! dist-check` (feature `mpi`).
+//!
+//! Each check panics with a message on failure (under MPI a panicking rank
+//! ends the job with a non-zero exit status).
+//!
+//! - [`equivalence`]: 20 sharded steps equal 20 single-process steps bit
+//!   for bit (Muon with Nesterov and weight decay, Scion with a warm-up
+//!   schedule, Gluon's adaptive radius, AdamW; f32 and f64), with
+//!   gradients that differ per rank and are averaged, and the same report
+//!   on every rank.
+//! - [`checkpoints`]: a state saved by the single-process optimizer loads
+//!   into the sharded one and the other way round; both continue the
+//!   uninterrupted run; a state file written by another world size loads.
+//! - [`faults`]: a NaN gradient or a shape error on one rank gives every
+//!   rank an error (or a skip) and changes nothing anywhere.
+//! - [`memory`]: per-rank optimizer state at most 1/N of the
+//!   single-process state plus the largest block's.
+//!
+//! Gradients are dyadic (k/64, |k| ≤ 512): their sums over ranks are
+//! exact in any order, so the all-reduce's reduction order cannot change
+//! the average and the single-process reference can form it locally.
+
+use gluon_optim::{
+    AdamWGroup, Config, GroupConfig, Label, NonFinitePolicy, OptError, Optimizer, Schedule,
+    ShardError, ShardedOptimizer, presets,
+};
+use lmo_comm::{Communicator, Reduce};
+use lmo_core::{Bf16Storage, Scalar};
+use lmo_ndarray::{Nd32, Nd64};
+use ndarray::{ArrayD, IxDyn};
+use rand::{Rng, SeedableRng, rngs::StdRng};
+
+/// The test model: hidden matrices of three shapes (two stacked), an
+/// embedding, a head and two vectors.
+pub fn spec() -> Vec<(Label, Vec<usize>)> {
+    vec![
+        (Label::Hidden, vec![24, 16]),
+        (Label::Hidden, vec![16, 40]),
+        (Label::Hidden, vec![24, 16]),
+        (Label::Hidden, vec![32, 32]),
+        (Label::Embedding, vec![30, 16]),
+        (Label::Head, vec![30, 16]),
+        (Label::Vector, vec![16]),
+        (Label::Vector, vec![40]),
+    ]
+}
+
+/// The configurations the sharded step must reproduce.
+pub fn configs() -> Vec<(&'static str, Config)> {
+    let mut muon = presets::muon(0.05, 0.01);
+    if let Some(GroupConfig::Lmo(g)) = muon.groups.get_mut(&Label::Hidden) {
+        g.nesterov = true;
+        g.weight_decay = 0.1;
+    }
+    vec![
+        ("muon+nesterov+wd", muon),
+        (
+            "scion+warmup",
+            presets::scion(0.01, false).schedule(Schedule::Warmup { warmup: 5 }),
+        ),
+        (
+            "gluon-adaptive",
+            presets::gluon((0.5, 2.0), (0.5, 1.0), 0.9),
+        ),
+        ("adamw", presets::adamw(AdamWGroup::default())),
+    ]
+}
+
+fn labels() -> Vec<Label> {
+    spec().into_iter().map(|s| s.0).collect()
+}
+
+/// Dyadic values k/64, |k| ≤ 512, from `seed`.
+fn dyadic(seed: u64, n: usize) -> Vec<f64> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    (0..n)
+        .map(|_| rng.random_range(-512i32..=512) as f64 / 64.0)
+        .collect()
+}
+
+fn tensors<S: Scalar>(seed: u64) -> Vec<ArrayD<S>> {
+    spec()
+        .iter()
+        .enumerate()
+        .map(|(i, (_, d))| {
+            let n = d.iter().product();
+            let v: Vec<S> = dyadic(seed * 1000 + i as u64, n)
+                .into_iter()
+                .map(S::of)
+                .collect();
+            ArrayD::from_shape_vec(IxDyn(d), v).expect("shape")
+        })
+        .collect()
+}
+
+/// Rank `r`'s gradients at step `k` (scaled by 1/64 again: small steps).
+fn grads<S: Scalar>(k: u64, r: usize) -> Vec<ArrayD<S>> {
+    tensors::<S>(7 + 31 * k + 100_003 * r as u64)
+}
+
+/// The average over `n` ranks of [`grads`], as a single process forms it:
+/// the exact sum times `1/n`.
+fn average<S: Scalar>(k: u64, n: usize) -> Vec<ArrayD<S>> {
+    let mut sum = grads::<S>(k, 0);
+    for r in 1..n {
+        for (a, b) in sum.iter_mut().zip(grads::<S>(k, r)) {
+            *a = &*a + &b;
+        }
+    }
+    let inv = S::of(1.0 / n as f64);
+    for a in &mut sum {
+        a.mapv_inplace(|x| x * inv);
+    }
+    sum
+}
+
+/// Whether every rank holds the same `params` (an all-gather of a
+/// fingerprint of their bits).
+pub fn replicas_agree<C: Communicator, S: Scalar>(comm: &C, params: &[ArrayD<S>]) -> bool {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for p in params {
+        for &x in p.iter() {
+            for b in x.as_f64().to_bits().to_le_bytes() {
+                h ^= b as u64;
+                h = h.wrapping_mul(0x0100_0000_01b3);
+            }
+        }
+    }
+    let mut all = vec![0u64; comm.size()];
+    comm.all_gather(&[h], &mut all).expect("all-gather");
+    all.iter().all(|&x| x == h)
+}
+
+fn say<C: Communicator>(comm: &C, what: &str) {
+    if comm.rank() == 0 {
+        println!("dist-check (world {}): {what}", comm.size());
+    }
+}
+
+/// 20 sharded steps against 20 single-process steps, bit for bit, in f32
+/// and f64, for every configuration of [`configs`].
+pub fn equivalence<C: Communicator>(comm: &C) {
+    for (name, cfg) in configs() {
+        equivalence_in::<Nd32, f32, C>(comm, name, &cfg);
+        equivalence_in::<Nd64, f64, C>(comm, name, &cfg);
+        say(
+            comm,
+            &format!("{name}: 20 steps equal the single process (f32, f64)"),
+        );
+    }
+}
+
+fn equivalence_in<B, S, C>(comm: &C, name: &str, cfg: &Config)
+where
+    B: Bf16Storage<Scalar = S, Tensor = ArrayD<S>>,
+    S: Scalar + Reduce,
+    C: Communicator,
+{
+    let n = comm.size();
+    let mut pr: Vec<ArrayD<S>> = tensors(1);
+    let mut ps = pr.clone();
+    let mut reference = Optimizer::<B>::new(cfg.clone(), labels(), &pr).expect("reference");
+    let mut sharded =
+        ShardedOptimizer::<B, &C>::new(cfg.clone(), labels(), &ps, comm).expect("sharded");
+    for k in 0..20 {
+        let avg = average::<S>(k, n);
+        let mut mine = grads::<S>(k, comm.rank());
+        sharded.average_gradients(&mut mine).expect("average");
+        assert!(mine == avg, "{name}: averaged gradients differ at step {k}");
+        let want = reference
+            .step(&mut pr, &avg)
+            .expect("reference step")
+            .clone();
+        let got = sharded.step(&mut ps, &mine).expect("sharded step");
+        assert_eq!(got, &want, "{name}: reports differ at step {k}");
+        assert!(ps == pr, "{name}: parameters differ at step {k}");
+    }
+    assert!(replicas_agree(comm, &ps), "{name}: replicas differ");
+}
+
+/// One optimizer step on `p` with gradients `g`.
+type StepFn<'a> = dyn FnMut(&mut Vec<ArrayD<f64>>, &[ArrayD<f64>]) + 'a;
+
+/// Steps `ks` of a run with the same gradients on every rank.
+fn run(opt: &mut StepFn<'_>, p: &mut Vec<ArrayD<f64>>, ks: std::ops::Range<u64>) {
+    for k in ks {
+        opt(p, &grads::<f64>(k, 0));
+    }
+}
+
+/// Save and load across world sizes (Gluon, f64, the same gradients on
+/// every rank so that the trajectory does not depend on the world size).
+/// `file`: with `save`, rank 0 writes the sharded state after 5 steps
+/// there; without, a state found there (written by another world size) is
+/// loaded and continued.
+pub fn checkpoints<C: Communicator>(comm: &C, file: Option<(&std::path::Path, bool)>) {
+    let cfg = presets::gluon((0.5, 2.0), (0.5, 1.0), 0.9);
+    // The uninterrupted single-process run, and its state after 5 steps.
+    let mut p10: Vec<ArrayD<f64>> = tensors(2);
+    let mut single = Optimizer::<Nd64>::new(cfg.clone(), labels(), &p10).expect("single");
+    run(
+        &mut |p, g| {
+            single.step(p, g).expect("step");
+        },
+        &mut p10,
+        0..5,
+    );
+    let (s5, p5) = (single.state(), p10.clone());
+    run(
+        &mut |p, g| {
+            single.step(p, g).expect("step");
+        },
+        &mut p10,
+        5..10,
+    );
+
+    // Single-process state → sharded.
+    let mut p = p5.clone();
+    let mut sh =
+        ShardedOptimizer::<Nd64, &C>::new(cfg.clone(), labels(), &p, comm).expect("sharded");
+    sh.load_state(&s5).expect("load at world size N");
+    run(
+        &mut |p, g| {
+            sh.step(p, g).expect("step");
+        },
+        &mut p,
+        5..10,
+    );
+    assert!(p == p10, "single → sharded: resumed run differs");
+
+    // Sharded state → single process.
+    let mut p = tensors::<f64>(2);
+    let mut sh =
+        ShardedOptimizer::<Nd64, &C>::new(cfg.clone(), labels(), &p, comm).expect("sharded");
+    run(
+        &mut |p, g| {
+            sh.step(p, g).expect("step");
+        },
+        &mut p,
+        0..5,
+    );
+    let state = sh.state().expect("gather");
+    assert!(
+        state == s5,
+        "the gathered state is not the single-process one"
+    );
+    let mut one = Optimizer::<Nd64>::new(cfg.clone(), labels(), &p).expect("single");
+    one.load_state(&state).expect("load at world size 1");
+    run(
+        &mut |p, g| {
+            one.step(p, g).expect("step");
+        },
+        &mut p,
+        5..10,
+    );
+    assert!(p == p10, "sharded → single: resumed run differs");
+    say(
+        comm,
+        "checkpoints: world size 1 ↔ N, resumed runs repeat the uninterrupted one",
+    );
+
+    match file {
+        Some((path, true)) => {
+            if comm.rank() == 0 {
+                let json = serde_json::to_string(&state).expect("serialize");
+                std::fs::write(path, json).expect("write the state file");
+            }
+            comm.barrier().expect("barrier");
+            say(comm, &format!("checkpoints: wrote {}", path.display()));
+        }
+        Some((path, false)) => {
+            let json = std::fs::read_to_string(path).expect("read the state file");
+            let saved: gluon_optim::OptState = serde_json::from_str(&json).expect("parse");
+            let mut p = p5.clone();
+            let mut sh =
+                ShardedOptimizer::<Nd64, &C>::new(cfg, labels(), &p, comm).expect("sharded");
+            sh.load_state(&saved)
+                .expect("load a state of another world size");
+            run(
+                &mut |p, g| {
+                    sh.step(p, g).expect("step");
+                },
+                &mut p,
+                5..10,
+            );
+            assert!(
+                p == p10,
+                "a state from another world size resumes differently"
+            );
+            say(
+                comm,
+                &format!(
+                    "checkpoints: {} (another world size) resumes exactly",
+                    path.display()
+                ),
+            );
+        }
+        None => {}
+    }
+}
+
+/// A NaN gradient, a shape error and a bad state on the last rank only.
+pub fn faults<C: Communicator>(comm: &C) {
+    let last = comm.size() - 1;
+    let me = comm.rank();
+    for policy in [NonFinitePolicy::Error, NonFinitePolicy::Skip] {
+        let cfg = presets::muon(0.05, 0.01).non_finite(policy);
+        let mut p: Vec<ArrayD<f32>> = tensors(3);
+        let mut sh = ShardedOptimizer::<Nd32, &C>::new(cfg, labels(), &p, comm).expect("sharded");
+        sh.step(&mut p, &grads::<f32>(0, 0)).expect("a good step");
+        let (before, state) = (p.clone(), sh.state().expect("state"));
+        let mut g = grads::<f32>(1, 0);
+        if me == last {
+            g[5][[3, 2]] = f32::NAN;
+        }
+        let r = sh.step(&mut p, &g).map(|r| r.skipped);
+        match policy {
+            NonFinitePolicy::Error => assert_eq!(
+                r,
+                Err(ShardError::Opt(OptError::NonFiniteGradient { block: 5 })),
+                "rank {me}: a NaN on rank {last}"
+            ),
+            NonFinitePolicy::Skip => {
+                assert_eq!(r, Ok(true), "rank {me}: a NaN on rank {last} under Skip");
+                assert_eq!((sh.skipped(), sh.steps()), (1, 1));
+            }
+        }
+        assert!(p == before, "rank {me}: a refused step changed parameters");
+        // Only the skip counter moves.
+        let mut state = state;
+        if policy == NonFinitePolicy::Skip {
+            state.skipped += 1;
+        }
+        assert!(
+            sh.state().expect("state") == state,
+            "rank {me}: state changed"
+        );
+        // A shape error on the last rank.
+        let mut g = grads::<f32>(1, 0);
+        if me == last {
+            g[1] = ArrayD::zeros(IxDyn(&[40, 16]));
+        }
+        match sh.step(&mut p, &g) {
+            Err(ShardError::Opt(OptError::Lmo { block: 1, .. })) => assert_eq!(me, last),
+            Err(ShardError::Peer { rank }) => assert!(rank == last && me != last),
+            other => panic!("rank {me}: a shape error on rank {last} gave {other:?}"),
+        }
+        // A wrong gradient count on the last rank, for average_gradients.
+        let mut g = grads::<f32>(1, 0);
+        if me == last {
+            g.pop();
+        }
+        assert!(
+            sh.average_gradients(&mut g).is_err(),
+            "rank {me}: count error"
+        );
+        assert!(p == before, "rank {me}: a refused step changed parameters");
+        // A bad state (NaN) on the last rank only: refused everywhere.
+        let mut bad = state.clone();
+        if me == last {
+            bad.blocks[0].buffers[0][0] = f64::NAN;
+        }
+        assert!(
+            sh.load_state(&bad).is_err(),
+            "rank {me}: a bad state on rank {last}"
+        );
+        assert!(
+            sh.state().expect("state") == state,
+            "rank {me}: state changed"
+        );
+        assert!(replicas_agree(comm, &p), "replicas differ after the faults");
+    }
+    say(
+        comm,
+        "faults: NaN, shape, count and state errors on one rank refused on every rank, nothing changed",
+    );
+}
+
+/// Per-rank optimizer state against the single-process state: at most
+/// `total/N + largest block` values, on a GPT-2-like stack of hidden
+/// matrices with AdamW for the rest (Muon).
+pub fn memory<C: Communicator>(comm: &C) {
+    let mut labels = Vec::new();
+    let mut params = Vec::new();
+    for layer in 0..6 {
+        for d in [[64usize, 192], [64, 64], [64, 256], [256, 64]] {
+            labels.push(Label::Hidden);
+            params.push(ArrayD::<f32>::zeros(IxDyn(&d)));
+        }
+        let _ = layer;
+        for _ in 0..4 {
+            labels.push(Label::Vector);
+            params.push(ArrayD::<f32>::zeros(IxDyn(&[64])));
+        }
+    }
+    labels.push(Label::Embedding);
+    params.push(ArrayD::zeros(IxDyn(&[500, 64])));
+    let cfg = presets::muon(0.02, 3e-4);
+    let single = Optimizer::<Nd32>::new(cfg.clone(), labels.clone(), &params).expect("single");
+    let total: usize = single
+        .state()
+        .blocks
+        .iter()
+        .map(|b| b.buffers.iter().map(Vec::len).sum::<usize>())
+        .sum();
+    let largest = single
+        .state()
+        .blocks
+        .iter()
+        .map(|b| b.buffers.iter().map(Vec::len).sum::<usize>())
+        .max()
+        .unwrap_or(0);
+    let sh = ShardedOptimizer::<Nd32, &C>::new(cfg, labels, &params, comm).expect("sharded");
+    let mine = sh.state_len();
+    let bound = total / comm.size() + largest;
+    assert!(
+        mine <= bound,
+        "rank {}: {mine} state values > {total}/{} + {largest}",
+        comm.rank(),
+        comm.size()
+    );
+    let mut all = vec![0u64; comm.size()];
+    comm.all_gather(&[mine as u64], &mut all).expect("gather");
+    assert_eq!(
+        all.iter().sum::<u64>() as usize,
+        total,
+        "state lost or duplicated"
+    );
+    say(
+        comm,
+        &format!("memory: per-rank state {all:?} of {total} (bound {bound} each)"),
+    );
+}
+
+/// Every check, in order (what `dist-check` runs on each rank).
+pub fn all<C: Communicator>(comm: &C, file: Option<(&std::path::Path, bool)>) {
+    equivalence(comm);
+    checkpoints(comm, file);
+    faults(comm);
+    memory(comm);
+}

@@ -1,0 +1,618 @@
+//! The sharded (ZeRO-1 style) step over a [`Communicator`]: each block has
+//! one owner rank, which alone keeps its optimizer state and computes its
+//! step; the updated parameters then reach every rank.
+//!
+//! Design (docs/distributed.md):
+//! - **Ownership**: blocks are assigned by the longest-processing-time rule
+//!   on the cost of their direction phase (`m·n·min(m, n)` for a polar
+//!   factor, the element count otherwise), largest first, each to the rank
+//!   with the least cost so far (ties: lowest rank). Every rank computes
+//!   the same assignment from the same shapes.
+//! - **Step**: every rank validates its inputs and the ranks agree on one
+//!   outcome (one all-reduce of a status vector) before anything changes;
+//!   the owner runs the whole step of its blocks (all four phases of
+//!   [`crate::phases`], so every radius policy, the adaptive one included,
+//!   works unchanged); then each block's updated parameter is broadcast
+//!   from its owner. Broadcasting parameters (rather than all-gathering
+//!   directions) keeps one staging buffer of the largest block, needs no
+//!   second apply phase on the receivers, and leaves replicas bit-identical
+//!   whatever the reduction order of the gradient average.
+//! - **Report**: the owners' `(radius, dual norm)` are summed over ranks
+//!   (every other rank contributes exact zeros): the same report on every
+//!   rank.
+//! - **Checkpoints**: [`ShardedOptimizer::state`] gathers the whole
+//!   [`OptState`] (the single-process format) on every rank;
+//!   [`ShardedOptimizer::load_state`] takes it at any world size.
+//!
+//! References: Rajbhandari et al., "ZeRO: Memory optimizations toward
+//! training trillion parameter models" (SC 2020), stage 1; Liu et al.,
+//! "Muon is scalable for LLM training" (Moonlight, arXiv 2502.16982),
+//! distributed Muon; Graham, "Bounds on multiprocessing timing anomalies"
+//! (1969), the LPT rule.
+
+use lmo_comm::{CommError, Communicator, Reduce, ReduceOp};
+use lmo_core::{Backend, Bf16Storage, Scalar};
+
+use crate::config::{Config, GroupConfig, Label, NormSpec};
+use crate::optimizer::{BlockReport, BlockState, OptError, OptState, Optimizer, StepReport};
+use crate::validate;
+
+/// Errors of the sharded step. Every error leaves parameters and optimizer
+/// state unchanged on every rank (see [`ShardedOptimizer::step`] for the
+/// one exception), and every rank returns one.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ShardError {
+    /// This rank's error (the same on every rank for a non-finite
+    /// gradient: the lowest block index of any rank).
+    Opt(OptError),
+    /// Another rank, the lowest-numbered that failed, refused the call
+    /// (its own error says why); this rank changed nothing.
+    Peer {
+        /// The failing rank.
+        rank: usize,
+    },
+    /// The communicator refused a call (arguments) or failed.
+    Comm(CommError),
+}
+
+impl core::fmt::Display for ShardError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            ShardError::Opt(e) => write!(f, "{e}"),
+            ShardError::Peer { rank } => write!(f, "rank {rank} refused the step"),
+            ShardError::Comm(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for ShardError {}
+
+impl From<OptError> for ShardError {
+    fn from(e: OptError) -> Self {
+        ShardError::Opt(e)
+    }
+}
+
+impl From<CommError> for ShardError {
+    fn from(e: CommError) -> Self {
+        ShardError::Comm(e)
+    }
+}
+
+/// The cost of block `shape`'s direction phase under `group`: `m·n·min(m,
+/// n)` for a polar factor (spectral, RMS→RMS), the element count otherwise.
+fn cost(group: &GroupConfig, shape: &[usize]) -> u128 {
+    let numel: u128 = shape.iter().map(|&d| d as u128).product();
+    match (group, shape) {
+        (GroupConfig::Lmo(g), &[m, n])
+            if matches!(g.norm, NormSpec::Spectral(_) | NormSpec::RmsToRms(_)) =>
+        {
+            numel * m.min(n) as u128
+        }
+        _ => numel,
+    }
+}
+
+/// The owner rank of every block given the blocks' `costs` (the sharded
+/// step passes each block's direction-phase cost: `m·n·min(m, n)` for a
+/// polar factor, the element count otherwise): the longest-processing-time
+/// rule over `size` ranks (largest first, ties by block index; each to the
+/// least-loaded rank, ties by rank). Every rank's load is at most
+/// `Σ costs / size + max cost` (Graham 1969).
+pub fn assign_owners(costs: &[u128], size: usize) -> Vec<usize> {
+    let size = size.max(1);
+    let mut order: Vec<usize> = (0..costs.len()).collect();
+    order.sort_by(|&a, &b| costs[b].cmp(&costs[a]).then(a.cmp(&b)));
+    let mut load = vec![0u128; size];
+    let mut owner = vec![0; costs.len()];
+    for i in order {
+        let r = (0..size).min_by_key(|&r| (load[r], r)).unwrap_or(0);
+        owner[i] = r;
+        load[r] += costs[i];
+    }
+    owner
+}
+
+/// The per-rank outcome of a call, agreed on by one all-reduce: entry `r`
+/// is 1 if rank `r` refused; the last entry is minus the lowest block with
+/// a non-finite gradient (or −∞ when none).
+struct Status {
+    v: Vec<f64>,
+}
+
+impl Status {
+    fn new(size: usize) -> Self {
+        let mut v = vec![0.0; size + 1];
+        v[size] = f64::NEG_INFINITY;
+        Status { v }
+    }
+
+    fn agree<C: Communicator>(&mut self, comm: &C) -> Result<(), CommError> {
+        comm.all_reduce(&mut self.v, ReduceOp::Max)
+    }
+
+    fn refuse(&mut self, rank: usize) {
+        self.v[rank] = 1.0;
+    }
+
+    fn non_finite(&mut self, block: usize) {
+        let n = self.v.len() - 1;
+        self.v[n] = self.v[n].max(-(block as f64));
+    }
+
+    fn first_refusal(&self) -> Option<usize> {
+        self.v[..self.v.len() - 1].iter().position(|&x| x > 0.0)
+    }
+
+    fn first_non_finite(&self) -> Option<usize> {
+        let x = self.v[self.v.len() - 1];
+        x.is_finite().then(|| (-x) as usize)
+    }
+}
+
+/// Agrees on `local` over all ranks: `Ok` everywhere, or an error
+/// everywhere (this rank's own, or [`ShardError::Peer`]).
+fn agree<C: Communicator, T>(comm: &C, local: Result<T, OptError>) -> Result<T, ShardError> {
+    let mut s = Status::new(comm.size());
+    if local.is_err() {
+        s.refuse(comm.rank());
+    }
+    s.agree(comm)?;
+    match (local, s.first_refusal()) {
+        (Err(e), _) => Err(ShardError::Opt(e)),
+        (Ok(_), Some(rank)) => Err(ShardError::Peer { rank }),
+        (Ok(v), None) => Ok(v),
+    }
+}
+
+/// The layer-wise step of [`Config`] sharded over the ranks of `C` (module
+/// docs): every rank holds the full parameters (replicas), gives the same
+/// configuration, labels and shapes, and calls every method in the same
+/// order; each keeps optimizer state only for the blocks it owns.
+///
+/// With [`lmo_comm::SingleProcess`] it is [`Optimizer`] with one copy per
+/// block more. Over N ranks the trajectory equals the single-process one
+/// bit for bit (tested under `mpirun -np 2` and `-np 3`).
+pub struct ShardedOptimizer<B: Backend, C: Communicator> {
+    comm: C,
+    config: Config,
+    labels: Vec<Label>,
+    shapes: Vec<Vec<usize>>,
+    owner: Vec<usize>,
+    /// The blocks this rank owns, ascending.
+    mine: Vec<usize>,
+    local: Optimizer<B>,
+    /// Staging copies of the owned parameters and gradients.
+    lp: Vec<B::Tensor>,
+    lg: Vec<B::Tensor>,
+    /// One block's values (the largest block's size).
+    scratch: Vec<B::Scalar>,
+    scratch64: Vec<f64>,
+    /// `(radius, dual norm)` per block, summed over ranks.
+    figures: Vec<f64>,
+    report: StepReport,
+    skipped: u64,
+}
+
+impl<B: Bf16Storage, C: Communicator> ShardedOptimizer<B, C>
+where
+    B::Tensor: Send + Sync,
+    B::Scalar: Reduce,
+{
+    /// Builds the sharded optimizer for the replicated `params` labelled
+    /// `labels` over `comm`. Collective. Errors (on every rank): whatever
+    /// [`Optimizer::new`] refuses on any rank, or ranks that were given
+    /// different shapes.
+    pub fn new(
+        config: Config,
+        labels: Vec<Label>,
+        params: &[B::Tensor],
+        comm: C,
+    ) -> Result<Self, ShardError> {
+        let shapes: Vec<Vec<usize>> = params.iter().map(|p| B::shape(p).dims().to_vec()).collect();
+        // Every rank must hold the same shapes: compare fingerprints.
+        let fp = fingerprint(&shapes);
+        let mut all = vec![0u64; comm.size()];
+        comm.all_gather(&[fp], &mut all)?;
+        let same = if all.iter().all(|&f| f == fp) {
+            Ok(())
+        } else {
+            Err(OptError::BadState(
+                "the ranks hold parameters of different shapes".into(),
+            ))
+        };
+        agree(&comm, same)?;
+        let built = Self::plan(&config, &labels, params, comm.rank(), comm.size());
+        let (owner, mine, local) = agree(&comm, built)?;
+        let lp: Vec<B::Tensor> = mine.iter().map(|&i| B::zeros_like(&params[i])).collect();
+        let lg: Vec<B::Tensor> = mine.iter().map(|&i| B::zeros_like(&params[i])).collect();
+        let largest = shapes
+            .iter()
+            .map(|s| s.iter().product::<usize>())
+            .max()
+            .unwrap_or(0);
+        let n = shapes.len();
+        Ok(ShardedOptimizer {
+            comm,
+            config,
+            labels,
+            shapes,
+            owner,
+            mine,
+            local,
+            lp,
+            lg,
+            scratch: vec![B::Scalar::of(0.0); largest],
+            scratch64: vec![0.0; largest],
+            figures: vec![0.0; 2 * n],
+            report: StepReport {
+                step: 0,
+                skipped: false,
+                blocks: vec![BlockReport::default(); n],
+            },
+            skipped: 0,
+        })
+    }
+
+    /// Owners and this rank's local optimizer.
+    #[allow(clippy::type_complexity)]
+    fn plan(
+        config: &Config,
+        labels: &[Label],
+        params: &[B::Tensor],
+        rank: usize,
+        size: usize,
+    ) -> Result<(Vec<usize>, Vec<usize>, Optimizer<B>), OptError> {
+        config.validate().map_err(|error| OptError::Lmo {
+            block: usize::MAX,
+            error,
+        })?;
+        if labels.len() != params.len() {
+            return Err(OptError::CountMismatch {
+                expected: labels.len(),
+                found: params.len(),
+            });
+        }
+        let mut costs = Vec::with_capacity(params.len());
+        for (l, p) in labels.iter().zip(params) {
+            let g = config
+                .groups
+                .get(l)
+                .ok_or_else(|| OptError::NoGroup(l.clone()))?;
+            costs.push(cost(g, B::shape(p).dims()));
+        }
+        let owner = assign_owners(&costs, size);
+        let mine: Vec<usize> = (0..params.len()).filter(|&i| owner[i] == rank).collect();
+        let ml: Vec<Label> = mine.iter().map(|&i| labels[i].clone()).collect();
+        let mp: Vec<B::Tensor> = mine.iter().map(|&i| B::zeros_like(&params[i])).collect();
+        let local = Optimizer::new(config.clone(), ml, &mp).map_err(|e| match e {
+            OptError::Lmo { block, error } if block != usize::MAX => OptError::Lmo {
+                block: mine[block],
+                error,
+            },
+            e => e,
+        })?;
+        Ok((owner, mine, local))
+    }
+
+    /// The communicator.
+    pub fn comm(&self) -> &C {
+        &self.comm
+    }
+
+    /// The owner rank of every block.
+    pub fn owners(&self) -> &[usize] {
+        &self.owner
+    }
+
+    /// The blocks this rank owns (ascending).
+    pub fn owned(&self) -> &[usize] {
+        &self.mine
+    }
+
+    /// Steps taken.
+    pub fn steps(&self) -> u64 {
+        self.local.steps()
+    }
+
+    /// Steps skipped (non-finite gradient on some rank, `Skip` policy).
+    pub fn skipped(&self) -> u64 {
+        self.skipped
+    }
+
+    /// The number of f64-or-f32 values this rank's optimizer state holds
+    /// (momenta and AdamW moments of its own blocks): about 1/N of the
+    /// single-process state.
+    pub fn state_len(&self) -> usize {
+        self.local
+            .state()
+            .blocks
+            .iter()
+            .map(|b| b.buffers.iter().map(Vec::len).sum::<usize>())
+            .sum()
+    }
+
+    /// Local checks of `params` and `grads`: counts and shapes, then the
+    /// first non-finite gradient.
+    fn check(&self, params: &[B::Tensor], grads: &[B::Tensor]) -> Result<Option<usize>, OptError> {
+        validate::counts(self.shapes.len(), params.len(), grads.len())?;
+        for (i, (s, (p, g))) in self.shapes.iter().zip(params.iter().zip(grads)).enumerate() {
+            for t in [p, g] {
+                validate::shape(i, s, B::shape(t).dims())?;
+            }
+        }
+        Ok(grads.iter().position(|g| !B::all_finite(g)))
+    }
+
+    /// Data parallelism: replaces every rank's `grads` by their average
+    /// over the ranks (`Σ_r G_r · (1/N)`, one all-reduce per tensor through
+    /// the staging buffer). Collective; checks counts and shapes on every
+    /// rank first and agrees (nothing changes anywhere on an error).
+    /// Non-finite values propagate into the average, where
+    /// [`ShardedOptimizer::step`] finds them on every rank.
+    pub fn average_gradients(&mut self, grads: &mut [B::Tensor]) -> Result<(), ShardError> {
+        let local = (|| {
+            validate::counts(self.shapes.len(), self.shapes.len(), grads.len())?;
+            for (i, (s, g)) in self.shapes.iter().zip(grads.iter()).enumerate() {
+                validate::shape(i, s, B::shape(g).dims())?;
+            }
+            Ok(())
+        })();
+        agree(&self.comm, local)?;
+        if self.comm.size() == 1 {
+            return Ok(());
+        }
+        let inv = B::Scalar::of(1.0 / self.comm.size() as f64);
+        for g in grads.iter_mut() {
+            let n = B::shape(g).numel();
+            let buf = &mut self.scratch[..n];
+            B::copy_to_slice(g, buf);
+            self.comm.all_reduce(buf, ReduceOp::Sum)?;
+            for x in buf.iter_mut() {
+                *x = *x * inv;
+            }
+            B::copy_from_slice(buf, g);
+        }
+        Ok(())
+    }
+
+    /// One step on every rank: `params` (the replica) are updated from
+    /// `grads` (each rank's own; average them first with
+    /// [`ShardedOptimizer::average_gradients`] for data parallelism: the
+    /// owner's gradient is the one its blocks use). Collective.
+    ///
+    /// Before anything changes, the ranks agree: a count or shape error on
+    /// any rank is an error on every rank ([`ShardError::Peer`] on the
+    /// others); a non-finite gradient on any rank is
+    /// [`OptError::NonFiniteGradient`] with the lowest such block on every
+    /// rank, or, under [`crate::NonFinitePolicy::Skip`], a skip everywhere.
+    /// Then each owner steps its blocks and broadcasts them. An LMO
+    /// failure inside an owner's step (which single-process [`Optimizer`]
+    /// also reports after its momenta moved) is agreed on too: every rank
+    /// errors and no parameter changes anywhere, but the owners' momenta of
+    /// that step stay updated.
+    pub fn step(
+        &mut self,
+        params: &mut [B::Tensor],
+        grads: &[B::Tensor],
+    ) -> Result<&StepReport, ShardError> {
+        let k = self.local.steps();
+        let mut s = Status::new(self.comm.size());
+        let local = self.check(params, grads);
+        match &local {
+            Err(_) => s.refuse(self.comm.rank()),
+            Ok(Some(b)) => s.non_finite(*b),
+            Ok(None) => {}
+        }
+        s.agree(&self.comm)?;
+        match (local, s.first_refusal()) {
+            (Err(e), _) => return Err(e.into()),
+            (Ok(_), Some(rank)) => return Err(ShardError::Peer { rank }),
+            _ => {}
+        }
+        if let Some(block) = s.first_non_finite() {
+            validate::non_finite(self.config.non_finite, Some(block))?;
+            self.skipped += 1;
+            self.report.step = k;
+            self.report.skipped = true;
+            return Ok(&self.report);
+        }
+        let one = B::Scalar::of(1.0);
+        for (j, &i) in self.mine.iter().enumerate() {
+            B::scale(one, &params[i], &mut self.lp[j]);
+            B::scale(one, &grads[i], &mut self.lg[j]);
+        }
+        let stepped = self.local.step(&mut self.lp, &self.lg).map(|r| {
+            self.figures.iter_mut().for_each(|x| *x = 0.0);
+            for (j, &i) in self.mine.iter().enumerate() {
+                self.figures[2 * i] = r.blocks[j].radius;
+                self.figures[2 * i + 1] = r.blocks[j].dual_norm;
+            }
+        });
+        let stepped = stepped.map_err(|e| match e {
+            OptError::Lmo { block, error } if block != usize::MAX => OptError::Lmo {
+                block: self.mine[block],
+                error,
+            },
+            e => e,
+        });
+        agree(&self.comm, stepped)?;
+        // Every owner's parameters to every rank.
+        let mut j = 0;
+        for (i, p) in params.iter_mut().enumerate() {
+            let n = B::shape(p).numel();
+            let buf = &mut self.scratch[..n];
+            if self.owner[i] == self.comm.rank() {
+                B::copy_to_slice(&self.lp[j], buf);
+                j += 1;
+            }
+            self.comm.broadcast(buf, self.owner[i])?;
+            B::copy_from_slice(buf, p);
+        }
+        self.comm.all_reduce(&mut self.figures, ReduceOp::Sum)?;
+        for (b, r) in self.report.blocks.iter_mut().enumerate() {
+            r.radius = self.figures[2 * b];
+            r.dual_norm = self.figures[2 * b + 1];
+        }
+        self.report.step = k;
+        self.report.skipped = false;
+        Ok(&self.report)
+    }
+
+    /// The whole optimizer state in the single-process format, on every
+    /// rank (each block's buffers broadcast from its owner). Collective.
+    pub fn state(&mut self) -> Result<OptState, ShardError> {
+        let local = self.local.state();
+        let mut blocks = Vec::with_capacity(self.shapes.len());
+        let mut j = 0;
+        for (i, shape) in self.shapes.iter().enumerate() {
+            let n: usize = shape.iter().product();
+            let nbuf = match self.group(i) {
+                Some(GroupConfig::AdamW(_)) => 2,
+                _ => 1,
+            };
+            let mine = self.owner[i] == self.comm.rank();
+            let mut buffers = Vec::with_capacity(nbuf);
+            for b in 0..nbuf {
+                let buf = &mut self.scratch64[..n];
+                if mine {
+                    buf.copy_from_slice(&local.blocks[j].buffers[b]);
+                }
+                self.comm.broadcast(buf, self.owner[i])?;
+                buffers.push(buf.to_vec());
+            }
+            if mine {
+                j += 1;
+            }
+            blocks.push(BlockState {
+                shape: shape.clone(),
+                buffers,
+            });
+        }
+        Ok(OptState {
+            version: OptState::VERSION,
+            step: self.local.steps(),
+            skipped: self.skipped,
+            blocks,
+        })
+    }
+
+    /// Restores a state saved by [`ShardedOptimizer::state`] or by
+    /// [`Optimizer::state`], at any world size. Collective; every rank
+    /// passes the same state. Checks everything before changing anything,
+    /// on every rank, and agrees: the version, the blocks' shapes, buffer
+    /// counts and lengths, finite values in the backend's scalar, and that
+    /// every rank was given the same state (a fingerprint).
+    pub fn load_state(&mut self, s: &OptState) -> Result<(), ShardError> {
+        let checked = self.check_state(s);
+        agree(&self.comm, checked)?;
+        let fp = state_fingerprint(s);
+        let mut all = vec![0u64; self.comm.size()];
+        self.comm.all_gather(&[fp], &mut all)?;
+        let same = match all.iter().all(|&f| f == fp) {
+            true => Ok(()),
+            false => Err(OptError::BadState(
+                "the ranks were given different states".into(),
+            )),
+        };
+        agree(&self.comm, same)?;
+        let sub = OptState {
+            version: s.version,
+            step: s.step,
+            skipped: s.skipped,
+            blocks: self.mine.iter().map(|&i| s.blocks[i].clone()).collect(),
+        };
+        self.local.load_state(&sub)?;
+        self.skipped = s.skipped;
+        Ok(())
+    }
+
+    /// The checks of [`ShardedOptimizer::load_state`] on this rank.
+    fn check_state(&self, s: &OptState) -> Result<(), OptError> {
+        let bad = |why: String| Err(OptError::BadState(why));
+        if s.version != OptState::VERSION {
+            return bad(format!(
+                "version {} (expected {})",
+                s.version,
+                OptState::VERSION
+            ));
+        }
+        if s.blocks.len() != self.shapes.len() {
+            return bad(format!(
+                "{} blocks, optimizer has {}",
+                s.blocks.len(),
+                self.shapes.len()
+            ));
+        }
+        for (i, (b, shape)) in s.blocks.iter().zip(&self.shapes).enumerate() {
+            let want = match self.group(i) {
+                Some(GroupConfig::AdamW(_)) => 2,
+                _ => 1,
+            };
+            let n: usize = shape.iter().product();
+            if &b.shape != shape
+                || b.buffers.len() != want
+                || b.buffers.iter().any(|v| v.len() != n)
+            {
+                return bad(format!("block {i}: shape or buffers differ"));
+            }
+            if b.buffers
+                .iter()
+                .flatten()
+                .any(|&x| !B::Scalar::of(x).as_f64().is_finite())
+            {
+                return bad(format!("block {i}: non-finite buffer"));
+            }
+        }
+        Ok(())
+    }
+
+    fn group(&self, i: usize) -> Option<&GroupConfig> {
+        self.config.groups.get(self.labels.get(i)?)
+    }
+}
+
+/// A fingerprint of a state's counters and values (FNV-1a over the bits).
+fn state_fingerprint(s: &OptState) -> u64 {
+    let mut h = Fnv::new();
+    h.eat(s.version as u64);
+    h.eat(s.step);
+    h.eat(s.skipped);
+    for b in &s.blocks {
+        for v in &b.buffers {
+            h.eat(v.len() as u64);
+            for x in v {
+                h.eat(x.to_bits());
+            }
+        }
+    }
+    h.0
+}
+
+/// FNV-1a, 64 bit.
+struct Fnv(u64);
+
+impl Fnv {
+    fn new() -> Self {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+    fn eat(&mut self, x: u64) {
+        for b in x.to_le_bytes() {
+            self.0 ^= b as u64;
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+}
+
+/// A fingerprint of the shapes.
+fn fingerprint(shapes: &[Vec<usize>]) -> u64 {
+    let mut h = Fnv::new();
+    h.eat(shapes.len() as u64);
+    for s in shapes {
+        h.eat(s.len() as u64);
+        for &d in s {
+            h.eat(d as u64);
+        }
+    }
+    h.0
+}
