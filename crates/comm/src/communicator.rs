@@ -9,7 +9,8 @@ use crate::error::{CommError, arg};
 pub enum ReduceOp {
     /// Elementwise sum.
     Sum,
-    /// Elementwise maximum (NaN if any rank has NaN there).
+    /// Elementwise maximum (with NaN inputs the result is the transport's:
+    /// MPI does not define it; callers check finiteness first).
     Max,
 }
 
@@ -150,11 +151,12 @@ pub fn check_gather_var(
     if counts.len() != size {
         return Err(arg(format!("{} counts for {size} ranks", counts.len())));
     }
-    if counts[rank] != send {
-        return Err(arg(format!(
-            "rank {rank} sends {send}, its count is {}",
-            counts[rank]
-        )));
+    match counts.get(rank) {
+        Some(&c) if c == send => {}
+        Some(&c) => {
+            return Err(arg(format!("rank {rank} sends {send}, its count is {c}")));
+        }
+        None => return Err(arg(format!("rank {rank} of {size} ranks"))),
     }
     let total = counts.iter().try_fold(0usize, |a, &c| a.checked_add(c));
     if total != Some(recv) {
@@ -184,7 +186,10 @@ pub fn check_scatter(size: usize, send: usize, recv: usize) -> Result<(), CommEr
 }
 
 /// A borrowed communicator is one: several optimizers (or an optimizer and
-/// the training loop) can share one world.
+/// the training loop) can share one world. It forwards the required
+/// methods; the typed ones are the trait's own (an implementation that
+/// overrides a typed method is reached through `&C` by its required
+/// methods only).
 impl<C: Communicator + ?Sized> Communicator for &C {
     fn rank(&self) -> usize {
         (**self).rank()

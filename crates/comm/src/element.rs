@@ -70,8 +70,10 @@ impl Reduce for f64 {
     }
 }
 
-/// bf16 is reduced in f32 (exact for the bf16 inputs; one rounding to bf16
-/// at the end), as NCCL and PyTorch's DDP do for low-precision sums.
+/// bf16 is reduced in f32 (each partial sum rounded to f32, not to bf16;
+/// one rounding to bf16 at the end), as NCCL and PyTorch's DDP do for
+/// low-precision sums. Sums of 3 or more ranks may depend on the
+/// transport's reduction order, as f32 sums do.
 impl Reduce for bf16 {
     fn all_reduce<C: Communicator + ?Sized>(
         c: &C,

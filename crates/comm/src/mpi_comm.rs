@@ -21,7 +21,9 @@ use crate::{CommError, Communicator, ReduceOp};
 /// failure (a rank that dies takes the job down with a message from
 /// `mpirun`), so a call returns only argument errors
 /// ([`CommError::Argument`], found before anything is sent) and otherwise
-/// succeeds.
+/// succeeds. Broadcasts and all-reduces of any length go in chunks of 2^30
+/// elements; the all-gathers and reduce-scatters refuse buffers whose
+/// total exceeds MPI's `int` count (2^31 − 1 bytes or elements).
 ///
 /// As root, Open MPI needs `OMPI_ALLOW_RUN_AS_ROOT=1
 /// OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1`; `--oversubscribe` allows more ranks
@@ -69,18 +71,24 @@ fn op(o: ReduceOp) -> SystemOperation {
     }
 }
 
-/// `buf ← op over ranks of buf`, through a reused send copy.
+/// The most elements (or bytes) one MPI call moves here: MPI counts are
+/// C `int`s; larger buffers go in chunks of this size.
+const CHUNK: usize = 1 << 30;
+
+/// `buf ← op over ranks of buf`, through a reused send copy of at most
+/// [`CHUNK`] elements, chunk by chunk.
 fn all_reduce<T: Equivalence + Copy>(
     world: &SimpleCommunicator,
     scratch: &RefCell<Vec<T>>,
     buf: &mut [T],
     o: ReduceOp,
 ) -> Result<(), CommError> {
-    count(buf.len())?;
     let mut s = scratch.borrow_mut();
-    s.clear();
-    s.extend_from_slice(buf);
-    world.all_reduce_into(&s[..], buf, op(o));
+    for part in buf.chunks_mut(CHUNK) {
+        s.clear();
+        s.extend_from_slice(part);
+        world.all_reduce_into(&s[..], part, op(o));
+    }
     Ok(())
 }
 
@@ -124,10 +132,10 @@ impl Communicator for MpiComm {
     }
     fn broadcast_bytes(&self, buf: &mut [u8], root: usize) -> Result<(), CommError> {
         check_root(self.size, root)?;
-        count(buf.len())?;
-        self.world
-            .process_at_rank(root as mpi::Rank)
-            .broadcast_into(buf);
+        let root = self.world.process_at_rank(root as mpi::Rank);
+        for part in buf.chunks_mut(CHUNK) {
+            root.broadcast_into(part);
+        }
         Ok(())
     }
     fn all_reduce_f32(&self, buf: &mut [f32], o: ReduceOp) -> Result<(), CommError> {

@@ -16,6 +16,8 @@
 //!   uninterrupted run; a state file written by another world size loads.
 //! - [`faults`]: a NaN gradient or a shape error on one rank gives every
 //!   rank an error (or a skip) and changes nothing anywhere.
+//! - [`lmo_failure`]: an LMO failing inside one owner's step is refused on
+//!   every rank, and the run stays in step with the single process.
 //! - [`memory`]: per-rank optimizer state at most 1/N of the
 //!   single-process state plus the largest block's.
 //!
@@ -96,7 +98,7 @@ fn tensors<S: Scalar>(seed: u64) -> Vec<ArrayD<S>> {
         .collect()
 }
 
-/// Rank `r`'s gradients at step `k` (scaled by 1/64 again: small steps).
+/// Rank `r`'s gradients at step `k`.
 fn grads<S: Scalar>(k: u64, r: usize) -> Vec<ArrayD<S>> {
     tensors::<S>(7 + 31 * k + 100_003 * r as u64)
 }
@@ -312,9 +314,13 @@ pub fn faults<C: Communicator>(comm: &C) {
         let mut sh = ShardedOptimizer::<Nd32, &C>::new(cfg, labels(), &p, comm).expect("sharded");
         sh.step(&mut p, &grads::<f32>(0, 0)).expect("a good step");
         let (before, state) = (p.clone(), sh.state().expect("state"));
+        // NaNs on two ranks in different blocks: the lowest block everywhere.
         let mut g = grads::<f32>(1, 0);
         if me == last {
             g[5][[3, 2]] = f32::NAN;
+        }
+        if me == 0 {
+            g[6][[4]] = f32::INFINITY;
         }
         let r = sh.step(&mut p, &g).map(|r| r.skipped);
         match policy {
@@ -353,9 +359,14 @@ pub fn faults<C: Communicator>(comm: &C) {
         if me == last {
             g.pop();
         }
+        let g_before = g.clone();
         assert!(
             sh.average_gradients(&mut g).is_err(),
             "rank {me}: count error"
+        );
+        assert!(
+            g == g_before,
+            "rank {me}: a refused average changed gradients"
         );
         assert!(p == before, "rank {me}: a refused step changed parameters");
         // A bad state (NaN) on the last rank only: refused everywhere.
@@ -367,6 +378,18 @@ pub fn faults<C: Communicator>(comm: &C) {
             sh.load_state(&bad).is_err(),
             "rank {me}: a bad state on rank {last}"
         );
+        // A valid state that differs on one rank (all its checks pass
+        // there): the fingerprints differ, refused everywhere.
+        if comm.size() > 1 {
+            let mut other = state.clone();
+            if me == last {
+                other.blocks[0].buffers[0][0] += 1.0;
+            }
+            assert!(
+                sh.load_state(&other).is_err(),
+                "rank {me}: states that differ between ranks"
+            );
+        }
         assert!(
             sh.state().expect("state") == state,
             "rank {me}: state changed"
@@ -376,6 +399,94 @@ pub fn faults<C: Communicator>(comm: &C) {
     say(
         comm,
         "faults: NaN, shape, count and state errors on one rank refused on every rank, nothing changed",
+    );
+}
+
+/// An LMO that fails inside one owner's step (a user norm refusing an
+/// input whose first entry exceeds a threshold, on block 3 only): every
+/// rank errors, no parameter and no step counter changes anywhere, and the
+/// run continues in step with the single process.
+pub fn lmo_failure<C: Communicator>(comm: &C) {
+    use gluon_optim::{LmoGroup, NormRegistry, NormSpec, Radius};
+    use lmo_core::{Frobenius, LmoError, Norm};
+    struct Picky(Frobenius);
+    impl Norm<Nd64> for Picky {
+        fn name(&self) -> &'static str {
+            "picky"
+        }
+        fn norm(&mut self, x: &ArrayD<f64>) -> Result<f64, LmoError> {
+            Norm::<Nd64>::norm(&mut self.0, x)
+        }
+        fn dual_norm(&mut self, g: &ArrayD<f64>) -> Result<f64, LmoError> {
+            Norm::<Nd64>::dual_norm(&mut self.0, g)
+        }
+        fn lmo(&mut self, g: &ArrayD<f64>, out: &mut ArrayD<f64>) -> Result<f64, LmoError> {
+            if g.iter().next().is_some_and(|&x| x > 100.0) {
+                return Err(LmoError::InvalidHyperParameter(
+                    "picky: first entry above 100",
+                ));
+            }
+            Norm::<Nd64>::lmo(&mut self.0, g, out)
+        }
+    }
+    let norms = || {
+        NormRegistry::<Nd64>::new().with("picky", |_d, s| {
+            let n: Box<dyn Norm<Nd64> + Send> = Box::new(Picky(Frobenius::new().with_scale(s)?));
+            Ok(n)
+        })
+    };
+    let picky = Label::Other("picky".into());
+    let cfg = presets::muon(0.05, 0.01).group(
+        picky.clone(),
+        GroupConfig::Lmo(
+            LmoGroup::new(NormSpec::Custom("picky".into()), Radius::Constant(0.1)).beta(0.9),
+        ),
+    );
+    let mut labels = labels();
+    labels[3] = picky;
+    let mut pr: Vec<ArrayD<f64>> = tensors(4);
+    let mut ps = pr.clone();
+    let mut single =
+        Optimizer::<Nd64>::with_norms(cfg.clone(), labels.clone(), &pr, &norms()).expect("single");
+    let mut sh = ShardedOptimizer::<Nd64, &C>::with_norms(cfg, labels, &ps, comm, &norms())
+        .expect("sharded");
+    let good = grads::<f64>(0, 0);
+    single.step(&mut pr, &good).expect("good step");
+    sh.step(&mut ps, &good).expect("good step");
+    let mut bad = grads::<f64>(1, 0);
+    bad[3][[0, 0]] = 1e6; // the momentum's first entry is then above 100
+    let before = ps.clone();
+    assert!(single.step(&mut pr, &bad).is_err());
+    let owner = sh.owners()[3];
+    match sh.step(&mut ps, &bad) {
+        Err(ShardError::Opt(OptError::Lmo { block: 3, .. })) => assert_eq!(comm.rank(), owner),
+        Err(ShardError::Peer { rank }) => assert!(rank == owner && comm.rank() != owner),
+        other => panic!("rank {}: an LMO failure gave {other:?}", comm.rank()),
+    }
+    assert!(ps == before, "an abandoned step changed parameters");
+    assert_eq!(sh.steps(), 1, "an abandoned step advanced the counter");
+    // The momenta of the failed step stay updated on both sides (as in one
+    // process): with zero gradients the block's momentum decays below the
+    // threshold again; both runs refuse and then step in lockstep.
+    let zero: Vec<ArrayD<f64>> = good.iter().map(|g| g.mapv(|_| 0.0)).collect();
+    let mut refused = 0;
+    for _ in 0..80 {
+        let a = single.step(&mut pr, &zero).is_ok();
+        let b = sh.step(&mut ps, &zero).is_ok();
+        assert_eq!(a, b, "the sharded step and the single process disagree");
+        refused += usize::from(!a);
+        assert!(ps == pr, "parameters differ after an abandoned step");
+    }
+    assert!(refused > 0 && refused < 80, "{refused} refused steps");
+    assert_eq!(sh.steps(), single.steps());
+    assert!(
+        sh.state().expect("state") == single.state(),
+        "state differs"
+    );
+    assert!(replicas_agree(comm, &ps), "replicas differ");
+    say(
+        comm,
+        "LMO failure on one owner: refused everywhere, counters in step, continues as one process",
     );
 }
 
@@ -440,5 +551,6 @@ pub fn all<C: Communicator>(comm: &C, file: Option<(&std::path::Path, bool)>) {
     equivalence(comm);
     checkpoints(comm, file);
     faults(comm);
+    lmo_failure(comm);
     memory(comm);
 }

@@ -27,3 +27,8 @@ fn faults_are_refused_and_change_nothing() {
 fn one_rank_holds_the_whole_state() {
     lmo_dist_tests::memory(&SingleProcess);
 }
+
+#[test]
+fn an_lmo_failure_is_refused_and_the_run_stays_in_step() {
+    lmo_dist_tests::lmo_failure(&SingleProcess);
+}

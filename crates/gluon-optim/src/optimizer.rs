@@ -424,6 +424,16 @@ where
         r
     }
 
+    /// Abandons a phased step in progress (after [`Optimizer::begin_step`],
+    /// before [`Optimizer::finish_step`]): the step counter does not advance
+    /// and no parameter changes, while the momenta of phase 1 stay updated,
+    /// as after an LMO error in [`Optimizer::compute_directions`]. A
+    /// sharded step calls it when another rank's phase 2 failed, so every
+    /// rank ends in the same state. Nothing happens between steps.
+    pub fn abandon_step(&mut self) {
+        self.stage = Stage::Idle;
+    }
+
     /// Block `block`'s direction `D` and dual norm `‖U‖_*` from phase 2 of
     /// the step in progress (what a sharded step sends to the other
     /// ranks), or `None` when it has none yet (or is an AdamW block).

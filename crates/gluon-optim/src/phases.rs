@@ -69,9 +69,10 @@ pub fn radius(policy: &Radius, k: u64, dual: f64) -> f64 {
 
 /// Phase 3: the radius of one block at one step, as a rule of the dual
 /// norm: every policy of SPEC §3 and the schedule multiplier, in one
-/// place. The CPU step evaluates it ([`RadiusRule::at`]); the device step
-/// hands its fields to the update kernel, which evaluates the same rule
-/// on the dual norm it keeps on the device.
+/// place, evaluated on the host by every engine ([`RadiusRule::at`]): the
+/// CPU step, the sharded step (on each block's owner) and the device step
+/// (which reads the dual norms only for the adaptive rule and hands the
+/// computed radius to its update kernel).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum RadiusRule {
     /// `t = base·mult`, independent of the dual norm (constant and theory

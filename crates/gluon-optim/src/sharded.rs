@@ -34,6 +34,7 @@ use lmo_comm::{CommError, Communicator, Reduce, ReduceOp};
 use lmo_core::{Backend, Bf16Storage, Scalar};
 
 use crate::config::{Config, GroupConfig, Label, NormSpec};
+use crate::custom::NormRegistry;
 use crate::optimizer::{BlockReport, BlockState, OptError, OptState, Optimizer, StepReport};
 use crate::validate;
 
@@ -122,9 +123,18 @@ struct Status {
 
 impl Status {
     fn new(size: usize) -> Self {
-        let mut v = vec![0.0; size + 1];
-        v[size] = f64::NEG_INFINITY;
-        Status { v }
+        let mut s = Status {
+            v: vec![0.0; size + 1],
+        };
+        s.clear();
+        s
+    }
+
+    /// Back to "no rank refused, all gradients finite".
+    fn clear(&mut self) {
+        let n = self.v.len() - 1;
+        self.v[..n].iter_mut().for_each(|x| *x = 0.0);
+        self.v[n] = f64::NEG_INFINITY;
     }
 
     fn agree<C: Communicator>(&mut self, comm: &C) -> Result<(), CommError> {
@@ -153,7 +163,16 @@ impl Status {
 /// Agrees on `local` over all ranks: `Ok` everywhere, or an error
 /// everywhere (this rank's own, or [`ShardError::Peer`]).
 fn agree<C: Communicator, T>(comm: &C, local: Result<T, OptError>) -> Result<T, ShardError> {
-    let mut s = Status::new(comm.size());
+    agree_with(comm, &mut Status::new(comm.size()), local)
+}
+
+/// [`agree`] through a reused status buffer (no allocation).
+fn agree_with<C: Communicator, T>(
+    comm: &C,
+    s: &mut Status,
+    local: Result<T, OptError>,
+) -> Result<T, ShardError> {
+    s.clear();
     if local.is_err() {
         s.refuse(comm.rank());
     }
@@ -192,6 +211,8 @@ pub struct ShardedOptimizer<B: Backend, C: Communicator> {
     figures: Vec<f64>,
     report: StepReport,
     skipped: u64,
+    /// The agreement buffer of [`ShardedOptimizer::step`] (reused).
+    status: Status,
 }
 
 impl<B: Bf16Storage, C: Communicator> ShardedOptimizer<B, C>
@@ -209,21 +230,43 @@ where
         params: &[B::Tensor],
         comm: C,
     ) -> Result<Self, ShardError> {
+        Self::with_norms(config, labels, params, comm, &NormRegistry::new())
+    }
+
+    /// [`ShardedOptimizer::new`] with user norms for the groups whose norm
+    /// is [`NormSpec::Custom`] (see [`Optimizer::with_norms`]). Collective.
+    pub fn with_norms(
+        config: Config,
+        labels: Vec<Label>,
+        params: &[B::Tensor],
+        comm: C,
+        norms: &NormRegistry<B>,
+    ) -> Result<Self, ShardError> {
         let shapes: Vec<Vec<usize>> = params.iter().map(|p| B::shape(p).dims().to_vec()).collect();
-        // Every rank must hold the same shapes: compare fingerprints.
-        let fp = fingerprint(&shapes);
+        let built = Self::plan(&config, &labels, params, comm.rank(), comm.size(), norms);
+        let (owner, mine, local) = agree(&comm, built)?;
+        // Every rank must make the same collective calls: compare the
+        // shapes, owners, buffer counts and non-finite policy.
+        let mut h = Fnv::new();
+        h.eat(shapes.len() as u64);
+        for (i, s) in shapes.iter().enumerate() {
+            h.eat(s.len() as u64);
+            s.iter().for_each(|&d| h.eat(d as u64));
+            h.eat(owner[i] as u64);
+            let adamw = matches!(config.groups.get(&labels[i]), Some(GroupConfig::AdamW(_)));
+            h.eat(adamw as u64);
+        }
+        h.eat(matches!(config.non_finite, crate::NonFinitePolicy::Skip) as u64);
+        let fp = h.0;
         let mut all = vec![0u64; comm.size()];
         comm.all_gather(&[fp], &mut all)?;
-        let same = if all.iter().all(|&f| f == fp) {
-            Ok(())
-        } else {
-            Err(OptError::BadState(
-                "the ranks hold parameters of different shapes".into(),
-            ))
+        let same = match all.iter().all(|&f| f == fp) {
+            true => Ok(()),
+            false => Err(OptError::BadState(
+                "the ranks were given different shapes, labels or non-finite policies".into(),
+            )),
         };
         agree(&comm, same)?;
-        let built = Self::plan(&config, &labels, params, comm.rank(), comm.size());
-        let (owner, mine, local) = agree(&comm, built)?;
         let lp: Vec<B::Tensor> = mine.iter().map(|&i| B::zeros_like(&params[i])).collect();
         let lg: Vec<B::Tensor> = mine.iter().map(|&i| B::zeros_like(&params[i])).collect();
         let largest = shapes
@@ -232,6 +275,7 @@ where
             .max()
             .unwrap_or(0);
         let n = shapes.len();
+        let n_ranks = comm.size();
         Ok(ShardedOptimizer {
             comm,
             config,
@@ -251,6 +295,7 @@ where
                 blocks: vec![BlockReport::default(); n],
             },
             skipped: 0,
+            status: Status::new(n_ranks),
         })
     }
 
@@ -262,6 +307,7 @@ where
         params: &[B::Tensor],
         rank: usize,
         size: usize,
+        norms: &NormRegistry<B>,
     ) -> Result<(Vec<usize>, Vec<usize>, Optimizer<B>), OptError> {
         config.validate().map_err(|error| OptError::Lmo {
             block: usize::MAX,
@@ -285,7 +331,7 @@ where
         let mine: Vec<usize> = (0..params.len()).filter(|&i| owner[i] == rank).collect();
         let ml: Vec<Label> = mine.iter().map(|&i| labels[i].clone()).collect();
         let mp: Vec<B::Tensor> = mine.iter().map(|&i| B::zeros_like(&params[i])).collect();
-        let local = Optimizer::new(config.clone(), ml, &mp).map_err(|e| match e {
+        let local = Optimizer::with_norms(config.clone(), ml, &mp, norms).map_err(|e| match e {
             OptError::Lmo { block, error } if block != usize::MAX => OptError::Lmo {
                 block: mine[block],
                 error,
@@ -358,7 +404,7 @@ where
             }
             Ok(())
         })();
-        agree(&self.comm, local)?;
+        agree_with(&self.comm, &mut self.status, local)?;
         if self.comm.size() == 1 {
             return Ok(());
         }
@@ -386,19 +432,22 @@ where
     /// others); a non-finite gradient on any rank is
     /// [`OptError::NonFiniteGradient`] with the lowest such block on every
     /// rank, or, under [`crate::NonFinitePolicy::Skip`], a skip everywhere.
-    /// Then each owner steps its blocks and broadcasts them. An LMO
-    /// failure inside an owner's step (which single-process [`Optimizer`]
-    /// also reports after its momenta moved) is agreed on too: every rank
-    /// errors and no parameter changes anywhere, but the owners' momenta of
-    /// that step stay updated.
+    /// Then each owner runs phases 1 and 2 of its blocks and the ranks
+    /// agree again: an LMO failure on any rank is an error on every rank,
+    /// no parameter changes anywhere and no step counter advances, while
+    /// the momenta of phase 1 stay updated on every rank (what
+    /// single-process [`Optimizer`] does after an LMO error). Then phases 3
+    /// and 4, and each block is broadcast from its owner. No allocation
+    /// per step on this side of the communicator.
     pub fn step(
         &mut self,
         params: &mut [B::Tensor],
         grads: &[B::Tensor],
     ) -> Result<&StepReport, ShardError> {
         let k = self.local.steps();
-        let mut s = Status::new(self.comm.size());
         let local = self.check(params, grads);
+        let s = &mut self.status;
+        s.clear();
         match &local {
             Err(_) => s.refuse(self.comm.rank()),
             Ok(Some(b)) => s.non_finite(*b),
@@ -410,7 +459,7 @@ where
             (Ok(_), Some(rank)) => return Err(ShardError::Peer { rank }),
             _ => {}
         }
-        if let Some(block) = s.first_non_finite() {
+        if let Some(block) = self.status.first_non_finite() {
             validate::non_finite(self.config.non_finite, Some(block))?;
             self.skipped += 1;
             self.report.step = k;
@@ -422,21 +471,38 @@ where
             B::scale(one, &params[i], &mut self.lp[j]);
             B::scale(one, &grads[i], &mut self.lg[j]);
         }
-        let stepped = self.local.step(&mut self.lp, &self.lg).map(|r| {
-            self.figures.iter_mut().for_each(|x| *x = 0.0);
-            for (j, &i) in self.mine.iter().enumerate() {
-                self.figures[2 * i] = r.blocks[j].radius;
-                self.figures[2 * i + 1] = r.blocks[j].dual_norm;
-            }
-        });
-        let stepped = stepped.map_err(|e| match e {
+        // Phases 1 and 2 of the owned blocks, then agree: an LMO failure on
+        // any rank abandons the step on every rank (counters stay in step;
+        // the momenta of phase 1 stay updated, as in one process).
+        let remap = |mine: &[usize], e: OptError| match e {
             OptError::Lmo { block, error } if block != usize::MAX => OptError::Lmo {
-                block: self.mine[block],
+                block: mine[block],
                 error,
             },
             e => e,
-        });
-        agree(&self.comm, stepped)?;
+        };
+        let directions = self
+            .local
+            .begin_step(&self.lp, &self.lg)
+            .and_then(|_| self.local.compute_directions(|_| true))
+            .map_err(|e| remap(&self.mine, e));
+        if let Err(e) = agree_with(&self.comm, &mut self.status, directions) {
+            self.local.abandon_step();
+            return Err(e);
+        }
+        // Phases 3 and 4 (they refuse only what was checked above).
+        let finished = match self.local.finish_step(&mut self.lp, &self.lg) {
+            Ok(r) => {
+                self.figures.iter_mut().for_each(|x| *x = 0.0);
+                for (j, &i) in self.mine.iter().enumerate() {
+                    self.figures[2 * i] = r.blocks[j].radius;
+                    self.figures[2 * i + 1] = r.blocks[j].dual_norm;
+                }
+                Ok(())
+            }
+            Err(e) => Err(remap(&self.mine, e)),
+        };
+        agree_with(&self.comm, &mut self.status, finished)?;
         // Every owner's parameters to every rank.
         let mut j = 0;
         for (i, p) in params.iter_mut().enumerate() {
@@ -602,17 +668,4 @@ impl Fnv {
             self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
         }
     }
-}
-
-/// A fingerprint of the shapes.
-fn fingerprint(shapes: &[Vec<usize>]) -> u64 {
-    let mut h = Fnv::new();
-    h.eat(shapes.len() as u64);
-    for s in shapes {
-        h.eat(s.len() as u64);
-        for &d in s {
-            h.eat(d as u64);
-        }
-    }
-    h.0
 }

@@ -45,7 +45,7 @@ pub struct DeviceOptimizer<E: Exec = CudaExec> {
     config: Config,
     pub(super) plan: DevicePlan,
     pub(super) dims: Vec<Vec<usize>>,
-    dtype: DType,
+    pub(super) dtype: DType,
     pub(super) stacks: Vec<Stack<E>>,
     pub(super) adam: Vec<Option<Adam<E>>>,
     pub(super) elems: Vec<Option<Elem<E>>>,

@@ -2,6 +2,8 @@
 //! [`OptState`] saved by [`crate::Optimizer::state`] loads into a
 //! [`DeviceOptimizer`] with the same blocks, and the other way round.
 
+use lmo_cuda::DType;
+
 use super::{BlockPlan, DeviceError, DeviceOptimizer, Exec};
 use crate::{BlockState, OptError, OptState};
 
@@ -54,7 +56,7 @@ impl<E: Exec> DeviceOptimizer<E> {
     /// [`crate::Optimizer::state`] from an optimizer with the same blocks.
     /// Checks everything before writing anything: the version, the number
     /// of blocks, each block's shape and buffer count and length, and that
-    /// every value is finite in f32 ([`OptError::BadState`]). Values are
+    /// every value is finite once stored in the tensors' dtype ([`OptError::BadState`]). Values are
     /// rounded to the tensors' storage (bf16 tensors keep bf16 momenta).
     pub fn load_state(&mut self, s: &OptState) -> Result<(), DeviceError> {
         let bad = |why: String| DeviceError::Opt(OptError::BadState(why));
@@ -84,14 +86,15 @@ impl<E: Exec> DeviceOptimizer<E> {
             {
                 return Err(bad(format!("block {i}: shape or buffers differ")));
             }
-            if sb
-                .buffers
-                .iter()
-                .flatten()
-                .any(|&x| !(x as f32).is_finite())
-            {
+            // Finite once stored (f32, or bf16, whose largest value is
+            // below f32's).
+            let stored = |x: f64| match self.dtype {
+                DType::F32 => (x as f32).is_finite(),
+                DType::Bf16 => half::bf16::from_f32(x as f32).is_finite(),
+            };
+            if sb.buffers.iter().flatten().any(|&x| !stored(x)) {
                 return Err(bad(format!(
-                    "block {i}: a buffer value is not finite in f32"
+                    "block {i}: a buffer value is not finite in the tensors' storage"
                 )));
             }
         }
