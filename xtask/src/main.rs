@@ -224,7 +224,7 @@ fn run_tests() -> Result<(), String> {
 
 /// Whether MPI is installed: `mpirun` runs and `mpicc` (the library's
 /// compiler wrapper, which the `mpi` crate's build uses) is on the PATH.
-fn have_mpi() -> bool {
+pub(crate) fn have_mpi() -> bool {
     let ok = |prog: &str| {
         Command::new(prog)
             .arg("--version")
@@ -327,6 +327,9 @@ fn ci() -> Result<(), String> {
     step("BPM example (cargo run --release --example bpm)", c)?;
     nanogpt(&NANOGPT_SMOKE.map(String::from))?;
     bench::run(&["--quick".to_string()])?;
+    if have_mpi() {
+        bench::run(&["dist".to_string(), "--quick".to_string()])?;
+    }
     gpu_plumbing()
 }
 

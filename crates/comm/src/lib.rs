@@ -9,6 +9,8 @@
 //!   bf16 reductions (through f32) are written once here.
 //! - [`SingleProcess`]: the world of one rank (the default, no
 //!   communication at all).
+//! - [`Counted`]: any communicator, counting its calls and payload bytes
+//!   ([`Traffic`]) for benchmarks and communication models.
 //! - `MpiComm` (feature `mpi`): MPI through the `mpi` crate (rsmpi) over
 //!   the system's library (Open MPI 4.1 on Debian: `openmpi-bin
 //!   libopenmpi-dev libclang-dev`); launch with `mpirun -np N`.
@@ -23,6 +25,7 @@
 //! version 4.1 (2023), chapter 6 (collective communication).
 
 mod communicator;
+mod counted;
 mod element;
 mod error;
 #[cfg(feature = "mpi")]
@@ -32,6 +35,7 @@ mod single;
 pub use communicator::{
     Communicator, ReduceOp, check_gather, check_gather_var, check_root, check_scatter,
 };
+pub use counted::{Counted, Traffic};
 pub use element::{Element, Reduce};
 pub use error::CommError;
 #[cfg(feature = "mpi")]

@@ -49,3 +49,27 @@ fn argument_errors_are_found_before_anything_moves() {
     let shared = &c;
     assert!(arg(shared.broadcast(&mut r, 3)));
 }
+
+#[test]
+fn counted_counts_calls_and_payload_bytes() {
+    use lmo_comm::{Counted, Traffic};
+    let c = Counted::new(SingleProcess);
+    let mut v = [1.0f32; 10];
+    c.all_reduce(&mut v, ReduceOp::Sum).unwrap();
+    let mut w = [0.0f64; 3];
+    c.broadcast(&mut w, 0).unwrap();
+    let mut r = [0u64; 1];
+    c.all_gather(&[5u64], &mut r).unwrap();
+    c.barrier().unwrap();
+    assert_eq!(
+        c.traffic(),
+        Traffic {
+            calls: 4,
+            bytes: 40 + 24 + 8
+        }
+    );
+    // A refused call is not counted (checked before it reaches the count).
+    assert!(c.broadcast(&mut w, 1).is_err());
+    assert_eq!(c.traffic().calls, 4);
+    assert_eq!(c.inner(), &SingleProcess);
+}

@@ -50,4 +50,4 @@ pub use custom::{NormBuilder, NormRegistry};
 pub use estimator::{Fit, LipschitzEstimator, Point, fit_envelope, fit_quantile};
 pub use optimizer::{BlockReport, BlockState, OptError, OptState, Optimizer, StepReport};
 pub use phases::{RadiusRule, momentum, radius};
-pub use sharded::{ShardError, ShardedOptimizer, assign_owners};
+pub use sharded::{ShardError, ShardedOptimizer, StepTimes, assign_owners};

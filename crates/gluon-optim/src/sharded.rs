@@ -114,6 +114,18 @@ pub fn assign_owners(costs: &[u128], size: usize) -> Vec<usize> {
     owner
 }
 
+/// Where the last [`ShardedOptimizer::step`] spent its time on this rank
+/// (wall clock, seconds).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct StepTimes {
+    /// Checks and the agreement on them (one all-reduce).
+    pub check_s: f64,
+    /// The owned blocks' step: phases 1–4 and the agreement after phase 2.
+    pub compute_s: f64,
+    /// Broadcasting the updated parameters and the report.
+    pub exchange_s: f64,
+}
+
 /// The per-rank outcome of a call, agreed on by one all-reduce: entry `r`
 /// is 1 if rank `r` refused; the last entry is minus the lowest block with
 /// a non-finite gradient (or −∞ when none).
@@ -213,6 +225,7 @@ pub struct ShardedOptimizer<B: Backend, C: Communicator> {
     skipped: u64,
     /// The agreement buffer of [`ShardedOptimizer::step`] (reused).
     status: Status,
+    times: StepTimes,
 }
 
 impl<B: Bf16Storage, C: Communicator> ShardedOptimizer<B, C>
@@ -296,6 +309,7 @@ where
             },
             skipped: 0,
             status: Status::new(n_ranks),
+            times: StepTimes::default(),
         })
     }
 
@@ -354,6 +368,11 @@ where
     /// The blocks this rank owns (ascending).
     pub fn owned(&self) -> &[usize] {
         &self.mine
+    }
+
+    /// Where the last step spent its time on this rank.
+    pub fn times(&self) -> StepTimes {
+        self.times
     }
 
     /// Steps taken.
@@ -445,6 +464,7 @@ where
         grads: &[B::Tensor],
     ) -> Result<&StepReport, ShardError> {
         let k = self.local.steps();
+        let t0 = std::time::Instant::now();
         let local = self.check(params, grads);
         let s = &mut self.status;
         s.clear();
@@ -466,6 +486,7 @@ where
             self.report.skipped = true;
             return Ok(&self.report);
         }
+        let t1 = std::time::Instant::now();
         let one = B::Scalar::of(1.0);
         for (j, &i) in self.mine.iter().enumerate() {
             B::scale(one, &params[i], &mut self.lp[j]);
@@ -503,6 +524,7 @@ where
             Err(e) => Err(remap(&self.mine, e)),
         };
         agree_with(&self.comm, &mut self.status, finished)?;
+        let t2 = std::time::Instant::now();
         // Every owner's parameters to every rank.
         let mut j = 0;
         for (i, p) in params.iter_mut().enumerate() {
@@ -522,6 +544,11 @@ where
         }
         self.report.step = k;
         self.report.skipped = false;
+        self.times = StepTimes {
+            check_s: (t1 - t0).as_secs_f64(),
+            compute_s: (t2 - t1).as_secs_f64(),
+            exchange_s: t2.elapsed().as_secs_f64(),
+        };
         Ok(&self.report)
     }
 

@@ -15,6 +15,7 @@
 //! a python with PyTorch), then `cargo xtask bench --import gpu.jsonl`
 //! here prints the tables and writes the JSON and plots.
 
+mod dist;
 mod peers;
 mod plot;
 mod suites;
@@ -114,7 +115,9 @@ const USAGE: &str = "usage: cargo xtask bench [SUITE…] [--quick] [--reps N] [-
                          [--shapes 768x768,…] [--settle SECONDS]
                          [--bundle DIR | --import LINES.jsonl] [--allow-slow-peer]
 suites: gemm orth brox step (default: these four), gpu (CUDA; --bundle DIR
-for a GPU machine without Rust, then --import its output).
+for a GPU machine without Rust, then --import its output), dist (alone:
+`cargo xtask bench dist [--quick] [--reps N] [--presets muon,muon-bf16]`,
+the sharded step at 1 and 2 MPI ranks; needs Open MPI).
 Peers (default numpy,scipy,torch; --quick: numpy,scipy; gemm and orth
 have numpy and torch, brox scipy, step torch), each in its own process, run without
 OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE; a ratio against a peer whose kernel is
@@ -378,6 +381,9 @@ fn parse_lines(out: &str, report: &mut Report, source: &str) -> Vec<Record> {
 }
 
 pub fn run(args: &[String]) -> Result<(), String> {
+    if args.first().map(String::as_str) == Some("dist") {
+        return dist::run(&args[1..]);
+    }
     let o = parse(args)?;
     let t0 = Instant::now();
     if let Some(lines) = &o.import {
