@@ -328,6 +328,16 @@ fn ci() -> Result<(), String> {
     nanogpt(&NANOGPT_SMOKE.map(String::from))?;
     bench::run(&["--quick".to_string()])?;
     if have_mpi() {
+        let mut c = cargo();
+        c.args(["build", "--release", "--example", "mlp_mpi"])
+            .args(["--features", "lmo-examples/mpi"]);
+        step("build the data-parallel MLP example", c)?;
+        let mut c = Command::new("mpirun");
+        c.args(["--oversubscribe", "-np", "2"])
+            .arg(root().join("target/release/examples/mlp_mpi"))
+            .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+            .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1");
+        step("data-parallel MLP under mpirun -np 2", c)?;
         bench::run(&["dist".to_string(), "--quick".to_string()])?;
     }
     gpu_plumbing()
@@ -335,15 +345,17 @@ fn ci() -> Result<(), String> {
 
 /// Clippy of the crates with feature `mpi` (needs Open MPI); `.ci/run`
 /// runs the same arguments.
-const MPI_CLIPPY: [&str; 10] = [
+const MPI_CLIPPY: [&str; 12] = [
     "clippy",
     "-p",
     "lmo-comm",
     "-p",
     "lmo-dist-tests",
+    "-p",
+    "lmo-examples",
     "--all-targets",
     "--features",
-    "lmo-comm/mpi,lmo-dist-tests/mpi",
+    "lmo-comm/mpi,lmo-dist-tests/mpi,lmo-examples/mpi",
     "--",
     "-Dwarnings",
 ];

@@ -180,6 +180,23 @@ impl Mlp {
         Mlp { x, y, seed }
     }
 
+    /// The same model (same initialization) on shard `rank` of `size` of
+    /// the dataset: points `i` with `i mod size = rank`, for data-parallel
+    /// training. With `size` dividing 256 every shard has `256/size`
+    /// points, and the average of the shards' gradients is the full-batch
+    /// gradient. `None` when `size = 0` or `rank ≥ size`.
+    pub fn shard(&self, rank: usize, size: usize) -> Option<Self> {
+        if size == 0 || rank >= size {
+            return None;
+        }
+        let keep: Vec<usize> = (rank..self.y.len()).step_by(size).collect();
+        Some(Mlp {
+            x: self.x.select(Axis(0), &keep),
+            y: keep.iter().map(|&i| self.y[i]).collect(),
+            seed: self.seed,
+        })
+    }
+
     /// Classification accuracy of `params` on the dataset.
     pub fn accuracy(&self, params: &[ArrayD<f64>]) -> f64 {
         let (_, _, logits) = self.forward(params);
@@ -297,5 +314,38 @@ mod tests {
         check(&Quadratic::new(1));
         check(&LogisticRegression::new(2));
         check(&Mlp::new(3));
+        check(&Mlp::new(3).shard(1, 4).expect("shard"));
+    }
+
+    /// The average of the shards' gradients is the full-batch gradient
+    /// (to rounding: the sums run in another order), and bad shards are
+    /// refused.
+    #[test]
+    fn shard_gradients_average_to_the_full_batch() {
+        let p = Mlp::new(3);
+        let params: Vec<ArrayD<f64>> = p.init().into_iter().map(|(_, t)| t).collect();
+        let mut full: Vec<ArrayD<f64>> = params.iter().map(|t| t.mapv(|_| 0.0)).collect();
+        let loss = p.loss_grad(&params, &mut full);
+        for size in [1, 2, 4, 8] {
+            let mut avg: Vec<ArrayD<f64>> = full.iter().map(|t| t.mapv(|_| 0.0)).collect();
+            let mut avg_loss = 0.0;
+            for r in 0..size {
+                let s = p.shard(r, size).expect("shard");
+                let mut g = avg.clone();
+                avg_loss += s.loss_grad(&params, &mut g) / size as f64;
+                for (a, b) in avg.iter_mut().zip(&g) {
+                    *a = &*a + &(b / size as f64);
+                }
+            }
+            assert!((avg_loss - loss).abs() <= 1e-14 * loss.abs());
+            for (a, f) in avg.iter().zip(&full) {
+                let e = (a - f).mapv(f64::abs).sum();
+                assert!(
+                    e <= 1e-13 * (1.0 + f.mapv(f64::abs).sum()),
+                    "size {size}: {e:e}"
+                );
+            }
+        }
+        assert!(p.shard(2, 2).is_none() && p.shard(0, 0).is_none());
     }
 }
