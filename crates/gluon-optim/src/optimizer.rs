@@ -301,13 +301,8 @@ where
         params: &[B::Tensor],
         grads: &[B::Tensor],
     ) -> Result<(), OptError> {
-        validate::counts(self.blocks.len(), params.len(), grads.len())?;
-        for (i, (b, (p, g))) in self.blocks.iter().zip(params.iter().zip(grads)).enumerate() {
-            for t in [p, g] {
-                validate::shape(i, &b.shape, B::shape(t).dims())?;
-            }
-        }
-        Ok(())
+        let shapes = self.blocks.iter().map(|b| b.shape.as_slice());
+        validate::counts_and_shapes::<B>(shapes, params, grads)
     }
 
     /// One step: updates `params` in place from `grads` and returns what it

@@ -400,12 +400,8 @@ where
     /// Local checks of `params` and `grads`: counts and shapes, then the
     /// first non-finite gradient.
     fn check(&self, params: &[B::Tensor], grads: &[B::Tensor]) -> Result<Option<usize>, OptError> {
-        validate::counts(self.shapes.len(), params.len(), grads.len())?;
-        for (i, (s, (p, g))) in self.shapes.iter().zip(params.iter().zip(grads)).enumerate() {
-            for t in [p, g] {
-                validate::shape(i, s, B::shape(t).dims())?;
-            }
-        }
+        let shapes = self.shapes.iter().map(Vec::as_slice);
+        validate::counts_and_shapes::<B>(shapes, params, grads)?;
         Ok(grads.iter().position(|g| !B::all_finite(g)))
     }
 

@@ -2,7 +2,7 @@
 //! [`crate::Optimizer`] and the device step share them): counts, shapes,
 //! and what a non-finite gradient means under the configured policy.
 
-use lmo_core::{LmoError, Shape};
+use lmo_core::{Backend, LmoError, Shape};
 
 use crate::config::NonFinitePolicy;
 use crate::optimizer::OptError;
@@ -16,6 +16,22 @@ pub(crate) fn counts(n: usize, params: usize, grads: usize) -> Result<(), OptErr
                 expected: n,
                 found: len,
             });
+        }
+    }
+    Ok(())
+}
+
+/// `params` and `grads` both have one tensor per entry of `shapes`, each of
+/// that shape (every engine's check before a step).
+pub(crate) fn counts_and_shapes<'a, B: Backend>(
+    shapes: impl ExactSizeIterator<Item = &'a [usize]>,
+    params: &[B::Tensor],
+    grads: &[B::Tensor],
+) -> Result<(), OptError> {
+    counts(shapes.len(), params.len(), grads.len())?;
+    for (i, (s, (p, g))) in shapes.zip(params.iter().zip(grads)).enumerate() {
+        for t in [p, g] {
+            shape(i, s, B::shape(t).dims())?;
         }
     }
     Ok(())

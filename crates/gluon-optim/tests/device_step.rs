@@ -337,6 +337,19 @@ fn device_step_matches_cpu_on(dev: &std::sync::Arc<lmo_cuda::CudaDevice>) {
     }
 }
 
+/// The parameters of the HostExec/emulator harnesses: two stacked hidden
+/// shapes and one alone, an embedding, a head and a vector.
+fn small_model() -> Vec<(Label, Vec<usize>)> {
+    vec![
+        (Label::Hidden, vec![24, 16]),
+        (Label::Hidden, vec![16, 40]),
+        (Label::Hidden, vec![24, 16]),
+        (Label::Embedding, vec![30, 16]),
+        (Label::Head, vec![30, 16]),
+        (Label::Vector, vec![16]),
+    ]
+}
+
 /// Runs without a GPU: the device step's orchestration (stacking, stack
 /// offsets, Nesterov buffers, the polar op list, elementwise directions,
 /// per-step β/t/bias corrections, AdamW) executed by `HostExec`, the host
@@ -380,14 +393,7 @@ fn exec_matches_the_generic_optimizer<E: gluon_optim::cuda::Exec>(
     use gluon_optim::cuda::{DeviceError, DeviceOptimizer};
     use gluon_optim::{NonFinitePolicy, Radius};
     let mut rng = StdRng::seed_from_u64(11);
-    let spec = [
-        (Label::Hidden, vec![24, 16]),
-        (Label::Hidden, vec![16, 40]),
-        (Label::Hidden, vec![24, 16]),
-        (Label::Embedding, vec![30, 16]),
-        (Label::Head, vec![30, 16]),
-        (Label::Vector, vec![16]),
-    ];
+    let spec = small_model();
     let labels: Vec<Label> = spec.iter().map(|s| s.0.clone()).collect();
     let mut theory = presets::scion(0.01, false);
     if let Some(GroupConfig::Lmo(g)) = theory.groups.get_mut(&Label::Hidden) {
@@ -520,14 +526,7 @@ fn state_round_trips<E: gluon_optim::cuda::Exec>(
     use gluon_optim::cuda::{DeviceError, DeviceOptimizer};
     use gluon_optim::{NonFinitePolicy, OptState};
     let mut rng = StdRng::seed_from_u64(21);
-    let spec = [
-        (Label::Hidden, vec![24, 16]),
-        (Label::Hidden, vec![16, 40]),
-        (Label::Hidden, vec![24, 16]),
-        (Label::Embedding, vec![30, 16]),
-        (Label::Head, vec![30, 16]),
-        (Label::Vector, vec![16]),
-    ];
+    let spec = small_model();
     let labels: Vec<Label> = spec.iter().map(|s| s.0.clone()).collect();
     let rand_vals = |rng: &mut StdRng| -> Vec<Vec<f32>> {
         spec.iter()
