@@ -280,8 +280,11 @@ where
             )),
         };
         agree(&comm, same)?;
-        let lp: Vec<B::Tensor> = mine.iter().map(|&i| B::zeros_like(&params[i])).collect();
-        let lg: Vec<B::Tensor> = mine.iter().map(|&i| B::zeros_like(&params[i])).collect();
+        // Staging copies of the owned blocks (none for one rank, which
+        // steps the parameters in place).
+        let staged: &[usize] = if comm.size() == 1 { &[] } else { &mine };
+        let lp: Vec<B::Tensor> = staged.iter().map(|&i| B::zeros_like(&params[i])).collect();
+        let lg: Vec<B::Tensor> = staged.iter().map(|&i| B::zeros_like(&params[i])).collect();
         let largest = shapes
             .iter()
             .map(|s| s.iter().product::<usize>())
@@ -483,11 +486,21 @@ where
             return Ok(&self.report);
         }
         let t1 = std::time::Instant::now();
-        let one = B::Scalar::of(1.0);
-        for (j, &i) in self.mine.iter().enumerate() {
-            B::scale(one, &params[i], &mut self.lp[j]);
-            B::scale(one, &grads[i], &mut self.lg[j]);
+        // One rank owns every block: it steps the parameters in place (no
+        // staging copies, nothing to exchange).
+        let direct = self.comm.size() == 1;
+        if !direct {
+            let one = B::Scalar::of(1.0);
+            for (j, &i) in self.mine.iter().enumerate() {
+                B::scale(one, &params[i], &mut self.lp[j]);
+                B::scale(one, &grads[i], &mut self.lg[j]);
+            }
         }
+        let (lp, lg): (&mut [B::Tensor], &[B::Tensor]) = if direct {
+            (&mut *params, grads)
+        } else {
+            (&mut self.lp, &self.lg)
+        };
         // Phases 1 and 2 of the owned blocks, then agree: an LMO failure on
         // any rank abandons the step on every rank (counters stay in step;
         // the momenta of phase 1 stay updated, as in one process).
@@ -500,7 +513,7 @@ where
         };
         let directions = self
             .local
-            .begin_step(&self.lp, &self.lg)
+            .begin_step(lp, lg)
             .and_then(|_| self.local.compute_directions(|_| true))
             .map_err(|e| remap(&self.mine, e));
         if let Err(e) = agree_with(&self.comm, &mut self.status, directions) {
@@ -508,7 +521,7 @@ where
             return Err(e);
         }
         // Phases 3 and 4 (they refuse only what was checked above).
-        let finished = match self.local.finish_step(&mut self.lp, &self.lg) {
+        let finished = match self.local.finish_step(lp, lg) {
             Ok(r) => {
                 self.figures.iter_mut().for_each(|x| *x = 0.0);
                 for (j, &i) in self.mine.iter().enumerate() {
@@ -523,7 +536,8 @@ where
         let t2 = std::time::Instant::now();
         // Every owner's parameters to every rank.
         let mut j = 0;
-        for (i, p) in params.iter_mut().enumerate() {
+        let exchange = if direct { &mut params[..0] } else { params };
+        for (i, p) in exchange.iter_mut().enumerate() {
             let n = B::shape(p).numel();
             let buf = &mut self.scratch[..n];
             if self.owner[i] == self.comm.rank() {
