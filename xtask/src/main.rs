@@ -222,6 +222,27 @@ fn run_tests() -> Result<(), String> {
     mpi_tests()
 }
 
+/// Reports that `what` did not run for want of MPI (a line in the skip log
+/// and on stderr), or fails under `LMO_EXPECT_MPI=1` (CI).
+fn no_mpi(what: &str) -> Result<(), String> {
+    if std::env::var("LMO_EXPECT_MPI").as_deref() == Ok("1") {
+        return Err(format!(
+            "LMO_EXPECT_MPI=1 but mpirun/mpicc are not installed ({what})"
+        ));
+    }
+    let line = format!(
+        "xtask: {what} (no MPI; apt-get install openmpi-bin libopenmpi-dev libclang-dev)\n"
+    );
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(skip_log())
+        .map_err(|e| format!("skip log: {e}"))?;
+    std::io::Write::write_all(&mut f, line.as_bytes()).map_err(|e| format!("skip log: {e}"))?;
+    eprintln!("==> SKIPPED {what}: no mpirun/mpicc on the PATH");
+    Ok(())
+}
+
 /// Whether MPI is installed: `mpirun` runs and `mpicc` (the library's
 /// compiler wrapper, which the `mpi` crate's build uses) is on the PATH.
 pub(crate) fn have_mpi() -> bool {
@@ -241,19 +262,7 @@ pub(crate) fn have_mpi() -> bool {
 /// an error with `LMO_EXPECT_MPI=1` (CI installs Open MPI and sets it).
 fn mpi_tests() -> Result<(), String> {
     if !have_mpi() {
-        if std::env::var("LMO_EXPECT_MPI").as_deref() == Ok("1") {
-            return Err("LMO_EXPECT_MPI=1 but mpirun/mpicc are not installed".into());
-        }
-        let line = "xtask::mpi_tests: the sharded step under mpirun (no MPI; \
-                    apt-get install openmpi-bin libopenmpi-dev libclang-dev)\n";
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(skip_log())
-            .map_err(|e| format!("skip log: {e}"))?;
-        std::io::Write::write_all(&mut f, line.as_bytes()).map_err(|e| format!("skip log: {e}"))?;
-        eprintln!("==> SKIPPED the MPI tests: no mpirun/mpicc on the PATH");
-        return Ok(());
+        return no_mpi("the sharded step under mpirun");
     }
     let mut c = cargo();
     c.args(["test", "-p", "lmo-dist-tests", "--features", "mpi"])
@@ -313,6 +322,8 @@ fn ci() -> Result<(), String> {
         let mut c = cargo();
         c.args(MPI_CLIPPY);
         step("cargo clippy of the MPI crates (feature mpi)", c)?;
+    } else {
+        no_mpi("clippy of the MPI crates")?;
     }
     test()?;
     layers::package()?;
@@ -339,6 +350,8 @@ fn ci() -> Result<(), String> {
             .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1");
         step("data-parallel MLP under mpirun -np 2", c)?;
         bench::run(&["dist".to_string(), "--quick".to_string()])?;
+    } else {
+        no_mpi("mlp_mpi and bench dist --quick")?;
     }
     gpu_plumbing()
 }

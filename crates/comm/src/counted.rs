@@ -17,7 +17,9 @@ pub struct Traffic {
 
 /// Wraps a communicator and counts its collective calls and payload bytes
 /// ([`Traffic`]), for benchmarks and for checking a step's communication
-/// against its model. Costs two counter updates per call.
+/// against its model. Costs two counter updates per call. It counts every
+/// call of a required method that reaches it; the typed methods check
+/// their arguments first, so a refused typed call is not counted.
 pub struct Counted<C> {
     inner: C,
     calls: Cell<u64>,

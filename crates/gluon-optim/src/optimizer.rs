@@ -311,10 +311,12 @@ where
     ///
     /// The step is the four phases of [`crate::phases`], run for every
     /// block: [`Optimizer::begin_step`], [`Optimizer::compute_directions`]
-    /// for all blocks, [`Optimizer::finish_step`]. A sharded step runs the
-    /// same calls with phase 2 for its own blocks and
-    /// [`Optimizer::set_direction`] for the others: the result is the same
-    /// bit for bit.
+    /// for all blocks, [`Optimizer::finish_step`]. A caller that computes
+    /// some directions elsewhere runs the same calls with phase 2 for its
+    /// own blocks and [`Optimizer::set_direction`] for the others: the
+    /// result is the same bit for bit (tests/phases.rs).
+    /// [`crate::ShardedOptimizer`] instead runs all four phases of its own
+    /// blocks on their owner and broadcasts the parameters.
     pub fn step(
         &mut self,
         params: &mut [B::Tensor],
@@ -430,8 +432,8 @@ where
     }
 
     /// Block `block`'s direction `D` and dual norm `‖U‖_*` from phase 2 of
-    /// the step in progress (what a sharded step sends to the other
-    /// ranks), or `None` when it has none yet (or is an AdamW block).
+    /// the step in progress (what a caller distributing phase 2 sends to
+    /// the others), or `None` when it has none yet (or is an AdamW block).
     pub fn direction(&self, block: usize) -> Option<(&B::Tensor, f64)> {
         match (&self.stage, &self.blocks.get(block)?.kind) {
             (

@@ -14,9 +14,10 @@
 //!   [`crate::phases`], so every radius policy, the adaptive one included,
 //!   works unchanged); then each block's updated parameter is broadcast
 //!   from its owner. Broadcasting parameters (rather than all-gathering
-//!   directions) keeps one staging buffer of the largest block, needs no
-//!   second apply phase on the receivers, and leaves replicas bit-identical
-//!   whatever the reduction order of the gradient average.
+//!   directions) moves the same bytes through one buffer of the largest
+//!   block's size, needs no second apply phase on the receivers, and leaves
+//!   replicas bit-identical whatever the reduction order of the gradient
+//!   average.
 //! - **Report**: the owners' `(radius, dual norm)` are summed over ranks
 //!   (every other rank contributes exact zeros): the same report on every
 //!   rank.
@@ -38,9 +39,14 @@ use crate::custom::NormRegistry;
 use crate::optimizer::{BlockReport, BlockState, OptError, OptState, Optimizer, StepReport};
 use crate::validate;
 
-/// Errors of the sharded step. Every error leaves parameters and optimizer
-/// state unchanged on every rank (see [`ShardedOptimizer::step`] for the
-/// one exception), and every rank returns one.
+/// Errors of the sharded step; every rank returns one. An
+/// [`ShardError::Opt`] or [`ShardError::Peer`] error leaves parameters and
+/// step counters unchanged on every rank (after an LMO failure the
+/// momenta of the step stay updated: see [`ShardedOptimizer::step`]). A
+/// [`ShardError::Comm`] error is a transport's refusal part way through a
+/// collective sequence, after which the ranks may differ: restart from a
+/// checkpoint. (MPI aborts the job instead; it returns only argument
+/// errors, which the agreed checks rule out.)
 #[derive(Debug, Clone, PartialEq)]
 pub enum ShardError {
     /// This rank's error (the same on every rank for a non-finite
@@ -201,8 +207,9 @@ fn agree_with<C: Communicator, T>(
 /// configuration, labels and shapes, and calls every method in the same
 /// order; each keeps optimizer state only for the blocks it owns.
 ///
-/// With [`lmo_comm::SingleProcess`] it is [`Optimizer`] with one copy per
-/// block more. Over N ranks the trajectory equals the single-process one
+/// With one rank ([`lmo_comm::SingleProcess`]) it steps the parameters in
+/// place and costs [`Optimizer`]'s step plus four one-element
+/// agreements. Over N ranks the trajectory equals the single-process one
 /// bit for bit (tested under `mpirun -np 2` and `-np 3`).
 pub struct ShardedOptimizer<B: Backend, C: Communicator> {
     comm: C,
@@ -276,7 +283,7 @@ where
         let same = match all.iter().all(|&f| f == fp) {
             true => Ok(()),
             false => Err(OptError::BadState(
-                "the ranks were given different shapes, labels or non-finite policies".into(),
+                "the ranks were given different shapes, group kinds or non-finite policies".into(),
             )),
         };
         agree(&comm, same)?;
@@ -373,7 +380,8 @@ where
         &self.mine
     }
 
-    /// Where the last step spent its time on this rank.
+    /// Where the last step spent its time on this rank (zeros after a
+    /// skipped or refused step).
     pub fn times(&self) -> StepTimes {
         self.times
     }
@@ -463,6 +471,7 @@ where
         grads: &[B::Tensor],
     ) -> Result<&StepReport, ShardError> {
         let k = self.local.steps();
+        self.times = StepTimes::default();
         let t0 = std::time::Instant::now();
         let local = self.check(params, grads);
         let s = &mut self.status;
@@ -530,7 +539,12 @@ where
                 }
                 Ok(())
             }
-            Err(e) => Err(remap(&self.mine, e)),
+            Err(e) => {
+                // Not reachable after the checks above; keep the ranks'
+                // stages and counters equal if it ever is.
+                self.local.abandon_step();
+                Err(remap(&self.mine, e))
+            }
         };
         agree_with(&self.comm, &mut self.status, finished)?;
         let t2 = std::time::Instant::now();
