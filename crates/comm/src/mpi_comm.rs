@@ -92,6 +92,20 @@ fn all_reduce<T: Equivalence + Copy>(
     Ok(())
 }
 
+/// Rank r receives block r of `op over ranks of send` (equal blocks).
+fn reduce_scatter<T: Equivalence>(
+    world: &SimpleCommunicator,
+    size: usize,
+    send: &[T],
+    recv: &mut [T],
+    o: ReduceOp,
+) -> Result<(), CommError> {
+    check_scatter(size, send.len(), recv.len())?;
+    count(send.len())?;
+    world.reduce_scatter_block_into(send, recv, op(o));
+    Ok(())
+}
+
 impl Communicator for MpiComm {
     fn rank(&self) -> usize {
         self.rank
@@ -150,10 +164,7 @@ impl Communicator for MpiComm {
         recv: &mut [f32],
         o: ReduceOp,
     ) -> Result<(), CommError> {
-        check_scatter(self.size, send.len(), recv.len())?;
-        count(send.len())?;
-        self.world.reduce_scatter_block_into(send, recv, op(o));
-        Ok(())
+        reduce_scatter(&self.world, self.size, send, recv, o)
     }
     fn reduce_scatter_f64(
         &self,
@@ -161,9 +172,6 @@ impl Communicator for MpiComm {
         recv: &mut [f64],
         o: ReduceOp,
     ) -> Result<(), CommError> {
-        check_scatter(self.size, send.len(), recv.len())?;
-        count(send.len())?;
-        self.world.reduce_scatter_block_into(send, recv, op(o));
-        Ok(())
+        reduce_scatter(&self.world, self.size, send, recv, o)
     }
 }

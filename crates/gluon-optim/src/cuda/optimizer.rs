@@ -13,6 +13,12 @@ use crate::{
     BlockReport, Config, Label, NonFinitePolicy, OptError, RadiusRule, StepReport, momentum,
 };
 
+/// `‖U‖_* = max(0, s·⟨U, O⟩)` from the norm's total scale and the inner
+/// product kept on the device.
+fn dual_norm(scale: f64, inner: f64) -> f64 {
+    (scale * inner).max(0.0)
+}
+
 pub(super) struct Stack<E: Exec> {
     pub(super) plan: StackPlan,
     pub(super) m: E::Tensor,
@@ -309,7 +315,7 @@ impl<E: Exec> DeviceOptimizer<E> {
                 RadiusRule::Fixed { .. } => None,
             };
             for (j, &i) in s.plan.members.iter().enumerate() {
-                let dual = inner.as_ref().map(|v| (scale * v[j]).max(0.0));
+                let dual = inner.as_ref().map(|v| dual_norm(scale, v[j]));
                 let r = &mut self.report.blocks[i];
                 r.radius = rule.at(dual.unwrap_or(0.0));
                 r.dual_norm = dual.unwrap_or(0.0);
@@ -324,7 +330,7 @@ impl<E: Exec> DeviceOptimizer<E> {
                     let dual = match rule {
                         RadiusRule::Adaptive { .. } => {
                             let v = self.exec.read(&e.inner)?[0];
-                            Some((total_scale(group, &self.dims[i]) * v).max(0.0))
+                            Some(dual_norm(total_scale(group, &self.dims[i]), v))
                         }
                         RadiusRule::Fixed { .. } => None,
                     };
@@ -397,7 +403,7 @@ impl<E: Exec> DeviceOptimizer<E> {
             let scale = total_scale(&s.plan.group, &[m, n]);
             let inner = self.exec.read(&s.inner)?;
             for (j, &i) in s.plan.members.iter().enumerate() {
-                self.report.blocks[i].dual_norm = (scale * inner[j]).max(0.0);
+                self.report.blocks[i].dual_norm = dual_norm(scale, inner[j]);
                 self.read[i] = true;
             }
         }
@@ -406,7 +412,7 @@ impl<E: Exec> DeviceOptimizer<E> {
                 && !self.read[i]
             {
                 let v = self.exec.read(&e.inner)?[0];
-                self.report.blocks[i].dual_norm = (total_scale(group, &self.dims[i]) * v).max(0.0);
+                self.report.blocks[i].dual_norm = dual_norm(total_scale(group, &self.dims[i]), v);
                 self.read[i] = true;
             }
         }
