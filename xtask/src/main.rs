@@ -270,6 +270,22 @@ fn mpi_tests() -> Result<(), String> {
     step(
         "the sharded step under mpirun -np 2 and -np 3 (Open MPI)",
         c,
+    )?;
+    let mut c = cargo();
+    c.args([
+        "test",
+        "-p",
+        "nanogpt",
+        "--features",
+        "mpi",
+        "--test",
+        "mpirun",
+    ])
+    .env("LMO_SKIP_LOG", skip_log());
+    with_libtorch(&mut c)?;
+    step(
+        "data-parallel NanoGPT under mpirun -np 1, 2 and 3 (tch, Open MPI)",
+        c,
     )
 }
 
@@ -321,6 +337,7 @@ fn ci() -> Result<(), String> {
     if have_mpi() {
         let mut c = cargo();
         c.args(MPI_CLIPPY);
+        with_libtorch(&mut c)?;
         step("cargo clippy of the MPI crates (feature mpi)", c)?;
     } else {
         no_mpi("clippy of the MPI crates")?;
@@ -349,6 +366,12 @@ fn ci() -> Result<(), String> {
             .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
             .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1");
         step("data-parallel MLP under mpirun -np 2", c)?;
+        let mut dp: Vec<String> = ["--ranks", "2"].map(String::from).to_vec();
+        dp.extend(NANOGPT_SMOKE.map(String::from));
+        if let Some(o) = dp.last_mut() {
+            *o = "target/nanogpt/ci-ranks2".into();
+        }
+        nanogpt(&dp)?;
         bench::run(&["dist".to_string(), "--quick".to_string()])?;
     } else {
         no_mpi("mlp_mpi and bench dist --quick")?;
@@ -358,7 +381,7 @@ fn ci() -> Result<(), String> {
 
 /// Clippy of the crates with feature `mpi` (needs Open MPI); `.ci/run`
 /// runs the same arguments.
-const MPI_CLIPPY: [&str; 12] = [
+const MPI_CLIPPY: [&str; 14] = [
     "clippy",
     "-p",
     "lmo-comm",
@@ -366,9 +389,11 @@ const MPI_CLIPPY: [&str; 12] = [
     "lmo-dist-tests",
     "-p",
     "lmo-examples",
+    "-p",
+    "nanogpt",
     "--all-targets",
     "--features",
-    "lmo-comm/mpi,lmo-dist-tests/mpi,lmo-examples/mpi",
+    "lmo-comm/mpi,lmo-dist-tests/mpi,lmo-examples/mpi,nanogpt/mpi",
     "--",
     "-Dwarnings",
 ];
@@ -695,13 +720,44 @@ exit $rc
 }
 
 /// `cargo xtask nanogpt -- ARGS`: runs the NanoGPT example (release) with
-/// libtorch installed and found.
+/// libtorch installed and found. With `--ranks N` it builds the example
+/// with feature `mpi` and launches `mpirun --oversubscribe -np N` of it
+/// (as root too), passing every argument on (the program checks N).
 fn nanogpt(args: &[String]) -> Result<(), String> {
+    let args: Vec<&String> = args.iter().skip_while(|a| *a == "--").collect();
+    let ranks = args.iter().enumerate().find_map(|(i, a)| match a.as_str() {
+        "--ranks" => Some(args.get(i + 1).map(|s| s.as_str()).unwrap_or("")),
+        a => a.strip_prefix("--ranks="),
+    });
+    let Some(ranks) = ranks else {
+        let mut c = cargo();
+        c.args(["run", "--release", "-p", "nanogpt", "--"]);
+        c.args(args);
+        with_libtorch(&mut c)?;
+        return step("nanogpt", c);
+    };
+    let n: usize = ranks
+        .parse()
+        .ok()
+        .filter(|&n| n >= 1)
+        .ok_or_else(|| format!("--ranks {ranks:?}: a number of ranks ≥ 1"))?;
+    if !have_mpi() {
+        return Err(format!(
+            "--ranks {n} needs Open MPI (mpirun and mpicc): apt-get install -y openmpi-bin libopenmpi-dev libclang-dev"
+        ));
+    }
     let mut c = cargo();
-    c.args(["run", "--release", "-p", "nanogpt", "--"]);
-    c.args(args.iter().skip_while(|a| *a == "--"));
+    c.args(["build", "--release", "-p", "nanogpt", "--features", "mpi"]);
     with_libtorch(&mut c)?;
-    step("nanogpt", c)
+    step("build nanogpt with feature mpi", c)?;
+    let mut c = Command::new("mpirun");
+    c.args(["--oversubscribe", "-np", &n.to_string()])
+        .arg(root().join("target/release/nanogpt"))
+        .args(args)
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1");
+    with_libtorch(&mut c)?;
+    step(&format!("nanogpt on {n} MPI ranks"), c)
 }
 
 /// `cargo xtask libtorch`: installs libtorch if needed and prints the

@@ -7,59 +7,14 @@
 //! `LMO_EXPECT_MPI=1` (CI) it fails instead.
 #![cfg(feature = "mpi")]
 
-use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-/// Runs `mpirun -np n dist-check args…` with a deadline; returns the exit
-/// status and the combined output.
+use lmo_testkit::have_mpirun;
+
+/// `mpirun -np n dist-check args…` with a deadline.
 fn mpirun(n: usize, args: &[&str], deadline: Duration) -> (Option<i32>, String) {
-    static RUN: AtomicUsize = AtomicUsize::new(0);
-    let id = RUN.fetch_add(1, Ordering::SeqCst);
-    let out = std::env::temp_dir().join(format!("lmo-mpirun-{}-{id}.log", std::process::id()));
-    let log = std::fs::File::create(&out).expect("log file");
-    let mut child = Command::new("mpirun")
-        .args(["--oversubscribe", "-np", &n.to_string()])
-        .arg(env!("CARGO_BIN_EXE_dist-check"))
-        .args(args)
-        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
-        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
-        .stdout(log.try_clone().expect("log"))
-        .stderr(log)
-        .stdin(Stdio::null())
-        .spawn()
-        .expect("mpirun starts");
-    let start = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().expect("wait") {
-            break Some(s);
-        }
-        if start.elapsed() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let text = std::fs::read_to_string(&out).unwrap_or_default();
-    let _ = std::fs::remove_file(&out);
-    let Some(status) = status else {
-        panic!("mpirun -np {n} {args:?} still running after {deadline:?}:\n{text}");
-    };
-    (status.code(), text)
-}
-
-fn have_mpirun() -> bool {
-    let found = Command::new("mpirun")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !found && std::env::var("LMO_EXPECT_MPI").as_deref() == Ok("1") {
-        panic!("LMO_EXPECT_MPI=1 but mpirun is not on the PATH");
-    }
-    found
+    let exe = std::path::Path::new(env!("CARGO_BIN_EXE_dist-check"));
+    lmo_testkit::mpirun(exe, n, args, deadline)
 }
 
 #[test]

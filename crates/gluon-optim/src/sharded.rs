@@ -408,6 +408,24 @@ where
             .sum()
     }
 
+    /// Agreement on a check made outside this optimizer (an adapter's
+    /// "every variable has a gradient", say) before a collective call:
+    /// every rank passes whether it refuses, and gets the lowest refusing
+    /// rank, itself included (`None`: every rank goes on). Collective, one
+    /// all-reduce of `size + 1` values through a reused buffer. A rank that
+    /// refused returns its own error; the others return
+    /// [`ShardError::Peer`] with the rank given, so that no rank enters a
+    /// collective the others skip.
+    pub fn agree_refusal(&mut self, refused: bool) -> Result<Option<usize>, ShardError> {
+        let s = &mut self.status;
+        s.clear();
+        if refused {
+            s.refuse(self.comm.rank());
+        }
+        s.agree(&self.comm)?;
+        Ok(s.first_refusal())
+    }
+
     /// Local checks of `params` and `grads`: counts and shapes, then the
     /// first non-finite gradient.
     fn check(&self, params: &[B::Tensor], grads: &[B::Tensor]) -> Result<Option<usize>, OptError> {

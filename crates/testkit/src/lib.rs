@@ -1,7 +1,8 @@
 //! Test support for the workspace's test suites (a dev-dependency only):
 //! visible skips, the test data and comparisons of backend-against-backend
 //! suites ([`randn`], [`nd`], [`rel`]) and (feature `cuda`) the CUDA
-//! devices a test runs on.
+//! devices a test runs on, and [`mpirun`] for the tests of data
+//! parallelism.
 //!
 //! A test that cannot run part of its work here (no GPU, no NVRTC, a CPU
 //! without a kernel's instructions) reports it with [`skip`]. libtest shows
@@ -15,7 +16,9 @@
 use std::io::Write;
 
 mod data;
+mod mpi;
 pub use data::{nd, randn, rel};
+pub use mpi::{have_mpirun, mpirun};
 
 #[cfg(feature = "cuda")]
 mod devices;

@@ -1,5 +1,6 @@
 //! Text, tokenizers and batches.
 
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use rand::{Rng, SeedableRng, rngs::StdRng};
@@ -122,12 +123,14 @@ impl Dataset {
     }
 }
 
-/// Batch `k` of a stream: `b` windows at offsets drawn from a generator
-/// seeded by `(seed, k)`, so any step's batch is known without replaying
-/// the ones before (checkpoint → resume sees the same data).
+/// Rows `rows` of batch `k` of a stream: the batch's windows are drawn at
+/// offsets from a generator seeded by `(seed, k)`, so any step's batch is
+/// known without replaying the ones before (checkpoint → resume sees the
+/// same data), and each rank of a data-parallel run takes its own rows of
+/// the same batch (the ranks together see what one process sees).
 pub fn batch(
     tokens: &[i64],
-    b: i64,
+    rows: Range<i64>,
     ctx: i64,
     seed: u64,
     k: u64,
@@ -135,12 +138,15 @@ pub fn batch(
 ) -> (Tensor, Tensor) {
     let mut rng = StdRng::seed_from_u64(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ k);
     let hi = tokens.len() - ctx as usize - 1;
+    let b = rows.end - rows.start;
     let mut x = Vec::with_capacity((b * ctx) as usize);
     let mut y = Vec::with_capacity((b * ctx) as usize);
-    for _ in 0..b {
+    for i in 0..rows.end {
         let o = rng.random_range(0..hi);
-        x.extend_from_slice(&tokens[o..o + ctx as usize]);
-        y.extend_from_slice(&tokens[o + 1..o + 1 + ctx as usize]);
+        if i >= rows.start {
+            x.extend_from_slice(&tokens[o..o + ctx as usize]);
+            y.extend_from_slice(&tokens[o + 1..o + 1 + ctx as usize]);
+        }
     }
     let t = |v: &[i64]| {
         Tensor::from_slice(v)

@@ -6,6 +6,7 @@
 //! cargo xtask nanogpt                       # tiny model, embedded text, all four optimizers
 //! cargo xtask data shakespeare && cargo xtask nanogpt -- --data shakespeare
 //! cargo xtask nanogpt -- --config gpt2-small --device cuda --bf16   # (build with --features cuda)
+//! cargo xtask nanogpt -- --ranks 2         # data-parallel over MPI (mpirun -np 2; Open MPI)
 //! cargo xtask nanogpt -- --help
 //! ```
 //!
@@ -21,11 +22,20 @@
 //! `--resume`), `summary.{json,md}`, `loss.{svg,png}`, `lhat.{svg,png}`
 //! (the probe's L̂ against ‖∇f‖_* per group with the fitted line) and
 //! `probe_points.csv`.
+//!
+//! Data parallelism (`--ranks N`, built with `--features mpi`, launched by
+//! `mpirun -np N`): `--batch` is the global batch; each rank computes the
+//! gradient of its own rows of it, `lmo_tch::ShardedVarStoreOptimizer`
+//! averages the gradients and steps with each block's optimizer state on
+//! one rank, and the replicas stay bit-identical (checked after every
+//! run). The run repeats the single-process one up to the rounding of the
+//! gradient average (docs/distributed.md).
 
 mod data;
 mod model;
 
 use std::collections::BTreeMap;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -33,8 +43,9 @@ use clap::Parser;
 use gluon_optim::presets::{self, ScionRadii};
 use gluon_optim::{AdamWGroup, Config, Label, LipschitzEstimator, Schedule};
 use indicatif::{ProgressBar, ProgressStyle};
+use lmo_comm::{Communicator, ReduceOp};
 use lmo_examples::{Panel, Series, gluon_with, plot_panels};
-use lmo_tch::{Tch32, VarStoreOptimizer};
+use lmo_tch::{ShardedVarStoreOptimizer, Tch32, VarStoreOptimizer, default_label};
 use serde::{Deserialize, Serialize};
 use tch::{Device, nn};
 
@@ -65,9 +76,15 @@ struct Args {
     /// Training steps (default: tiny 600, gpt2-small 5000).
     #[arg(long)]
     steps: Option<u64>,
-    /// Sequences per batch (default: tiny 32, gpt2-small 16).
+    /// Sequences per batch, over all ranks (default: tiny 32, gpt2-small 16).
     #[arg(long)]
     batch: Option<i64>,
+    /// Data-parallel ranks, as started by MPI: `cargo xtask nanogpt --
+    /// --ranks N` builds with `--features mpi` and launches `mpirun -np N`;
+    /// the program checks that MPI started N ranks and that they divide
+    /// `--batch`.
+    #[arg(long)]
+    ranks: Option<usize>,
     /// Evaluate every N steps (default: steps/12).
     #[arg(long)]
     eval_every: Option<u64>,
@@ -171,6 +188,20 @@ struct Setup {
     steps: u64,
     eval_every: u64,
     out: PathBuf,
+    /// This process's rank and the number of ranks.
+    rank: usize,
+    ranks: usize,
+    /// This rank's rows of every batch.
+    rows: Range<i64>,
+}
+
+impl Setup {
+    /// Prints `line` once (on rank 0).
+    fn say(&self, line: &str) {
+        if self.rank == 0 {
+            println!("{line}");
+        }
+    }
 }
 
 /// One logged evaluation.
@@ -208,8 +239,19 @@ struct RunResult {
 }
 
 fn main() {
-    if let Err(e) = run(Args::parse()) {
-        eprintln!("nanogpt: {e}");
+    let args = Args::parse();
+    #[cfg(feature = "mpi")]
+    let comm = match lmo_comm::MpiComm::init() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("nanogpt: {e}");
+            std::process::exit(1);
+        }
+    };
+    #[cfg(not(feature = "mpi"))]
+    let comm = lmo_comm::SingleProcess;
+    if let Err(e) = run(args, &comm) {
+        eprintln!("nanogpt (rank {}): {e}", comm.rank());
         std::process::exit(1);
     }
 }
@@ -274,10 +316,32 @@ fn validate(a: &Args) -> Result<(), String> {
 }
 
 /// Checks the arguments, loads and tokenizes the text, and says what will
-/// run.
-fn prepare(args: Args) -> Result<Setup, String> {
+/// run (on rank 0 of `comm`).
+fn prepare(args: Args, comm: &impl Communicator) -> Result<Setup, String> {
     validate(&args)?;
     let p = preset(&args.config)?;
+    let (rank, ranks) = (comm.rank(), comm.size());
+    match args.ranks {
+        Some(n) if n != ranks && cfg!(feature = "mpi") => {
+            return Err(format!(
+                "--ranks {n}, but MPI started {ranks} rank(s): launch with `mpirun -np {n}` (or `cargo xtask nanogpt -- --ranks {n}`)"
+            ));
+        }
+        Some(n) if n != ranks => {
+            return Err(format!(
+                "--ranks {n}: this build has no MPI; use `cargo xtask nanogpt -- --ranks {n}` (builds with --features mpi, launches mpirun)"
+            ));
+        }
+        _ => {}
+    }
+    let global = args.batch.unwrap_or(p.batch);
+    if global % ranks as i64 != 0 {
+        return Err(format!(
+            "--batch {global} does not split over {ranks} ranks: use a multiple of {ranks}"
+        ));
+    }
+    let per = global / ranks as i64;
+    let rows = rank as i64 * per..(rank as i64 + 1) * per;
     for o in &args.optimizers {
         if !["adamw", "muon", "scion", "gluon"].contains(&o.as_str()) {
             return Err(format!(
@@ -316,7 +380,12 @@ fn prepare(args: Args) -> Result<Setup, String> {
         .clone()
         .unwrap_or_else(|| root.join("target/nanogpt").join(&args.config));
     std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
-    println!(
+    let say = |line: String| {
+        if rank == 0 {
+            println!("{line}");
+        }
+    };
+    say(format!(
         "nanogpt {}: {} params ({} layers, {} heads, width {}, context {}, vocab {}{}), {} on {:?}{}, {} threads",
         args.config,
         gpt.params(),
@@ -330,23 +399,28 @@ fn prepare(args: Args) -> Result<Setup, String> {
         device,
         if args.bf16 { ", bf16" } else { "" },
         tch::get_num_threads()
-    );
-    println!(
+    ));
+    if ranks > 1 {
+        say(format!(
+            "data parallel: {ranks} ranks × {per} sequences of each batch; optimizer state sharded over the ranks"
+        ));
+    }
+    say(format!(
         "data: {what}: {} train / {} val tokens; batch {} × {}; eval every {} steps on {} batches",
         data.train.len(),
         data.val.len(),
-        args.batch.unwrap_or(p.batch),
+        global,
         p.ctx,
         eval_every,
         args.eval_batches
-    );
+    ));
     let seen = steps as f64 * (args.batch.unwrap_or(p.batch) * p.ctx) as f64;
     if seen > 3.0 * data.train.len() as f64 {
-        println!(
+        say(format!(
             "note: {steps} steps read the training text {:.0} times: expect overfitting (validation loss rising); \
              for comparisons use --data shakespeare (cargo xtask data shakespeare) or fewer --steps",
             seen / data.train.len() as f64
-        );
+        ));
     }
     Ok(Setup {
         batch: args.batch.unwrap_or(p.batch),
@@ -358,6 +432,9 @@ fn prepare(args: Args) -> Result<Setup, String> {
         steps,
         eval_every,
         out,
+        rank,
+        ranks,
+        rows,
     })
 }
 
@@ -367,6 +444,7 @@ fn optimizer_config(
     s: &Setup,
     name: &str,
     probe: &mut Option<Fits>,
+    comm: &impl Communicator,
 ) -> Result<(Config, String), String> {
     let schedule = Schedule::WarmupCosine {
         warmup: (s.steps / 20).max(1),
@@ -397,7 +475,7 @@ fn optimizer_config(
                 (Some(f), _) => f,
                 (None, Some(f)) => f.clone(),
                 (None, None) => {
-                    let f = probe_fits(s)?;
+                    let f = probe_fits(s, comm)?;
                     *probe = Some(f.clone());
                     f
                 }
@@ -417,20 +495,23 @@ fn optimizer_config(
     Ok((cfg, hyper))
 }
 
-fn run(args: Args) -> Result<(), String> {
-    let s = prepare(args)?;
+fn run(args: Args, comm: &impl Communicator) -> Result<(), String> {
+    let s = prepare(args, comm)?;
     let mut results: Vec<RunResult> = vec![];
     let mut probe = None;
     for name in s.args.optimizers.clone() {
-        let (cfg, hyper) = optimizer_config(&s, &name, &mut probe)?;
+        let (cfg, hyper) = optimizer_config(&s, &name, &mut probe, comm)?;
         let fits = if name == "gluon" {
             probe.clone().unwrap_or_default()
         } else {
             vec![]
         };
-        results.push(train(&s, &name, &hyper, cfg, fits)?);
+        results.push(train(&s, &name, &hyper, cfg, fits, comm)?);
     }
-    report(&s, &mut results)
+    match s.rank {
+        0 => report(&s, &mut results),
+        _ => Ok(()),
+    }
 }
 
 /// Scion's radii for this model (the nanogpt reference's 50/3000 are for
@@ -477,14 +558,15 @@ fn build(s: &Setup) -> (nn::VarStore, Gpt) {
     (vs, model)
 }
 
-/// Mean validation loss over the fixed evaluation batches.
-fn evaluate(s: &Setup, model: &Gpt) -> f64 {
-    tch::no_grad(|| {
+/// Mean validation loss over the fixed evaluation batches (each rank its
+/// rows of each, averaged over the ranks). Collective.
+fn evaluate(s: &Setup, model: &Gpt, comm: &impl Communicator) -> Result<f64, String> {
+    let local = tch::no_grad(|| {
         let mut sum = 0.0;
         for j in 0..s.args.eval_batches {
             let (x, y) = batch(
                 &s.data.val,
-                s.batch,
+                s.rows.clone(),
                 s.gpt.ctx,
                 s.args.seed ^ 0xE7A1,
                 j,
@@ -492,14 +574,63 @@ fn evaluate(s: &Setup, model: &Gpt) -> f64 {
             );
             sum += model.loss(&x, &y).double_value(&[]);
         }
-        sum / s.args.eval_batches.max(1) as f64
-    })
+        sum
+    });
+    let mut sum = [local];
+    comm.all_reduce(&mut sum, ReduceOp::Sum)
+        .map_err(|e| e.to_string())?;
+    Ok(sum[0] / (s.args.eval_batches.max(1) * s.ranks as u64) as f64)
 }
 
 /// The (L0, L1) probe: `probe_steps` steps of Scion from the common
 /// initialization while a [`LipschitzEstimator`] records points in Gluon's
 /// norms; per label the largest τ-quantile constants of its blocks.
-fn probe_fits(s: &Setup) -> Result<Fits, String> {
+/// Collective: rank 0 probes (on the whole batches, as one process would)
+/// and broadcasts the fits.
+fn probe_fits(s: &Setup, comm: &impl Communicator) -> Result<Fits, String> {
+    // The labels of the model's trainable variables, on every rank.
+    let labels: std::collections::BTreeSet<Label> = build(s)
+        .0
+        .variables()
+        .iter()
+        .filter(|(_, t)| t.requires_grad())
+        .map(|(n, t)| default_label(n, &t.size()))
+        .collect();
+    let local = match s.rank {
+        0 => probe_local(s),
+        _ => Ok(vec![]),
+    };
+    // [ok, L0, L1, L0, L1, …] in label order, from rank 0.
+    let mut buf = vec![0.0f64; 1 + 2 * labels.len()];
+    if let Ok(fits) = &local {
+        buf[0] = 1.0;
+        for (k, l) in labels.iter().enumerate() {
+            let (l0, l1) = fits
+                .iter()
+                .find(|(f, _)| f == l)
+                .map(|f| f.1)
+                .unwrap_or((0.0, 0.0));
+            buf[1 + 2 * k] = l0;
+            buf[2 + 2 * k] = l1;
+        }
+    }
+    comm.broadcast(&mut buf, 0).map_err(|e| e.to_string())?;
+    let fits = local?;
+    if buf[0] != 1.0 {
+        return Err("the (L0, L1) probe failed on rank 0".into());
+    }
+    match s.rank {
+        0 => Ok(fits),
+        _ => Ok(labels
+            .into_iter()
+            .enumerate()
+            .map(|(k, l)| (l, (buf[1 + 2 * k], buf[2 + 2 * k])))
+            .collect()),
+    }
+}
+
+/// [`probe_fits`] in this process.
+fn probe_local(s: &Setup) -> Result<Fits, String> {
     println!(
         "gluon: probing (L0, L1) along {} steps of Scion (τ = {TAU} quantile fit, Gluon's norms)",
         s.args.probe_steps
@@ -513,7 +644,14 @@ fn probe_fits(s: &Setup) -> Result<Fits, String> {
     let mut est = LipschitzEstimator::<Tch32>::new(&norms, opt.labels(), opt.params())
         .map_err(|e| e.to_string())?;
     for k in 0..s.args.probe_steps {
-        let (x, y) = batch(&s.data.train, s.batch, s.gpt.ctx, s.args.seed, k, s.device);
+        let (x, y) = batch(
+            &s.data.train,
+            0..s.batch,
+            s.gpt.ctx,
+            s.args.seed,
+            k,
+            s.device,
+        );
         let loss = model.loss(&x, &y);
         opt.zero_grad();
         loss.backward();
@@ -589,28 +727,41 @@ fn probe_fits(s: &Setup) -> Result<Fits, String> {
     Ok(fits.into_iter().collect())
 }
 
-fn save_checkpoint(
+/// Saves the model, the (gathered) optimizer state and the progress.
+/// Collective; rank 0 writes.
+fn save_checkpoint<C: Communicator>(
     s: &Setup,
     name: &str,
     vs: &nn::VarStore,
-    opt: &VarStoreOptimizer,
+    opt: &mut ShardedVarStoreOptimizer<C>,
     prog: &Progress,
 ) -> Result<(), String> {
     let dir = ckpt_dir(s, name);
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    vs.save(dir.join("model.safetensors"))
-        .map_err(|e| e.to_string())?;
     opt.save(&dir.join("optimizer.json"))
+        .map_err(|e| e.to_string())?;
+    if s.rank != 0 {
+        return Ok(());
+    }
+    vs.save(dir.join("model.safetensors"))
         .map_err(|e| e.to_string())?;
     let json = serde_json::to_string(prog).map_err(|e| e.to_string())?;
     std::fs::write(dir.join("progress.json"), json).map_err(|e| e.to_string())
 }
 
 /// Trains one optimizer from the common initialization (or its
-/// checkpoint), logging and checkpointing.
-fn train(s: &Setup, name: &str, hyper: &str, cfg: Config, fits: Fits) -> Result<RunResult, String> {
+/// checkpoint), logging and checkpointing. Collective: each rank its rows
+/// of every batch.
+fn train<C: Communicator>(
+    s: &Setup,
+    name: &str,
+    hyper: &str,
+    cfg: Config,
+    fits: Fits,
+    comm: &C,
+) -> Result<RunResult, String> {
     let (mut vs, model) = build(s);
-    let mut opt = VarStoreOptimizer::new(&vs, cfg).map_err(|e| e.to_string())?;
+    let mut opt = ShardedVarStoreOptimizer::new(&vs, cfg, comm).map_err(|e| e.to_string())?;
     let mut prog = Progress {
         fits,
         ..Default::default()
@@ -623,11 +774,15 @@ fn train(s: &Setup, name: &str, hyper: &str, cfg: Config, fits: Fits) -> Result<
             .map_err(|e| e.to_string())?;
         opt.load(&dir.join("optimizer.json"))
             .map_err(|e| e.to_string())?;
-        println!("{name}: resumed from {} at step {}", dir.display(), p.step);
+        s.say(&format!(
+            "{name}: resumed from {} at step {}",
+            dir.display(),
+            p.step
+        ));
         prog = p;
     }
-    println!("{name}: {hyper}");
-    let bar = if s.args.quiet {
+    s.say(&format!("{name}: {hyper}"));
+    let bar = if s.args.quiet || s.rank != 0 {
         ProgressBar::hidden()
     } else {
         ProgressBar::new(s.steps)
@@ -646,12 +801,23 @@ fn train(s: &Setup, name: &str, hyper: &str, cfg: Config, fits: Fits) -> Result<
     let stop = s.args.stop_after.unwrap_or(s.steps).min(s.steps);
     while prog.step < stop {
         let k = prog.step;
-        let (x, y) = batch(&s.data.train, s.batch, s.gpt.ctx, s.args.seed, k, s.device);
+        let (x, y) = batch(
+            &s.data.train,
+            s.rows.clone(),
+            s.gpt.ctx,
+            s.args.seed,
+            k,
+            s.device,
+        );
         let loss = model.loss(&x, &y);
         opt.zero_grad();
         loss.backward();
         opt.step().map_err(|e| format!("{name}, step {k}: {e}"))?;
-        let l = loss.double_value(&[]);
+        // The batch's loss: the mean of the ranks' (equal) rows.
+        let mut l = [loss.double_value(&[])];
+        comm.all_reduce(&mut l, ReduceOp::Sum)
+            .map_err(|e| e.to_string())?;
+        let l = l[0] / s.ranks as f64;
         if !l.is_finite() {
             return Err(format!(
                 "{name}: loss is {l} at step {k} (diverged; lower the learning rate)"
@@ -664,7 +830,7 @@ fn train(s: &Setup, name: &str, hyper: &str, cfg: Config, fits: Fits) -> Result<
         if prog.step.is_multiple_of(s.eval_every) || prog.step == s.steps {
             let n = prog.train.len().min(s.eval_every as usize);
             let train_loss = prog.train[prog.train.len() - n..].iter().sum::<f64>() / n as f64;
-            let val_loss = evaluate(s, &model);
+            let val_loss = evaluate(s, &model, comm)?;
             let e = Eval {
                 step: prog.step,
                 train_loss,
@@ -676,7 +842,7 @@ fn train(s: &Setup, name: &str, hyper: &str, cfg: Config, fits: Fits) -> Result<
                 e.step, e.train_loss, e.val_loss, e.elapsed_s
             );
             if s.args.quiet {
-                println!("{line}");
+                s.say(&line);
             } else {
                 bar.set_message(format!("val {val_loss:.4}"));
                 bar.println(line);
@@ -685,11 +851,25 @@ fn train(s: &Setup, name: &str, hyper: &str, cfg: Config, fits: Fits) -> Result<
         }
         let ce = s.args.checkpoint_every;
         if ce > 0 && prog.step.is_multiple_of(ce) && prog.step < s.steps {
-            save_checkpoint(s, name, &vs, &opt, &prog)?;
+            save_checkpoint(s, name, &vs, &mut opt, &prog)?;
         }
     }
     bar.finish_and_clear();
-    save_checkpoint(s, name, &vs, &opt, &prog)?;
+    save_checkpoint(s, name, &vs, &mut opt, &prog)?;
+    if s.ranks > 1 {
+        same_replicas(s, name, opt.params(), comm)?;
+    }
+    if s.rank != 0 {
+        return Ok(RunResult {
+            optimizer: name.to_string(),
+            hyper: hyper.to_string(),
+            final_val: prog.evals.last().map(|e| e.val_loss).unwrap_or(f64::NAN),
+            steps_to_target: None,
+            time_to_target_s: None,
+            wall_s: prog.elapsed_s,
+            evals: prog.evals,
+        });
+    }
     if prog.step == s.steps && !s.args.quiet {
         let prompt = s.tok.encode("\n");
         let text = s.tok.decode(&model.generate(&prompt, 160, 0.8));
@@ -706,6 +886,38 @@ fn train(s: &Setup, name: &str, hyper: &str, cfg: Config, fits: Fits) -> Result<
         wall_s: prog.elapsed_s,
         evals: prog.evals,
     })
+}
+
+/// Checks that every rank holds the same parameters (a fingerprint of
+/// their bits, all-gathered). Collective.
+fn same_replicas<C: Communicator>(
+    s: &Setup,
+    name: &str,
+    params: &[lmo_tch::TchTensor],
+    comm: &C,
+) -> Result<(), String> {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for p in params {
+        let v = Vec::<f32>::try_from(p.0.flatten(0, -1).to_kind(tch::Kind::Float))
+            .map_err(|e| e.to_string())?;
+        for x in v {
+            for b in x.to_bits().to_le_bytes() {
+                h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
+            }
+        }
+    }
+    let mut all = vec![0u64; s.ranks];
+    comm.all_gather(&[h], &mut all).map_err(|e| e.to_string())?;
+    if all.iter().any(|&x| x != h) {
+        return Err(format!(
+            "{name}: the ranks' parameters differ (fingerprints {all:x?})"
+        ));
+    }
+    s.say(&format!(
+        "{name}: parameters identical on all {} ranks (fingerprint {h:016x})",
+        s.ranks
+    ));
+    Ok(())
 }
 
 fn write_log(s: &Setup, name: &str, prog: &Progress) -> Result<(), String> {

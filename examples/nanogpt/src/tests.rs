@@ -2,6 +2,7 @@
 //! repeats the uninterrupted run's losses exactly.
 
 use super::*;
+use lmo_comm::SingleProcess;
 
 fn setup(out: &Path, extra: &[&str]) -> Setup {
     let mut argv = vec![
@@ -19,7 +20,7 @@ fn setup(out: &Path, extra: &[&str]) -> Setup {
     let o = out.to_str().unwrap().to_string();
     argv.extend_from_slice(&["--out", &o]);
     argv.extend_from_slice(extra);
-    prepare(Args::parse_from(argv)).unwrap()
+    prepare(Args::parse_from(argv), &SingleProcess).unwrap()
 }
 
 fn tmp(name: &str) -> PathBuf {
@@ -36,8 +37,8 @@ fn a_few_steps_decrease_the_loss() {
     let s = setup(&out, &["--steps", "30", "--eval-every", "30"]);
     let mut probe = None;
     for name in ["adamw", "muon", "scion", "gluon"] {
-        let (cfg, hyper) = optimizer_config(&s, name, &mut probe).unwrap();
-        let r = train(&s, name, &hyper, cfg, vec![]).unwrap();
+        let (cfg, hyper) = optimizer_config(&s, name, &mut probe, &SingleProcess).unwrap();
+        let r = train(&s, name, &hyper, cfg, vec![], &SingleProcess).unwrap();
         let init = (s.gpt.vocab as f64).ln();
         assert!(
             r.final_val < init - 0.5,
@@ -60,9 +61,12 @@ fn checkpoint_resume_repeats_the_losses() {
             a.extend_from_slice(extra);
             let s = setup(out, &a);
             let mut probe = None;
-            let (cfg, hyper) = optimizer_config(&s, name, &mut probe).unwrap();
+            let (cfg, hyper) = optimizer_config(&s, name, &mut probe, &SingleProcess).unwrap();
             let fits = probe.clone().unwrap_or_default();
-            (train(&s, name, &hyper, cfg, fits).unwrap(), probe.is_some())
+            (
+                train(&s, name, &hyper, cfg, fits, &SingleProcess).unwrap(),
+                probe.is_some(),
+            )
         };
         let (a, b) = (
             tmp(&format!("full-{name}")),
@@ -113,7 +117,7 @@ fn bad_numeric_options_are_refused_before_any_output() {
         let o = out.to_str().unwrap();
         let kv = format!("{flag}={value}"); // `=`: clap takes "-4" as a value
         let argv = ["nanogpt", "--device", "cpu", "--out", o, &kv];
-        let err = match prepare(Args::try_parse_from(argv).unwrap()) {
+        let err = match prepare(Args::try_parse_from(argv).unwrap(), &SingleProcess) {
             Ok(_) => panic!("{flag} {value} accepted"),
             Err(e) => e,
         };

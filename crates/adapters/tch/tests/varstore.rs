@@ -3,7 +3,8 @@
 //! with the same losses.
 
 use gluon_optim::{Label, presets};
-use lmo_tch::{TchOptError, VarStoreOptimizer, default_label};
+use lmo_comm::SingleProcess;
+use lmo_tch::{ShardedVarStoreOptimizer, TchOptError, VarStoreOptimizer, default_label};
 use tch::nn::{self, Module};
 use tch::{Device, Kind, Tensor};
 
@@ -185,4 +186,89 @@ fn errors_leave_variables_and_state_untouched() {
     other.names[0] = "nope".into();
     assert!(matches!(opt.restore(&other), Err(TchOptError::Mismatch(_))));
     assert_eq!(opt.saved(), state);
+}
+
+/// The data-parallel optimizer at one rank is the single-process one: the
+/// same losses and parameters bit for bit (SPEC §3; the sharded step at
+/// one rank steps in place and the average of one gradient is itself),
+/// and their checkpoints load into each other.
+#[test]
+fn sharded_optimizer_at_one_rank_is_the_single_process_step() {
+    let dir = std::env::temp_dir().join(format!("lmo-tch-sharded-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for cfg in [
+        || presets::muon(0.05, 1e-2),
+        || presets::gluon((1.0, 5.0), (1.0, 5.0), 0.9),
+    ] {
+        let (vs, net) = setup(4);
+        let mut single = VarStoreOptimizer::new(&vs, cfg()).unwrap();
+        let want = train(&net, &mut single, 8);
+        let (vs2, net2) = setup(4);
+        let mut dp = ShardedVarStoreOptimizer::new(&vs2, cfg(), SingleProcess).unwrap();
+        let x = data();
+        let mut got = vec![];
+        for _ in 0..4 {
+            let loss = net2.loss(&x);
+            dp.zero_grad();
+            loss.backward();
+            dp.step().unwrap();
+            got.push(loss.double_value(&[]));
+        }
+        // Continue in a single-process optimizer from the sharded one's
+        // checkpoint.
+        dp.save(&dir.join("dp.json")).unwrap();
+        let mut cont = VarStoreOptimizer::new(&vs2, cfg()).unwrap();
+        cont.load(&dir.join("dp.json")).unwrap();
+        got.extend(train(&net2, &mut cont, 4));
+        assert_eq!(want, got);
+        for (a, b) in single.params().iter().zip(cont.params()) {
+            assert!(a.0.equal(&b.0));
+        }
+        // And back: the single-process state into the sharded optimizer.
+        single.save(&dir.join("one.json")).unwrap();
+        dp.load(&dir.join("one.json")).unwrap();
+        assert_eq!(dp.saved().unwrap(), single.saved());
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn sharded_optimizer_errors_change_nothing() {
+    let (vs, net) = setup(5);
+    let mut opt =
+        ShardedVarStoreOptimizer::new(&vs, presets::muon(0.05, 1e-2), SingleProcess).unwrap();
+    match opt.step() {
+        Err(TchOptError::MissingGradient { name }) => assert_eq!(name, "fc.bias"),
+        other => panic!("expected MissingGradient, got {other:?}"),
+    }
+    let loss = net.loss(&data());
+    opt.zero_grad();
+    loss.backward();
+    opt.step().unwrap();
+    let before: Vec<Tensor> = opt.params().iter().map(|p| p.0.copy()).collect();
+    let state = opt.saved().unwrap();
+    let loss = net.loss(&data());
+    opt.zero_grad();
+    loss.backward();
+    tch::no_grad(|| {
+        let _ = vs.variables()["lm_head.weight"]
+            .grad()
+            .get(1)
+            .get(2)
+            .fill_(f64::INFINITY);
+    });
+    let err = opt.step().unwrap_err();
+    assert!(matches!(err, TchOptError::Opt(_)), "{err:?}");
+    for (b, p) in before.iter().zip(opt.params()) {
+        assert!(b.equal(&p.0));
+    }
+    assert_eq!(opt.saved().unwrap(), state);
+    // A missing file and a state for other variables: refused, unchanged.
+    let missing = std::env::temp_dir().join("lmo-tch-no-such-file.json");
+    assert!(matches!(opt.load(&missing), Err(TchOptError::Io(_))));
+    let mut other = state.clone();
+    other.names.pop();
+    assert!(matches!(opt.restore(&other), Err(TchOptError::Mismatch(_))));
+    assert_eq!(opt.saved().unwrap(), state);
+    assert_eq!(opt.optimizer().steps(), 1);
 }
