@@ -166,9 +166,9 @@ fn with_libtorch(c: &mut Command) -> Result<(), String> {
     Ok(())
 }
 
-/// The features that compile the CUDA backend and its CPU kernel emulator
-/// (tests, clippy, docs).
-const CUDA_FEATURE: &str = "lmo-cuda/emu,gluon-optim/cuda,gluon-optim/cuda-emu,lmo-tch/device-step";
+/// The features that compile the CUDA backend, its CPU kernel emulator and
+/// the NCCL communicator (tests, clippy, docs).
+const CUDA_FEATURE: &str = "lmo-cuda/emu,gluon-optim/cuda,gluon-optim/cuda-emu,lmo-tch/device-step,lmo-comm/nccl";
 
 /// The file the test suites append their skips to (`lmo_testkit::skip`).
 fn skip_log() -> PathBuf {
@@ -582,6 +582,7 @@ fn gpu_bundle(args: &[String]) -> Result<(), String> {
     for (pkg, features, names) in [
         ("lmo-cuda", "emu", &["cuda", "cuda_emu"][..]),
         ("gluon-optim", "cuda-emu", &["device_step"][..]),
+        ("lmo-comm", "nccl", &["nccl"][..]),
     ] {
         let mut c = cargo();
         c.args([

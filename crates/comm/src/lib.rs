@@ -14,6 +14,10 @@
 //! - `MpiComm` (feature `mpi`): MPI through the `mpi` crate (rsmpi) over
 //!   the system's library (Open MPI 4.1 on Debian: `openmpi-bin
 //!   libopenmpi-dev libclang-dev`); launch with `mpirun -np N`.
+//! - `NcclComm` (feature `nccl`): NCCL through cudarc, one GPU per rank:
+//!   collectives on device buffers in the order of a CUDA stream, and the
+//!   host-buffer [`Communicator`] through staging buffers; the ranks meet
+//!   through an id shared over another communicator (MPI) or a file.
 //!
 //! Every rank must make the same collective calls in the same order with
 //! matching sizes (MPI's rule). Argument errors are found before anything
@@ -30,6 +34,8 @@ mod element;
 mod error;
 #[cfg(feature = "mpi")]
 mod mpi_comm;
+#[cfg(feature = "nccl")]
+mod nccl_comm;
 mod single;
 
 pub use communicator::{
@@ -40,4 +46,6 @@ pub use element::{Element, Reduce};
 pub use error::CommError;
 #[cfg(feature = "mpi")]
 pub use mpi_comm::MpiComm;
+#[cfg(feature = "nccl")]
+pub use nccl_comm::{NCCL_ID_BYTES, NcclComm, nccl_available};
 pub use single::SingleProcess;
