@@ -168,7 +168,8 @@ fn with_libtorch(c: &mut Command) -> Result<(), String> {
 
 /// The features that compile the CUDA backend, its CPU kernel emulator and
 /// the NCCL communicator (tests, clippy, docs).
-const CUDA_FEATURE: &str = "lmo-cuda/emu,gluon-optim/cuda,gluon-optim/cuda-emu,lmo-tch/device-step,lmo-comm/nccl";
+const CUDA_FEATURE: &str =
+    "lmo-cuda/emu,gluon-optim/cuda,gluon-optim/cuda-emu,lmo-tch/device-step,lmo-comm/nccl";
 
 /// The file the test suites append their skips to (`lmo_testkit::skip`).
 fn skip_log() -> PathBuf {

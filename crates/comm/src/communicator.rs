@@ -48,6 +48,11 @@ pub trait Communicator {
     fn all_reduce_f32(&self, buf: &mut [f32], op: ReduceOp) -> Result<(), CommError>;
     /// `buf ← op_r buf_r` elementwise over the ranks, f64.
     fn all_reduce_f64(&self, buf: &mut [f64], op: ReduceOp) -> Result<(), CommError>;
+    /// On rank `root`, `buf ← op_r buf_r` elementwise over the ranks;
+    /// elsewhere `buf` is left as it is. f32.
+    fn reduce_f32(&self, buf: &mut [f32], root: usize, op: ReduceOp) -> Result<(), CommError>;
+    /// As [`Communicator::reduce_f32`], f64.
+    fn reduce_f64(&self, buf: &mut [f64], root: usize, op: ReduceOp) -> Result<(), CommError>;
     /// Rank r receives block r (of `recv.len()` elements) of `op_r send_r`,
     /// f32.
     fn reduce_scatter_f32(
@@ -111,6 +116,16 @@ pub trait Communicator {
         Self: Sized,
     {
         T::all_reduce(self, buf, op)
+    }
+
+    /// On rank `root`, `buf ← op over ranks of buf` (bf16 through f32);
+    /// the other ranks' `buf` is left as it is.
+    fn reduce<T: Reduce>(&self, buf: &mut [T], root: usize, op: ReduceOp) -> Result<(), CommError>
+    where
+        Self: Sized,
+    {
+        check_root(self.size(), root)?;
+        T::reduce(self, buf, root, op)
     }
 
     /// Rank r receives block r of `op over ranks of send`:
@@ -219,6 +234,12 @@ impl<C: Communicator + ?Sized> Communicator for &C {
     }
     fn all_reduce_f64(&self, buf: &mut [f64], op: ReduceOp) -> Result<(), CommError> {
         (**self).all_reduce_f64(buf, op)
+    }
+    fn reduce_f32(&self, buf: &mut [f32], root: usize, op: ReduceOp) -> Result<(), CommError> {
+        (**self).reduce_f32(buf, root, op)
+    }
+    fn reduce_f64(&self, buf: &mut [f64], root: usize, op: ReduceOp) -> Result<(), CommError> {
+        (**self).reduce_f64(buf, root, op)
     }
     fn reduce_scatter_f32(
         &self,

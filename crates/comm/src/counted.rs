@@ -9,7 +9,7 @@ use crate::{CommError, Communicator, ReduceOp};
 pub struct Traffic {
     /// Collective calls (barriers included).
     pub calls: u64,
-    /// Payload bytes: the buffer of an all-reduce or broadcast, the
+    /// Payload bytes: the buffer of an all-reduce, reduce or broadcast, the
     /// receive buffer of an all-gather, the send buffer of a
     /// reduce-scatter.
     pub bytes: u64,
@@ -90,6 +90,14 @@ impl<C: Communicator> Communicator for Counted<C> {
     fn all_reduce_f64(&self, buf: &mut [f64], op: ReduceOp) -> Result<(), CommError> {
         self.count(8 * buf.len());
         self.inner.all_reduce_f64(buf, op)
+    }
+    fn reduce_f32(&self, buf: &mut [f32], root: usize, op: ReduceOp) -> Result<(), CommError> {
+        self.count(4 * buf.len());
+        self.inner.reduce_f32(buf, root, op)
+    }
+    fn reduce_f64(&self, buf: &mut [f64], root: usize, op: ReduceOp) -> Result<(), CommError> {
+        self.count(8 * buf.len());
+        self.inner.reduce_f64(buf, root, op)
     }
     fn reduce_scatter_f32(
         &self,

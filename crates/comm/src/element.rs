@@ -24,6 +24,15 @@ pub trait Reduce: Element {
         op: ReduceOp,
     ) -> Result<(), CommError>;
 
+    /// On `root`, `buf ← op over ranks of buf` (see
+    /// [`Communicator::reduce`]).
+    fn reduce<C: Communicator + ?Sized>(
+        c: &C,
+        buf: &mut [Self],
+        root: usize,
+        op: ReduceOp,
+    ) -> Result<(), CommError>;
+
     /// Rank r receives block r of `op` over ranks of `send` (see
     /// [`Communicator::reduce_scatter`]).
     fn reduce_scatter<C: Communicator + ?Sized>(
@@ -42,6 +51,14 @@ impl Reduce for f32 {
     ) -> Result<(), CommError> {
         c.all_reduce_f32(buf, op)
     }
+    fn reduce<C: Communicator + ?Sized>(
+        c: &C,
+        buf: &mut [f32],
+        root: usize,
+        op: ReduceOp,
+    ) -> Result<(), CommError> {
+        c.reduce_f32(buf, root, op)
+    }
     fn reduce_scatter<C: Communicator + ?Sized>(
         c: &C,
         send: &[f32],
@@ -59,6 +76,14 @@ impl Reduce for f64 {
         op: ReduceOp,
     ) -> Result<(), CommError> {
         c.all_reduce_f64(buf, op)
+    }
+    fn reduce<C: Communicator + ?Sized>(
+        c: &C,
+        buf: &mut [f64],
+        root: usize,
+        op: ReduceOp,
+    ) -> Result<(), CommError> {
+        c.reduce_f64(buf, root, op)
     }
     fn reduce_scatter<C: Communicator + ?Sized>(
         c: &C,
@@ -84,6 +109,21 @@ impl Reduce for bf16 {
         c.all_reduce_f32(&mut w, op)?;
         for (o, v) in buf.iter_mut().zip(w) {
             *o = bf16::from_f32(v);
+        }
+        Ok(())
+    }
+    fn reduce<C: Communicator + ?Sized>(
+        c: &C,
+        buf: &mut [bf16],
+        root: usize,
+        op: ReduceOp,
+    ) -> Result<(), CommError> {
+        let mut w: Vec<f32> = buf.iter().map(|x| x.to_f32()).collect();
+        c.reduce_f32(&mut w, root, op)?;
+        if c.rank() == root {
+            for (o, v) in buf.iter_mut().zip(w) {
+                *o = bf16::from_f32(v);
+            }
         }
         Ok(())
     }

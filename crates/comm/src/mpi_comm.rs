@@ -92,6 +92,31 @@ fn all_reduce<T: Equivalence + Copy>(
     Ok(())
 }
 
+/// On `root`, `buf ← op over ranks of buf` (through the reused send copy,
+/// chunk by chunk); the others only send.
+fn reduce<T: Equivalence + Copy>(
+    world: &SimpleCommunicator,
+    scratch: &RefCell<Vec<T>>,
+    buf: &mut [T],
+    root: usize,
+    o: ReduceOp,
+) -> Result<(), CommError> {
+    check_root(world.size() as usize, root)?;
+    let at = world.process_at_rank(root as mpi::Rank);
+    let mine = world.rank() as usize == root;
+    let mut s = scratch.borrow_mut();
+    for part in buf.chunks_mut(CHUNK) {
+        if mine {
+            s.clear();
+            s.extend_from_slice(part);
+            at.reduce_into_root(&s[..], part, op(o));
+        } else {
+            at.reduce_into(&part[..], op(o));
+        }
+    }
+    Ok(())
+}
+
 /// Rank r receives block r of `op over ranks of send` (equal blocks).
 fn reduce_scatter<T: Equivalence>(
     world: &SimpleCommunicator,
@@ -157,6 +182,12 @@ impl Communicator for MpiComm {
     }
     fn all_reduce_f64(&self, buf: &mut [f64], o: ReduceOp) -> Result<(), CommError> {
         all_reduce(&self.world, &self.scratch64, buf, o)
+    }
+    fn reduce_f32(&self, buf: &mut [f32], root: usize, o: ReduceOp) -> Result<(), CommError> {
+        reduce(&self.world, &self.scratch32, buf, root, o)
+    }
+    fn reduce_f64(&self, buf: &mut [f64], root: usize, o: ReduceOp) -> Result<(), CommError> {
+        reduce(&self.world, &self.scratch64, buf, root, o)
     }
     fn reduce_scatter_f32(
         &self,

@@ -238,6 +238,21 @@ impl NcclComm {
         Ok(())
     }
 
+    /// On rank `root`, `buf ← op_r buf_r` (in place; the others' `buf` is
+    /// only read), queued on the stream.
+    pub fn reduce_device<T: NcclType + DeviceRepr, B: DevicePtrMut<T>>(
+        &self,
+        buf: &mut B,
+        root: usize,
+        o: ReduceOp,
+    ) -> Result<(), CommError> {
+        check_root(self.size, root)?;
+        self.comm
+            .reduce_in_place(buf, &op(o), root as i32)
+            .map_err(nccl)?;
+        Ok(())
+    }
+
     /// Every rank's `buf` becomes rank `root`'s, queued on the stream.
     pub fn broadcast_device<T: NcclType + DeviceRepr, B: DevicePtrMut<T>>(
         &self,
@@ -308,6 +323,27 @@ impl NcclComm {
         let input = buf.to_vec();
         self.round_trip(cell, &input, n, Some(buf), |d| {
             self.all_reduce_device(&mut d.slice_mut(..n), o)
+        })
+    }
+
+    /// The host reduces: in place on the front of a staging buffer, copied
+    /// back on the root only.
+    fn reduce_host<T: NcclType + DeviceRepr + ValidAsZeroBits + Copy>(
+        &self,
+        cell: &RefCell<Option<CudaSlice<T>>>,
+        buf: &mut [T],
+        root: usize,
+        o: ReduceOp,
+    ) -> Result<(), CommError> {
+        check_root(self.size, root)?;
+        if buf.is_empty() {
+            return Ok(());
+        }
+        let n = buf.len();
+        let input = buf.to_vec();
+        let out = (self.rank == root).then_some(buf);
+        self.round_trip(cell, &input, n, out, |d| {
+            self.reduce_device(&mut d.slice_mut(..n), root, o)
         })
     }
 
@@ -425,6 +461,14 @@ impl Communicator for NcclComm {
 
     fn all_reduce_f64(&self, buf: &mut [f64], o: ReduceOp) -> Result<(), CommError> {
         self.all_reduce_host(&self.stage_f64, buf, o)
+    }
+
+    fn reduce_f32(&self, buf: &mut [f32], root: usize, o: ReduceOp) -> Result<(), CommError> {
+        self.reduce_host(&self.stage_f32, buf, root, o)
+    }
+
+    fn reduce_f64(&self, buf: &mut [f64], root: usize, o: ReduceOp) -> Result<(), CommError> {
+        self.reduce_host(&self.stage_f64, buf, root, o)
     }
 
     fn reduce_scatter_f32(

@@ -46,6 +46,12 @@ impl Communicator for SingleProcess {
     fn all_reduce_f64(&self, _buf: &mut [f64], _op: ReduceOp) -> Result<(), CommError> {
         Ok(())
     }
+    fn reduce_f32(&self, _buf: &mut [f32], root: usize, _op: ReduceOp) -> Result<(), CommError> {
+        check_root(1, root)
+    }
+    fn reduce_f64(&self, _buf: &mut [f64], root: usize, _op: ReduceOp) -> Result<(), CommError> {
+        check_root(1, root)
+    }
     fn reduce_scatter_f32(
         &self,
         send: &[f32],

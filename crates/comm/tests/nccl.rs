@@ -71,6 +71,9 @@ fn exercise(c: &NcclComm) {
     let mut a = [9.0f32];
     c.all_reduce(&mut a, ReduceOp::Sum).unwrap();
     assert_eq!(a, [9.0]);
+    let mut d = [2.5f64, -1.0];
+    c.reduce(&mut d, 0, ReduceOp::Sum).unwrap();
+    assert_eq!(d, [2.5, -1.0]);
     c.barrier().unwrap();
     // Argument errors, found before anything is queued.
     let mut short = [0u64; 1];
@@ -91,6 +94,7 @@ fn exercise(c: &NcclComm) {
     c.all_gather_device(&d, &mut e).unwrap();
     let mut f = s.alloc_zeros::<f32>(3).unwrap();
     c.reduce_scatter_device(&e, &mut f, ReduceOp::Max).unwrap();
+    c.reduce_device(&mut f, 0, ReduceOp::Sum).unwrap();
     assert_eq!(s.clone_dtoh(&f).unwrap(), [3.0, 1.0, 2.0]);
     let mut wrong = s.alloc_zeros::<f32>(2).unwrap();
     assert!(matches!(

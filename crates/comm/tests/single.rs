@@ -30,6 +30,9 @@ fn one_rank_collectives_are_identities() {
     let mut b = [9.0f32];
     c.broadcast(&mut b, 0).unwrap();
     assert_eq!(b, [9.0]);
+    let mut d = [2.5f64, -1.0];
+    c.reduce(&mut d, 0, ReduceOp::Sum).unwrap();
+    assert_eq!(d, [2.5, -1.0]);
     c.barrier().unwrap();
 }
 
@@ -44,6 +47,7 @@ fn argument_errors_are_found_before_anything_moves() {
     assert!(arg(c.all_gather_var(&[1.0f32, 2.0], &[2], &mut r)));
     assert!(arg(c.reduce_scatter(&[1.0f32, 2.0], &mut r, ReduceOp::Sum)));
     assert!(arg(c.broadcast(&mut r, 1)));
+    assert!(arg(c.reduce(&mut r, 1, ReduceOp::Sum)));
     assert_eq!(r, [7.0; 3], "a refused call wrote its buffer");
     // Through a reference (several users share one world).
     let shared = &c;

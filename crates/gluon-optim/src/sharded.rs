@@ -441,15 +441,7 @@ where
     /// Non-finite values propagate into the average, where
     /// [`ShardedOptimizer::step`] finds them on every rank.
     pub fn average_gradients(&mut self, grads: &mut [B::Tensor]) -> Result<(), ShardError> {
-        let local = (|| {
-            validate::counts(self.shapes.len(), self.shapes.len(), grads.len())?;
-            for (i, (s, g)) in self.shapes.iter().zip(grads.iter()).enumerate() {
-                validate::shape(i, s, B::shape(g).dims())?;
-            }
-            Ok(())
-        })();
-        agree_with(&self.comm, &mut self.status, local)?;
-        if self.comm.size() == 1 {
+        if self.agree_on_gradients(grads)? {
             return Ok(());
         }
         let inv = B::Scalar::of(1.0 / self.comm.size() as f64);
@@ -464,6 +456,50 @@ where
             B::copy_from_slice(buf, g);
         }
         Ok(())
+    }
+
+    /// Data parallelism at ZeRO-1's communication volume: each block's
+    /// gradients are averaged onto its owner only (`Σ_r G_r · (1/N)`, one
+    /// reduce per tensor to the owner: about half an all-reduce's bytes);
+    /// every other rank's gradient of that block is left as it was, which
+    /// [`ShardedOptimizer::step`] does not use (the owner's gradient is the
+    /// one its blocks use). Collective; checks counts and shapes on every
+    /// rank first and agrees (nothing changes anywhere on an error).
+    /// Non-finite values reach the owner's average, where the step finds
+    /// them and every rank gets the same error or skip.
+    pub fn reduce_gradients(&mut self, grads: &mut [B::Tensor]) -> Result<(), ShardError> {
+        if self.agree_on_gradients(grads)? {
+            return Ok(());
+        }
+        let inv = B::Scalar::of(1.0 / self.comm.size() as f64);
+        let rank = self.comm.rank();
+        for (i, g) in grads.iter_mut().enumerate() {
+            let n = B::shape(g).numel();
+            let buf = &mut self.scratch[..n];
+            B::copy_to_slice(g, buf);
+            self.comm.reduce(buf, self.owner[i], ReduceOp::Sum)?;
+            if self.owner[i] == rank {
+                for x in buf.iter_mut() {
+                    *x = *x * inv;
+                }
+                B::copy_from_slice(buf, g);
+            }
+        }
+        Ok(())
+    }
+
+    /// The agreed count and shape checks of the gradient averages; `true`
+    /// when there is nothing to exchange (one rank).
+    fn agree_on_gradients(&mut self, grads: &[B::Tensor]) -> Result<bool, ShardError> {
+        let local = (|| {
+            validate::counts(self.shapes.len(), self.shapes.len(), grads.len())?;
+            for (i, (s, g)) in self.shapes.iter().zip(grads.iter()).enumerate() {
+                validate::shape(i, s, B::shape(g).dims())?;
+            }
+            Ok(())
+        })();
+        agree_with(&self.comm, &mut self.status, local)?;
+        Ok(self.comm.size() == 1)
     }
 
     /// One step on every rank: `params` (the replica) are updated from

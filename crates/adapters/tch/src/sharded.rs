@@ -13,7 +13,8 @@ use crate::{Tch32, TchOptError, TchTensor, default_label};
 /// Data parallelism over the ranks of `C` for the trainable variables of a
 /// [`VarStore`]: every rank holds the whole model (a replica), computes
 /// the gradient of its own batch, and [`ShardedVarStoreOptimizer::step`]
-/// averages the gradients over the ranks and takes the step of
+/// averages each block's gradients onto the block's owner
+/// ([`ShardedOptimizer::reduce_gradients`]) and takes the step of
 /// [`gluon_optim::ShardedOptimizer`] (each block's optimizer state on one
 /// rank, the updated variables broadcast from their owners), so that the
 /// replicas stay bit-identical.
@@ -93,10 +94,11 @@ impl<C: Communicator> ShardedVarStoreOptimizer<C> {
         self.vars.gradients()
     }
 
-    /// One data-parallel step, collective: every rank's gradients are
-    /// replaced by their average over the ranks (`Σ_r G_r / N`, written
-    /// into the variables' `.grad()`), then the sharded step (SPEC §3)
-    /// updates every replica under `no_grad`.
+    /// One data-parallel step, collective: each block's gradient on its
+    /// owner rank is replaced by the average over the ranks (`Σ_r G_r /
+    /// N`, written into the variable's `.grad()`; the other ranks' keep
+    /// their own), then the sharded step (SPEC §3) updates every replica
+    /// under `no_grad`.
     ///
     /// Errors are agreed: a variable without a gradient on any rank is
     /// [`TchOptError::MissingGradient`] there and
@@ -104,7 +106,7 @@ impl<C: Communicator> ShardedVarStoreOptimizer<C> {
     /// included) changes; the sharded step's errors are the same on every
     /// rank (a non-finite gradient anywhere: the same error or skip
     /// everywhere) and change no variable and no optimizer state, while the
-    /// gradients hold the average.
+    /// owners' gradients hold the average.
     pub fn step(&mut self) -> Result<&StepReport, TchOptError> {
         let read = self.vars.read_grads();
         let first = self.opt.agree_refusal(read.is_err())?;
@@ -117,7 +119,7 @@ impl<C: Communicator> ShardedVarStoreOptimizer<C> {
         let v = &mut self.vars;
         let r = self
             .opt
-            .average_gradients(&mut v.grads)
+            .reduce_gradients(&mut v.grads)
             .and_then(|_| self.opt.step(&mut v.params, &v.grads));
         v.grads.clear();
         Ok(r?)
