@@ -86,6 +86,8 @@ impl NcclComm {
                 "the NCCL library (libnccl.so.2) does not load: put it on LD_LIBRARY_PATH".into(),
             ));
         }
+        // ncclCommInitRank joins on the calling thread's current device.
+        stream.context().bind_to_thread().map_err(cuda)?;
         let id = Id::uninit(id.map(|b| b as core::ffi::c_char));
         let comm = Comm::from_rank(stream.clone(), rank, size, id).map_err(nccl)?;
         Ok(NcclComm {
@@ -117,7 +119,9 @@ impl NcclComm {
 
     /// The ranks of `bootstrap` (MPI, say), one GPU each: rank 0 makes the
     /// id and broadcasts it over `bootstrap`. Collective over `bootstrap`.
-    /// A failure to make the id on rank 0 is an error on every rank.
+    /// The ranks agree before joining: a failure to make the id on rank 0,
+    /// or a rank where NCCL does not load, is an error on every rank (NCCL's
+    /// join has no timeout; a rank that never joins would hang the others).
     pub fn with_bootstrap<C: Communicator>(
         stream: Arc<CudaStream>,
         bootstrap: &C,
@@ -132,10 +136,18 @@ impl NcclComm {
             _ => Ok(()),
         };
         bootstrap.broadcast_bytes(&mut buf, 0)?;
-        made?;
-        if buf[0] != 1 {
+        let ready = made.and_then(|_| match nccl_available() {
+            true => Ok(()),
+            false => Err(CommError::Transport(
+                "the NCCL library (libnccl.so.2) does not load: put it on LD_LIBRARY_PATH".into(),
+            )),
+        });
+        let mut refused = [if ready.is_err() { 1.0f64 } else { 0.0 }];
+        bootstrap.all_reduce(&mut refused, ReduceOp::Max)?;
+        ready?;
+        if buf[0] != 1 || refused[0] > 0.0 {
             return Err(CommError::Transport(
-                "rank 0 could not make an NCCL id".into(),
+                "another rank cannot join NCCL (its error says why)".into(),
             ));
         }
         let mut id = [0u8; NCCL_ID_BYTES];
@@ -145,8 +157,10 @@ impl NcclComm {
 
     /// Rank `rank` of `size`, meeting through the file `path` on a file
     /// system every rank sees: rank 0 writes a new id there (refusing a
-    /// file that exists: a stale id from another job would join the wrong
-    /// ranks), the others wait for it for at most `timeout`.
+    /// file that exists), the others wait for it for at most `timeout`.
+    /// Use a new path per job (one naming the job's id): a rank other than
+    /// 0 cannot tell a stale id from an earlier job, joins with it and
+    /// waits in NCCL without a timeout.
     pub fn from_id_file(
         stream: Arc<CudaStream>,
         rank: usize,
@@ -279,32 +293,33 @@ impl NcclComm {
         Ok(s)
     }
 
-    /// Host in, device collective `f` on the first `n_out` staged
-    /// elements (after copying `input` to the front), host out.
+    /// `buf` to the front of a staging buffer, the device collective `f`
+    /// on it, and (if `back`) the result into `buf`; then waits for the
+    /// stream. No allocation once the staging buffer is large enough.
     fn round_trip<T, F>(
         &self,
         cell: &RefCell<Option<CudaSlice<T>>>,
-        input: &[T],
-        n_out: usize,
-        out: Option<&mut [T]>,
+        buf: &mut [T],
+        back: bool,
         f: F,
     ) -> Result<(), CommError>
     where
         T: DeviceRepr + ValidAsZeroBits,
         F: FnOnce(&mut CudaSlice<T>) -> Result<(), CommError>,
     {
-        let mut guard = self.staged(cell, input.len().max(n_out))?;
+        let n = buf.len();
+        let mut guard = self.staged(cell, n)?;
         let Some(dev) = guard.as_mut() else {
             return Err(CommError::Transport("no staging buffer".into()));
         };
         {
-            let mut front = dev.slice_mut(..input.len());
-            self.stream.memcpy_htod(input, &mut front).map_err(cuda)?;
+            let mut front = dev.slice_mut(..n);
+            self.stream.memcpy_htod(&*buf, &mut front).map_err(cuda)?;
         }
         f(dev)?;
-        if let Some(out) = out {
-            let back = dev.slice(..out.len());
-            self.stream.memcpy_dtoh(&back, out).map_err(cuda)?;
+        if back {
+            let front = dev.slice(..n);
+            self.stream.memcpy_dtoh(&front, buf).map_err(cuda)?;
         }
         self.stream.synchronize().map_err(cuda)
     }
@@ -320,8 +335,7 @@ impl NcclComm {
             return Ok(());
         }
         let n = buf.len();
-        let input = buf.to_vec();
-        self.round_trip(cell, &input, n, Some(buf), |d| {
+        self.round_trip(cell, buf, true, |d| {
             self.all_reduce_device(&mut d.slice_mut(..n), o)
         })
     }
@@ -340,9 +354,8 @@ impl NcclComm {
             return Ok(());
         }
         let n = buf.len();
-        let input = buf.to_vec();
-        let out = (self.rank == root).then_some(buf);
-        self.round_trip(cell, &input, n, out, |d| {
+        let back = self.rank == root;
+        self.round_trip(cell, buf, back, |d| {
             self.reduce_device(&mut d.slice_mut(..n), root, o)
         })
     }
@@ -419,7 +432,9 @@ impl Communicator for NcclComm {
     }
 
     /// NCCL has no variable all-gather: every rank's part is padded to
-    /// the largest count, gathered, and the padding dropped.
+    /// the largest count, gathered, and the padding dropped (through two
+    /// host buffers allocated per call: this call serves checkpoints, not
+    /// steps).
     fn all_gather_var_bytes(
         &self,
         send: &[u8],
@@ -449,8 +464,7 @@ impl Communicator for NcclComm {
             return Ok(());
         }
         let n = buf.len();
-        let input = buf.to_vec();
-        self.round_trip(&self.stage_u8, &input, n, Some(buf), |d| {
+        self.round_trip(&self.stage_u8, buf, true, |d| {
             self.broadcast_device(&mut d.slice_mut(..n), root)
         })
     }

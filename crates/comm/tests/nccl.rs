@@ -4,7 +4,8 @@
 //! communicator, id file) and the argument errors. With one rank every
 //! collective's result is defined exactly (a sum or maximum over one rank
 //! is the value itself, a gather is the send buffer), so the checks are
-//! exact.
+//! exact; what one rank cannot show is which rank's data lands where
+//! (that needs two GPUs: not tested yet).
 //!
 //! Without a GPU or the NCCL library the test reports a skip; on the GPU
 //! machine (`LMO_EXPECT_GPU=1`) it fails instead.

@@ -387,7 +387,40 @@ pub fn faults<C: Communicator>(comm: &C) {
             "rank {me}: a refused average changed gradients"
         );
         assert!(p == before, "rank {me}: a refused step changed parameters");
+        // The same for reduce_gradients.
+        assert!(
+            sh.reduce_gradients(&mut g).is_err(),
+            "rank {me}: count error (reduce)"
+        );
+        assert!(
+            g == g_before,
+            "rank {me}: a refused reduce changed gradients"
+        );
+        // A NaN on a rank that does not own the block, reduced onto its
+        // owner: the same error (or skip) everywhere, nothing changed.
+        let block = 5;
+        let owner = sh.owners()[block];
+        let other = (owner + 1) % comm.size();
+        let mut g = grads::<f32>(1, 0);
+        if me == other {
+            g[block][[0, 1]] = f32::NAN;
+        }
+        sh.reduce_gradients(&mut g).expect("reduce");
+        let r = sh.step(&mut p, &g).map(|r| r.skipped);
+        match policy {
+            NonFinitePolicy::Error => assert_eq!(
+                r,
+                Err(ShardError::Opt(OptError::NonFiniteGradient { block })),
+                "rank {me}: a NaN on rank {other}, reduced onto rank {owner}"
+            ),
+            NonFinitePolicy::Skip => assert_eq!(r, Ok(true), "rank {me}: reduced NaN under Skip"),
+        }
+        assert!(p == before, "rank {me}: a refused step changed parameters");
+        if policy == NonFinitePolicy::Skip {
+            state.skipped += 1;
+        }
         // A bad state (NaN) on the last rank only: refused everywhere.
+        let state = state;
         let mut bad = state.clone();
         if me == last {
             bad.blocks[0].buffers[0][0] = f64::NAN;
@@ -416,7 +449,7 @@ pub fn faults<C: Communicator>(comm: &C) {
     }
     say(
         comm,
-        "faults: NaN, shape, count and state errors on one rank refused on every rank, nothing changed",
+        "faults: NaN (direct and reduced onto another owner), shape, count and state errors on one rank refused on every rank, nothing changed",
     );
 }
 

@@ -471,7 +471,7 @@ fn optimizer_config(
             format!("lr {}", s.args.lr_scion),
         ),
         _ => {
-            let fits = match (resumed_fits(s, name), probe.as_ref()) {
+            let fits = match (resumed_fits(s, name, comm)?, probe.as_ref()) {
                 (Some(f), _) => f,
                 (None, Some(f)) => f.clone(),
                 (None, None) => {
@@ -528,19 +528,47 @@ fn ckpt_dir(s: &Setup, name: &str) -> PathBuf {
     s.out.join(name).join("ckpt")
 }
 
-fn read_progress(s: &Setup, name: &str) -> Option<Progress> {
-    let text = std::fs::read_to_string(ckpt_dir(s, name).join("progress.json")).ok()?;
-    serde_json::from_str(&text).ok()
+/// The checkpoint's progress when resuming, the same on every rank: rank
+/// 0 reads it and broadcasts it (JSON). Collective.
+fn read_progress(
+    s: &Setup,
+    name: &str,
+    comm: &impl Communicator,
+) -> Result<Option<Progress>, String> {
+    if !s.args.resume {
+        return Ok(None);
+    }
+    let mut text = match s.rank {
+        0 => std::fs::read(ckpt_dir(s, name).join("progress.json")).unwrap_or_default(),
+        _ => vec![],
+    };
+    let mut len = [text.len() as u64];
+    comm.broadcast(&mut len, 0).map_err(|e| e.to_string())?;
+    text.resize(len[0] as usize, 0);
+    comm.broadcast_bytes(&mut text, 0)
+        .map_err(|e| e.to_string())?;
+    Ok(serde_json::from_slice(&text).ok())
 }
 
-/// Gluon's fits from its checkpoint, when resuming.
-fn resumed_fits(s: &Setup, name: &str) -> Option<Fits> {
-    if !s.args.resume {
-        return None;
-    }
-    read_progress(s, name)
+/// Gluon's fits from its checkpoint, when resuming. Collective.
+fn resumed_fits(s: &Setup, name: &str, comm: &impl Communicator) -> Result<Option<Fits>, String> {
+    Ok(read_progress(s, name, comm)?
         .filter(|p| !p.fits.is_empty())
-        .map(|p| p.fits)
+        .map(|p| p.fits))
+}
+
+/// `local` on this rank, agreed over the ranks: this rank's error, or an
+/// error naming the failure elsewhere, so that no rank goes on into a
+/// collective the others skip. Collective.
+fn agreed<T>(comm: &impl Communicator, local: Result<T, String>) -> Result<T, String> {
+    let mut failed = [if local.is_err() { 1.0f64 } else { 0.0 }];
+    comm.all_reduce(&mut failed, ReduceOp::Max)
+        .map_err(|e| e.to_string())?;
+    let v = local?;
+    match failed[0] > 0.0 {
+        true => Err("another rank failed (its message says why)".into()),
+        false => Ok(v),
+    }
 }
 
 /// A fresh model (same initialization for every optimizer: the seed).
@@ -727,8 +755,9 @@ fn probe_local(s: &Setup) -> Result<Fits, String> {
     Ok(fits.into_iter().collect())
 }
 
-/// Saves the model, the (gathered) optimizer state and the progress.
-/// Collective; rank 0 writes.
+/// Saves the model, the (gathered) optimizer state and, last (a
+/// checkpoint counts once it is there), the progress. Collective; rank 0
+/// writes, and a failed write is an error on every rank.
 fn save_checkpoint<C: Communicator>(
     s: &Setup,
     name: &str,
@@ -736,17 +765,30 @@ fn save_checkpoint<C: Communicator>(
     opt: &mut ShardedVarStoreOptimizer<C>,
     prog: &Progress,
 ) -> Result<(), String> {
+    let comm = opt.optimizer().comm();
     let dir = ckpt_dir(s, name);
-    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let model = match s.rank {
+        0 => std::fs::create_dir_all(&dir)
+            .map_err(|e| format!("{}: {e}", dir.display()))
+            .and_then(|_| {
+                vs.save(dir.join("model.safetensors"))
+                    .map_err(|e| e.to_string())
+            }),
+        _ => Ok(()),
+    };
+    agreed(comm, model)?;
     opt.save(&dir.join("optimizer.json"))
         .map_err(|e| e.to_string())?;
-    if s.rank != 0 {
-        return Ok(());
-    }
-    vs.save(dir.join("model.safetensors"))
-        .map_err(|e| e.to_string())?;
-    let json = serde_json::to_string(prog).map_err(|e| e.to_string())?;
-    std::fs::write(dir.join("progress.json"), json).map_err(|e| e.to_string())
+    let comm = opt.optimizer().comm();
+    let progress = match s.rank {
+        0 => serde_json::to_string(prog)
+            .map_err(|e| e.to_string())
+            .and_then(|json| {
+                std::fs::write(dir.join("progress.json"), json).map_err(|e| e.to_string())
+            }),
+        _ => Ok(()),
+    };
+    agreed(comm, progress)
 }
 
 /// Trains one optimizer from the common initialization (or its
@@ -766,12 +808,12 @@ fn train<C: Communicator>(
         fits,
         ..Default::default()
     };
-    if s.args.resume
-        && let Some(p) = read_progress(s, name)
-    {
+    if let Some(p) = read_progress(s, name, comm)? {
         let dir = ckpt_dir(s, name);
-        vs.load(dir.join("model.safetensors"))
-            .map_err(|e| e.to_string())?;
+        let model = vs
+            .load(dir.join("model.safetensors"))
+            .map_err(|e| e.to_string());
+        agreed(comm, model)?;
         opt.load(&dir.join("optimizer.json"))
             .map_err(|e| e.to_string())?;
         s.say(&format!(

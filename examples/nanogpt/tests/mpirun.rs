@@ -117,7 +117,14 @@ fn data_parallel_runs_repeat_the_single_process_run() {
     assert_eq!(code, Some(0), "2 ranks, stop after 6:\n{text}");
     let (code, text) = nanogpt(3, &resumed, "6", &["--resume"]);
     assert_eq!(code, Some(0), "3 ranks, resumed:\n{text}");
-    assert!(text.contains("muon: resumed from"), "{text}");
+    for name in ["muon", "gluon"] {
+        let line = format!("{name}: resumed from");
+        assert!(text.contains(&line), "{line:?} missing:\n{text}");
+    }
+    assert!(
+        !text.contains("probing (L0, L1)"),
+        "resuming must reuse Gluon's saved fits:\n{text}"
+    );
     assert_close(
         &reference,
         &evals(&resumed),

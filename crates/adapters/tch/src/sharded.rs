@@ -105,8 +105,11 @@ impl<C: Communicator> ShardedVarStoreOptimizer<C> {
     /// [`ShardError::Peer`] on the others, before anything (gradients
     /// included) changes; the sharded step's errors are the same on every
     /// rank (a non-finite gradient anywhere: the same error or skip
-    /// everywhere) and change no variable and no optimizer state, while the
-    /// owners' gradients hold the average.
+    /// everywhere) and change no variable, while the owners' gradients hold
+    /// the average. They change no optimizer state either, except after an
+    /// LMO failure, which leaves the step's momenta updated, and a
+    /// [`ShardError::Comm`] error (a transport failure part way), after
+    /// which the ranks may differ: restart from a checkpoint.
     pub fn step(&mut self) -> Result<&StepReport, TchOptError> {
         let read = self.vars.read_grads();
         let first = self.opt.agree_refusal(read.is_err())?;
