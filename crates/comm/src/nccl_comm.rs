@@ -6,7 +6,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, ValidAsZeroBits};
+use cudarc::driver::{
+    CudaSlice, CudaStream, CudaViewMut, DevicePtr, DevicePtrMut, DeviceRepr, ValidAsZeroBits,
+};
 use cudarc::nccl::{Comm, Id, NcclType};
 
 use crate::communicator::{check_gather, check_gather_var, check_root, check_scatter};
@@ -324,6 +326,39 @@ impl NcclComm {
         self.stream.synchronize().map_err(cuda)
     }
 
+    /// `send` to the front of a staging buffer, the device collective `f`
+    /// from it into the `recv.len()` elements behind it, and those into
+    /// `recv`; then waits for the stream.
+    fn send_recv<T, F>(
+        &self,
+        cell: &RefCell<Option<CudaSlice<T>>>,
+        send: &[T],
+        recv: &mut [T],
+        f: F,
+    ) -> Result<(), CommError>
+    where
+        T: DeviceRepr + ValidAsZeroBits,
+        F: FnOnce(&CudaViewMut<'_, T>, &mut CudaViewMut<'_, T>) -> Result<(), CommError>,
+    {
+        let (ns, nr) = (send.len(), recv.len());
+        let mut guard = self.staged(cell, ns + nr)?;
+        let Some(dev) = guard.as_mut() else {
+            return Err(CommError::Transport("no staging buffer".into()));
+        };
+        {
+            let mut front = dev.slice_mut(..ns);
+            self.stream.memcpy_htod(send, &mut front).map_err(cuda)?;
+        }
+        {
+            let (s, mut r) = dev.split_at_mut(ns);
+            let mut r = r.slice_mut(..nr);
+            f(&s, &mut r)?;
+        }
+        let back = dev.slice(ns..ns + nr);
+        self.stream.memcpy_dtoh(&back, recv).map_err(cuda)?;
+        self.stream.synchronize().map_err(cuda)
+    }
+
     /// The host reductions: in place on the front of a staging buffer.
     fn all_reduce_host<T: NcclType + DeviceRepr + ValidAsZeroBits + Copy>(
         &self,
@@ -373,23 +408,7 @@ impl NcclComm {
         if recv.is_empty() {
             return Ok(());
         }
-        let (ns, nr) = (send.len(), recv.len());
-        let mut guard = self.staged(cell, ns + nr)?;
-        let Some(dev) = guard.as_mut() else {
-            return Err(CommError::Transport("no staging buffer".into()));
-        };
-        {
-            let mut front = dev.slice_mut(..ns);
-            self.stream.memcpy_htod(send, &mut front).map_err(cuda)?;
-        }
-        {
-            let (s, mut r) = dev.split_at_mut(ns);
-            let mut r = r.slice_mut(..nr);
-            self.reduce_scatter_device(&s, &mut r, o)?;
-        }
-        let back = dev.slice(ns..ns + nr);
-        self.stream.memcpy_dtoh(&back, recv).map_err(cuda)?;
-        self.stream.synchronize().map_err(cuda)
+        self.send_recv(cell, send, recv, |s, r| self.reduce_scatter_device(s, r, o))
     }
 }
 
@@ -412,23 +431,9 @@ impl Communicator for NcclComm {
         if recv.is_empty() {
             return Ok(());
         }
-        let (ns, nr) = (send.len(), recv.len());
-        let mut guard = self.staged(&self.stage_u8, ns + nr)?;
-        let Some(dev) = guard.as_mut() else {
-            return Err(CommError::Transport("no staging buffer".into()));
-        };
-        {
-            let mut front = dev.slice_mut(..ns);
-            self.stream.memcpy_htod(send, &mut front).map_err(cuda)?;
-        }
-        {
-            let (s, mut r) = dev.split_at_mut(ns);
-            let mut r = r.slice_mut(..nr);
-            self.all_gather_device(&s, &mut r)?;
-        }
-        let back = dev.slice(ns..ns + nr);
-        self.stream.memcpy_dtoh(&back, recv).map_err(cuda)?;
-        self.stream.synchronize().map_err(cuda)
+        self.send_recv(&self.stage_u8, send, recv, |s, r| {
+            self.all_gather_device(s, r)
+        })
     }
 
     /// NCCL has no variable all-gather: every rank's part is padded to
