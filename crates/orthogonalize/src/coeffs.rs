@@ -12,20 +12,27 @@ pub const MUON_QUINTIC: [f64; 3] = [3.4445, -4.7750, 2.0315];
 /// `X ← 1.5·X − 0.5·X·Xᵀ·X`, converging to `U·Vᵀ` for `σ ∈ (0, √3)`.
 pub const CUBIC: [f64; 3] = [1.5, -0.5, 0.0];
 
-/// Polar Express per-step coefficients (Amsel, Persson, Musco & Gower 2025,
-/// arXiv 2505.16932), before the safety factor; the last one repeats.
-pub const POLAR_EXPRESS: [[f64; 3]; 7] = [
-    [8.28721, -23.59589, 17.30039],
-    [4.10706, -2.94785, 0.54484],
-    [3.94869, -2.90890, 0.55182],
-    [3.31842, -2.48849, 0.51005],
-    [2.30065, -1.66890, 0.41881],
-    [1.89130, -1.26800, 0.37680],
-    [1.87500, -1.25000, 0.37500],
+/// Polar Express per-step coefficients before the safety factor, in full
+/// precision as published: Amsel, Persson, Musco & Gower, "The Polar
+/// Express: optimal matrix sign methods and their application to the Muon
+/// algorithm" (arXiv 2505.16932), Algorithm 1 (also
+/// `github.com/NoahAmsel/PolarExpress`). The last triple,
+/// `(15/8, −10/8, 3/8)`, repeats ("subsequent coeffs equal this
+/// numerically").
+pub const POLAR_EXPRESS: [[f64; 3]; 8] = [
+    [8.28721201814563, -23.595886519098837, 17.300387312530933],
+    [4.107059111542203, -2.9478499167379106, 0.5448431082926601],
+    [3.9486908534822946, -2.908902115962949, 0.5518191394370137],
+    [3.3184196573706015, -2.488488024314874, 0.51004894012372],
+    [2.300652019954817, -1.6689039845747493, 0.4188073119525673],
+    [1.891301407787398, -1.2679958271945868, 0.37680408948524835],
+    [1.8750014808534479, -1.2500016453999487, 0.3750001645474248],
+    [1.875, -1.25, 0.375],
 ];
 
-/// Polar Express safety factor: every triple but the last is divided by
-/// `(1.01, 1.01³, 1.01⁵)`.
+/// Polar Express safety factor, applied as the reference applies it: every
+/// triple of [`POLAR_EXPRESS`] but the last is divided by
+/// `(1.01, 1.01³, 1.01⁵)`; the last (repeated) one is used as it is.
 pub const POLAR_EXPRESS_SAFETY: f64 = 1.01;
 
 /// modded-nanogpt's per-step quintic (2025-02); the last one repeats.
