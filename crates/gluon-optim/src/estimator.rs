@@ -242,6 +242,7 @@ where
                 }
                 GroupConfig::AdamW(_) => NormSpec::Frobenius.build::<B>(1.0),
             }
+            .and_then(|n| n.check_shape(&B::shape(p)).map(|()| n))
             .map_err(|error| OptError::Lmo { block: i, error })?;
             norms.push(norm);
         }

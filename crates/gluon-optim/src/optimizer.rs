@@ -9,8 +9,9 @@ use crate::config::{Config, DynNorm, GroupConfig, Label, LmoGroup};
 use crate::custom::NormRegistry;
 use crate::{phases, validate};
 
-/// Errors of [`Optimizer`]; every error leaves parameters and state
-/// untouched.
+/// Errors of [`Optimizer`]; every error leaves parameters, optimizer state
+/// and counters bit-identical (checks run before anything changes, and a
+/// step's phase 2 writes only scratch buffers until the commit).
 #[derive(Clone, Debug, PartialEq)]
 pub enum OptError {
     /// A gradient of block `block` has NaN/Inf.
@@ -123,7 +124,11 @@ enum Kind<B: Backend> {
         norm: DynNorm<B>,
         m: B::Tensor,
         d: B::Tensor,
-        nest: Option<B::Tensor>,
+        /// Phase 1's result, the LMO's input `U`: the new momentum (or,
+        /// with Nesterov, the look-ahead). `m` itself changes only when
+        /// the step is committed in phase 4, so a step that fails before
+        /// then changes nothing.
+        u: B::Tensor,
         /// The dual norm of this step's direction, once phase 2 ran (or the
         /// direction was handed in).
         dual: Option<f64>,
@@ -154,8 +159,11 @@ struct Block<B: Backend> {
 /// constrained:   X_i ← (1−γ)·X_i + γ·ρ_i·D_i (γ = t_i^k ∧ 1)
 /// ```
 ///
-/// Buffers are allocated in [`Optimizer::new`]; the LMOs size their
-/// workspaces on the first step; later steps allocate nothing (sequential
+/// Buffers are allocated in [`Optimizer::new`] (per LMO block three of the
+/// parameter's size: momentum, direction and the LMO's input, which lets a
+/// failed step leave the momentum untouched; per AdamW block two); the
+/// LMOs size their workspaces on the first step; later steps allocate
+/// nothing (sequential
 /// mode; tested with a counting allocator). Blocks are independent and run
 /// in parallel with rayon when [`Config::parallel`] is set, with results
 /// identical to the sequential order.
@@ -184,7 +192,8 @@ type FinishItem<'a, B> = (
 enum Stage {
     /// No step in progress.
     Idle,
-    /// Phase 1 ran (momenta updated); directions may be computed or handed in.
+    /// Phase 1 ran (every LMO input computed, no momentum changed yet);
+    /// directions may be computed or handed in.
     Prepared,
     /// The step is skipped (non-finite gradient under `Skip`).
     Skipped,
@@ -196,7 +205,10 @@ where
 {
     /// Builds the optimizer for `params` labelled by `labels` (same length).
     /// Errors: invalid hyper-parameters, a label without a group, count
-    /// mismatch.
+    /// mismatch, a tensor its group's norm is not defined on
+    /// ([`lmo_core::Norm::check_shape`]: e.g. a 4-D convolution kernel in a
+    /// spectral-norm group is [`LmoError::UnsupportedRank`] here, not at
+    /// the first step).
     pub fn new(config: Config, labels: Vec<Label>, params: &[B::Tensor]) -> Result<Self, OptError> {
         Self::with_norms(config, labels, params, &NormRegistry::new())
     }
@@ -233,13 +245,14 @@ where
                     let norm = g
                         .norm
                         .build_for::<B>(&shape, s, norms)
+                        .and_then(|n| n.check_shape(&B::shape(p)).map(|()| n))
                         .map_err(|error| OptError::Lmo { block: i, error })?;
                     Kind::Lmo {
                         cfg: g.clone(),
                         norm,
                         m: B::zeros_like(p),
                         d: B::zeros_like(p),
-                        nest: g.nesterov.then(|| B::zeros_like(p)),
+                        u: B::zeros_like(p),
                         dual: None,
                     }
                 }
@@ -334,8 +347,10 @@ where
     }
 
     /// Phase 1 of a step: validates counts, shapes and finiteness (nothing
-    /// changes on error), then updates every LMO block's momentum (and
-    /// Nesterov look-ahead). Returns `false` when the step is skipped
+    /// changes on error), then computes every LMO block's input
+    /// `U = M⁺` (or the Nesterov look-ahead) into a buffer of its own:
+    /// the momenta themselves change only when
+    /// [`Optimizer::finish_step`] commits the step. Returns `false` when the step is skipped
     /// (non-finite gradient under [`crate::NonFinitePolicy::Skip`]): then nothing
     /// changes and [`Optimizer::finish_step`] reports the skip.
     ///
@@ -357,10 +372,10 @@ where
         let k = self.step;
         let run = |(b, g): (&mut Block<B>, &B::Tensor)| {
             if let Kind::Lmo {
-                cfg, m, nest, dual, ..
+                cfg, m, u, dual, ..
             } = &mut b.kind
             {
-                phases::momentum_phase::<B>(cfg, k, g, m, nest.as_mut());
+                phases::momentum_phase::<B>(cfg, k, g, m, u);
                 *dual = None;
             }
         };
@@ -381,8 +396,10 @@ where
     /// its dual norm. Other blocks are left for
     /// [`Optimizer::set_direction`]. AdamW blocks have no direction.
     ///
-    /// On an LMO error the step is abandoned (the momenta of phase 1 stay
-    /// updated, the step counter does not advance).
+    /// On an LMO error (in any block, sequential or parallel) the step is
+    /// abandoned and nothing that outlives it changed: parameters,
+    /// momenta, AdamW moments and counters are bit-identical to before
+    /// [`Optimizer::begin_step`], so the same step can be retried.
     pub fn compute_directions(
         &mut self,
         owned: impl Fn(usize) -> bool + Sync,
@@ -395,15 +412,9 @@ where
                 return Ok(());
             }
             if let Kind::Lmo {
-                norm,
-                m,
-                d,
-                nest,
-                dual,
-                ..
+                norm, d, u, dual, ..
             } = &mut b.kind
             {
-                let u = nest.as_ref().unwrap_or(m);
                 let v = phases::direction::<B>(norm.as_mut(), u, d)
                     .map_err(|error| OptError::Lmo { block: i, error })?;
                 *dual = Some(v);
@@ -422,9 +433,10 @@ where
     }
 
     /// Abandons a phased step in progress (after [`Optimizer::begin_step`],
-    /// before [`Optimizer::finish_step`]): the step counter does not advance
-    /// and no parameter changes, while the momenta of phase 1 stay updated,
-    /// as after an LMO error in [`Optimizer::compute_directions`]. A
+    /// before [`Optimizer::finish_step`]): parameters, momenta, AdamW
+    /// moments and counters stay as they were before
+    /// [`Optimizer::begin_step`], as after an LMO error in
+    /// [`Optimizer::compute_directions`]. A
     /// sharded step calls it when another rank's phase 2 failed, so every
     /// rank ends in the same state. Nothing happens between steps.
     pub fn abandon_step(&mut self) {
@@ -561,9 +573,9 @@ where
     }
 
     /// The state (momenta, AdamW moments, counters), for checkpoints.
-    /// Take it between steps: during a phased step (after
-    /// [`Optimizer::begin_step`], before [`Optimizer::finish_step`]) the
-    /// momenta already hold this step's phase 1 while the counter does not.
+    /// During a phased step (after [`Optimizer::begin_step`], before
+    /// [`Optimizer::finish_step`]) it is the state before that step: phase
+    /// 1 writes only scratch buffers.
     pub fn state(&self) -> OptState {
         let read = |t: &B::Tensor| {
             let mut v = vec![B::Scalar::zero(); B::shape(t).numel()];
@@ -668,7 +680,10 @@ fn finish_block<B: Backend>(
     mult: f64,
 ) -> BlockReport {
     match &mut b.kind {
-        Kind::Lmo { cfg, d, dual, .. } => {
+        Kind::Lmo {
+            cfg, m, d, u, dual, ..
+        } => {
+            phases::commit_momentum::<B>(cfg, k, g, m, u);
             // finish_step checked that every LMO block has its dual norm.
             let dual = dual.unwrap_or(0.0);
             let t = phases::RadiusRule::new(&cfg.radius, k, mult).at(dual);

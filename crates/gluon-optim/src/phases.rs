@@ -2,15 +2,17 @@
 //! every engine ([`crate::Optimizer`], its phased API for sharded steps,
 //! and the device step's coefficients):
 //!
-//! 1. [`momentum_phase`]: `M ← β_k·M + (1−β_k)·G` and, with Nesterov, the
-//!    look-ahead `U = (1−β_k)·G + β_k·M`; local to a block.
+//! 1. [`momentum_phase`]: the LMO's input, `U = M⁺ = β_k·M + (1−β_k)·G`
+//!    or, with Nesterov, the look-ahead `U = β_k·M⁺ + (1−β_k)·G`; local
+//!    to a block, into a buffer of its own (`M` changes only at the
+//!    commit, [`commit_momentum`], so a failed step changes nothing).
 //! 2. [`direction`]: `D = lmo(U)` and the dual norm `‖U‖_* = −<U, D>`:
 //!    the expensive phase, the one a sharded step distributes.
 //! 3. [`RadiusRule`]: the radius `t_i^k` of every policy of SPEC §3
 //!    (constant, theory schedule, Gluon adaptive) times the schedule, from
 //!    the dual norm.
-//! 4. [`apply`]: decoupled weight decay and the unconstrained or
-//!    constrained update; [`adamw_step`] gives AdamW's per-step
+//! 4. [`commit_momentum`] (`M ← M⁺`), then [`apply`]: decoupled weight
+//!    decay and the unconstrained or constrained update; [`adamw_step`] gives AdamW's per-step
 //!    hyper-parameters (AdamW blocks are stepped whole in this phase).
 //!
 //! References: Riabinin et al., "Gluon" (arXiv 2505.13416), Thm 1 and 2;
@@ -30,21 +32,44 @@ pub fn momentum(cfg: &LmoGroup, k: u64) -> f64 {
     }
 }
 
-/// Phase 1: `M ← β_k·M + (1−β_k)·G`; with `nest` (Nesterov) also
-/// `U = β_k·M + (1−β_k)·G` into it, the tensor the LMO then sees.
+/// Phase 1: the LMO's input `U` into `u`, leaving `M` as it is:
+/// `U = M⁺ = β_k·M + (1−β_k)·G` or, with Nesterov, the look-ahead
+/// `U = β_k·M⁺ + (1−β_k)·G`. The momentum itself becomes `M⁺` only when
+/// the step is committed ([`commit_momentum`], phase 4), so a step that
+/// fails in phase 2 leaves every buffer that outlives it unchanged.
 pub fn momentum_phase<B: Backend>(
     cfg: &LmoGroup,
     k: u64,
     g: &B::Tensor,
-    m: &mut B::Tensor,
-    nest: Option<&mut B::Tensor>,
+    m: &B::Tensor,
+    u: &mut B::Tensor,
 ) {
     let one = B::Scalar::of(1.0);
     let bs = B::Scalar::of(momentum(cfg, k));
-    B::axpby(one - bs, g, bs, m);
-    if let Some(nb) = nest {
-        B::scale(bs, m, nb);
-        B::axpby(one - bs, g, one, nb);
+    B::scale(one, m, u);
+    B::axpby(one - bs, g, bs, u);
+    if cfg.nesterov {
+        B::axpby(one - bs, g, bs, u);
+    }
+}
+
+/// Phase 4's momentum commit: `M ← M⁺ = β_k·M + (1−β_k)·G`, bit for bit
+/// the `M⁺` phase 1 computed. Without Nesterov `u` holds `M⁺` and the two
+/// buffers swap (no arithmetic, `u` becomes scratch); with Nesterov `u`
+/// holds the look-ahead and `M⁺` is recomputed by the same operation.
+pub fn commit_momentum<B: Backend>(
+    cfg: &LmoGroup,
+    k: u64,
+    g: &B::Tensor,
+    m: &mut B::Tensor,
+    u: &mut B::Tensor,
+) {
+    if cfg.nesterov {
+        let one = B::Scalar::of(1.0);
+        let bs = B::Scalar::of(momentum(cfg, k));
+        B::axpby(one - bs, g, bs, m);
+    } else {
+        core::mem::swap(m, u);
     }
 }
 

@@ -514,9 +514,9 @@ where
     /// rank, or, under [`crate::NonFinitePolicy::Skip`], a skip everywhere.
     /// Then each owner runs phases 1 and 2 of its blocks and the ranks
     /// agree again: an LMO failure on any rank is an error on every rank,
-    /// no parameter changes anywhere and no step counter advances, while
-    /// the momenta of phase 1 stay updated on every rank (what
-    /// single-process [`Optimizer`] does after an LMO error). Then phases 3
+    /// and nothing changes anywhere: parameters, momenta, moments and
+    /// counters stay bit-identical on every rank (what single-process
+    /// [`Optimizer`] does after an LMO error). Then phases 3
     /// and 4, and each block is broadcast from its owner. No allocation
     /// per step on this side of the communicator.
     pub fn step(
@@ -565,8 +565,8 @@ where
             (&mut self.lp, &self.lg)
         };
         // Phases 1 and 2 of the owned blocks, then agree: an LMO failure on
-        // any rank abandons the step on every rank (counters stay in step;
-        // the momenta of phase 1 stay updated, as in one process).
+        // any rank abandons the step on every rank (nothing changed: phase
+        // 1 wrote only scratch buffers, as in one process).
         let remap = |mine: &[usize], e: OptError| match e {
             OptError::Lmo { block, error } if block != usize::MAX => OptError::Lmo {
                 block: mine[block],

@@ -44,6 +44,17 @@ pub trait Norm<B: Backend> {
     /// [`LmoError::UnsupportedRank`] for a matrix norm on a non-matrix,
     /// [`LmoError::NonFinite`] if `g` has NaN/Inf.
     fn lmo(&mut self, g: &B::Tensor, out: &mut B::Tensor) -> Result<B::Scalar, LmoError>;
+
+    /// `Ok(())` if this norm is defined on tensors of `shape`, else the
+    /// error its methods would return for one ([`LmoError::UnsupportedRank`]
+    /// for a matrix norm on a tensor of rank ≠ 2). An optimizer calls it
+    /// once per block at construction, so that a tensor the norm cannot
+    /// take is refused before any step. The default accepts every shape
+    /// (entrywise norms); a norm with a narrower domain overrides it.
+    fn check_shape(&self, shape: &Shape) -> Result<(), LmoError> {
+        let _ = shape;
+        Ok(())
+    }
 }
 
 /// Validates a norm scale: finite and `> 0`.
@@ -331,6 +342,9 @@ impl<S: Scalar, B: Backend<Scalar = S>, const ROWS: bool> Norm<B> for ColRowNorm
     fn name(&self) -> &'static str {
         if ROWS { "row-norm" } else { "col-norm" }
     }
+    fn check_shape(&self, shape: &Shape) -> Result<(), LmoError> {
+        shape.as_matrix().map(|_| ())
+    }
     fn norm(&mut self, x: &B::Tensor) -> Result<S, LmoError> {
         B::shape(x).as_matrix()?;
         B::check_finite(x)?;
@@ -436,6 +450,9 @@ impl<B: Backend, O: Orthogonalizer<B>> Spectral<B, O> {
 impl<B: Backend, O: Orthogonalizer<B>> Norm<B> for Spectral<B, O> {
     fn name(&self) -> &'static str {
         if self.rms { "rms-to-rms" } else { "spectral" }
+    }
+    fn check_shape(&self, shape: &Shape) -> Result<(), LmoError> {
+        shape.as_matrix().map(|_| ())
     }
     fn norm(&mut self, x: &B::Tensor) -> Result<B::Scalar, LmoError> {
         let (m, n) = B::shape(x).as_matrix()?;
