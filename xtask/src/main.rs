@@ -302,8 +302,34 @@ fn nostd() -> Result<(), String> {
         "ci/nostd-check/Cargo.toml",
     ])
     .env("CARGO_TARGET_DIR", root().join("target/nostd-check"));
-    step("#![no_std] staticlib using lmo-core (panic=abort)", c)
+    step("#![no_std] staticlib using lmo-core (panic=abort)", c)?;
+    // A bare-metal target has no std at all: a dependency that pulls std
+    // in fails here even where the host build above would find it.
+    let installed = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains(BARE_METAL))
+        .unwrap_or(false);
+    if !installed {
+        return Err(format!(
+            "the no_std proof builds lmo-core for {BARE_METAL}: `rustup target add {BARE_METAL}`"
+        ));
+    }
+    let mut c = cargo();
+    c.args([
+        "build",
+        "-p",
+        "lmo-core",
+        "--no-default-features",
+        "--target",
+        BARE_METAL,
+    ])
+    .env("CARGO_TARGET_DIR", root().join("target/bare-metal"));
+    step("lmo-core on a bare-metal target (thumbv7em-none-eabihf)", c)
 }
+
+/// The bare-metal target of the no_std proof (Cortex-M4F/M7F: no OS, no std).
+const BARE_METAL: &str = "thumbv7em-none-eabihf";
 
 fn ci() -> Result<(), String> {
     let mut c = cargo();

@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 
 use lmo_core::{
-    Bf16Storage, ColNorm, ExactPolar, Frobenius, L1, LmoError, Norm, RowNorm, SignInf, Spectral,
-    VectorRms,
+    Bf16Storage, ColNorm, ExactPolar, Frobenius, L1, LmoError, Norm, Pieces, RowNorm, Shape,
+    SignInf, Spectral, VectorRms, View,
 };
 use orthogonalize::{NewtonSchulz, NewtonSchulzBf16, NsConfig};
 
@@ -246,6 +246,14 @@ pub struct LmoGroup {
     pub weight_decay: f64,
     /// Unconstrained or constrained form.
     pub mode: Mode,
+    /// How a tensor that is not one matrix is cut into the matrices the
+    /// norm sees ([`View`]): as it is (the default: a matrix norm refuses
+    /// rank ≠ 2 when the optimizer is built), flattened to `(d0, rest)`, a
+    /// batch of matrices over the leading axes, or a matrix split along
+    /// its rows (fused QKV). Several pieces are one block with the product
+    /// norm `max_i ‖X_i‖` (lmo-core's `Pieces`: dual `Σ_i ‖G_i‖_*`, each
+    /// piece its own LMO); [`ShapeScale`] applies to each piece's shape.
+    pub view: View,
 }
 
 impl LmoGroup {
@@ -263,7 +271,56 @@ impl LmoGroup {
             nesterov: false,
             weight_decay: 0.0,
             mode: Mode::Unconstrained,
+            view: View::AsIs,
         }
+    }
+
+    /// Sets how tensors that are not one matrix are cut into matrices
+    /// ([`View`]).
+    pub fn view(mut self, v: View) -> Self {
+        self.view = v;
+        self
+    }
+
+    /// Builds this group's norm for a block of shape `shape`: the group's
+    /// norm with scale `s·f(dims)` ([`LmoGroup::scale`],
+    /// [`ShapeScale::factor`]) on the tensor as it is, or, when the
+    /// [`View`] cuts it into pieces, one such norm per piece (built for the
+    /// piece's dims) combined by lmo-core's `Pieces` (`‖X‖ = max_i ‖X_i‖`,
+    /// SPEC §1 and §3). A [`NormSpec::Custom`] norm comes from `norms`.
+    ///
+    /// Errors: [`LmoError::UnsupportedRank`] for a tensor the norm (or
+    /// view) cannot take, e.g. a 4-D kernel with [`View::AsIs`] in a
+    /// spectral group; [`LmoError::InvalidHyperParameter`] for bad split
+    /// sizes or norm parameters.
+    pub fn build_norm<B: Bf16Storage>(
+        &self,
+        shape: &Shape,
+        norms: &crate::NormRegistry<B>,
+    ) -> Result<DynNorm<B>, LmoError>
+    where
+        B::Tensor: Send,
+    {
+        let one = |s: &Shape| {
+            let dims = s.dims();
+            let n = self.norm.build_for::<B>(
+                dims,
+                self.scale * self.shape_scale.factor(dims),
+                norms,
+            )?;
+            n.check_shape(s)?;
+            Ok::<_, LmoError>(n)
+        };
+        if self.view.is_identity_on(shape) {
+            return one(shape);
+        }
+        let parts = self
+            .view
+            .pieces(shape)?
+            .into_iter()
+            .map(|s| one(&s).map(|n| (s, n)))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Box::new(Pieces::new(*shape, parts)?))
     }
 
     /// Sets the constant scale `s` of the norm.

@@ -230,19 +230,14 @@ where
         }
         let mut norms = vec![];
         for (i, (l, p)) in labels.iter().zip(params).enumerate() {
-            let dims = B::shape(p).dims().to_vec();
             let norm = match config
                 .groups
                 .get(l)
                 .ok_or_else(|| OptError::NoGroup(l.clone()))?
             {
-                GroupConfig::Lmo(g) => {
-                    g.norm
-                        .build_for::<B>(&dims, g.scale * g.shape_scale.factor(&dims), registry)
-                }
+                GroupConfig::Lmo(g) => g.build_norm::<B>(&B::shape(p), registry),
                 GroupConfig::AdamW(_) => NormSpec::Frobenius.build::<B>(1.0),
             }
-            .and_then(|n| n.check_shape(&B::shape(p)).map(|()| n))
             .map_err(|error| OptError::Lmo { block: i, error })?;
             norms.push(norm);
         }

@@ -48,6 +48,8 @@ pub use config::{
 };
 pub use custom::{NormBuilder, NormRegistry};
 pub use estimator::{Fit, LipschitzEstimator, Point, fit_envelope, fit_quantile};
+/// Re-export of lmo-core's [`lmo_core::View`], the per-group tensor view ([`LmoGroup::view`]).
+pub use lmo_core::View;
 pub use optimizer::{BlockReport, BlockState, OptError, OptState, Optimizer, StepReport};
 pub use phases::{RadiusRule, momentum, radius};
 pub use sharded::{ShardError, ShardedOptimizer, StepTimes, assign_owners};

@@ -241,11 +241,8 @@ where
                 .ok_or_else(|| OptError::NoGroup(label.clone()))?;
             let kind = match group {
                 GroupConfig::Lmo(g) => {
-                    let s = g.scale * g.shape_scale.factor(&shape);
                     let norm = g
-                        .norm
-                        .build_for::<B>(&shape, s, norms)
-                        .and_then(|n| n.check_shape(&B::shape(p)).map(|()| n))
+                        .build_norm::<B>(&B::shape(p), norms)
                         .map_err(|error| OptError::Lmo { block: i, error })?;
                     Kind::Lmo {
                         cfg: g.clone(),

@@ -2,6 +2,8 @@
 
 use orthogonalize::NsConfig;
 
+use lmo_core::View;
+
 use crate::config::{
     AdamWGroup, Config, GroupConfig, Label, LmoGroup, Mode, NormSpec, Orth, Radius, ShapeScale,
 };
@@ -19,7 +21,10 @@ fn everywhere(g: GroupConfig) -> Config {
 /// networks", 2024), the hybrid users expect:
 /// - `Hidden`: spectral LMO through Muon's NS5 (quintic, 5 steps), Nesterov
 ///   momentum β = 0.95, learning rate `lr` (default 0.02), shape scale
-///   `max(1, m/n)^{1/2}`, no weight decay;
+///   `max(1, m/n)^{1/2}`, no weight decay; tensors of rank ≥ 3
+///   (convolution kernels `(out, in, kh, kw)`) flattened to
+///   `(out, in·kh·kw)` as KellerJordan/Muon does ([`View::Flatten`]; set
+///   [`View::Batch`] on the group for per-head 3-D weights);
 /// - `Embedding`, `Head`, `Vector`: AdamW with β = (0.9, 0.95), ε = 1e-10,
 ///   learning rate `adam_lr` (default 3e-4), no weight decay.
 pub fn muon(lr: f64, adam_lr: f64) -> Config {
@@ -29,7 +34,8 @@ pub fn muon(lr: f64, adam_lr: f64) -> Config {
     )
     .shape_scale(ShapeScale::MuonRatio)
     .beta(0.95)
-    .nesterov(true);
+    .nesterov(true)
+    .view(View::Flatten);
     let adam = AdamWGroup {
         lr: adam_lr,
         beta1: 0.9,
@@ -46,7 +52,8 @@ pub fn muon(lr: f64, adam_lr: f64) -> Config {
 
 /// Scion (Pethick et al., "Training deep learning models with
 /// norm-constrained LMOs", arXiv 2502.07529): per-layer norms —
-/// `Hidden`: RMS→RMS spectral (NS5) with radius scale 50; `Embedding` and
+/// `Hidden`: RMS→RMS spectral (NS5) with radius scale 50 (rank ≥ 3
+/// tensors flattened to `(d0, rest)`, [`View::Flatten`]); `Embedding` and
 /// `Head`: ℓ∞/sign rescaled by `1/d_in` with radius scale 3000 (the nanogpt
 /// reference's tied embedding/head); `Vector`: vector RMS, scale 1.
 /// Momentum α = 0.1 (β = 0.9), step size `lr` (default 2⁻¹²; the update of
@@ -93,7 +100,8 @@ pub fn scion_with(lr: f64, constrained: bool, r: ScionRadii) -> Config {
             Label::Hidden,
             LmoGroup::new(NormSpec::RmsToRms(ns), c)
                 .scale(r.hidden)
-                .beta(0.9),
+                .beta(0.9)
+                .view(View::Flatten),
         ),
         (
             Label::Embedding,
@@ -130,14 +138,19 @@ pub fn scion_with(lr: f64, constrained: bool, r: ScionRadii) -> Config {
 /// `hidden` = (L0, L1) of the hidden blocks, `other` = of embeddings, head
 /// and vectors (second-hand NanoGPT-124M values: L0 ≈ 0, hidden L1 ≈ 70,
 /// embedding/head L1 ≈ 1.3; fit your own with [`crate::LipschitzEstimator`]).
-/// Norm scales are 1 (the radius carries the step length).
+/// Norm scales are 1 (the radius carries the step length). Hidden tensors of
+/// rank ≥ 3 are flattened to `(d0, rest)` ([`View::Flatten`]).
 pub fn gluon(hidden: (f64, f64), other: (f64, f64), beta: f64) -> Config {
     let ad = |(l0, l1): (f64, f64)| Radius::Adaptive { l0, l1 };
     let ns = Orth::NewtonSchulz(NsConfig::muon());
     Config::new()
         .group(
             Label::Hidden,
-            GroupConfig::Lmo(LmoGroup::new(NormSpec::RmsToRms(ns), ad(hidden)).beta(beta)),
+            GroupConfig::Lmo(
+                LmoGroup::new(NormSpec::RmsToRms(ns), ad(hidden))
+                    .beta(beta)
+                    .view(View::Flatten),
+            ),
         )
         .group(
             Label::Embedding,

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use common::setup;
 use gluon_optim::{
     Config, GroupConfig, Label, LmoGroup, NormRegistry, NormSpec, OptError, Optimizer, Radius,
-    presets,
+    View, presets,
 };
 use lmo_core::{Frobenius, LmoError, Norm};
 use lmo_ndarray::Nd64;
@@ -143,12 +143,23 @@ fn a_tensor_its_norm_cannot_take_is_refused_at_construction() {
     let conv = ArrayD::<f64>::ones(ndarray::IxDyn(&[4, 3, 3, 3]));
     let bias = ArrayD::<f64>::ones(ndarray::IxDyn(&[4]));
     let w = ArrayD::<f64>::ones(ndarray::IxDyn(&[4, 6]));
-    for (params, block, rank) in [
-        (vec![w.clone(), conv.clone()], 1, 4),
-        (vec![bias.clone(), w.clone()], 0, 1),
+    let mut as_is = presets::muon(0.1, 0.05);
+    if let Some(GroupConfig::Lmo(g)) = as_is.groups.get_mut(&Label::Hidden) {
+        g.view = View::AsIs;
+    }
+    for (cfg, params, block, rank) in [
+        (as_is.clone(), vec![w.clone(), conv.clone()], 1, 4),
+        (as_is, vec![bias.clone(), w.clone()], 0, 1),
+        // Muon's preset flattens kernels (View::Flatten), never a vector.
+        (
+            presets::muon(0.1, 0.05),
+            vec![w.clone(), bias.clone()],
+            1,
+            1,
+        ),
     ] {
         let labels = vec![Label::Hidden; params.len()];
-        let e = Optimizer::<Nd64>::new(presets::muon(0.1, 0.05), labels, &params).err();
+        let e = Optimizer::<Nd64>::new(cfg, labels, &params).err();
         assert_eq!(
             e,
             Some(OptError::Lmo {
@@ -157,6 +168,11 @@ fn a_tensor_its_norm_cannot_take_is_refused_at_construction() {
             })
         );
     }
+    let labels = vec![Label::Hidden; 2];
+    assert!(
+        Optimizer::<Nd64>::new(presets::muon(0.1, 0.05), labels, &[w.clone(), conv.clone()])
+            .is_ok()
+    );
     // Scion's row/column norms are matrix norms too; sign and Frobenius
     // take any rank.
     for (norm, ok) in [

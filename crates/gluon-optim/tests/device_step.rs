@@ -25,16 +25,7 @@ use orthogonalize::{NewtonSchulz, NsConfig};
 use rand::{SeedableRng, rngs::StdRng};
 
 fn group(norm: NormSpec, radius: Radius) -> LmoGroup {
-    LmoGroup {
-        norm,
-        scale: 1.0,
-        shape_scale: ShapeScale::None,
-        radius,
-        beta: 0.9,
-        nesterov: false,
-        weight_decay: 0.0,
-        mode: Mode::Unconstrained,
-    }
+    LmoGroup::new(norm, radius).beta(0.9)
 }
 
 fn ns() -> Orth {

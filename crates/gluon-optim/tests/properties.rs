@@ -7,7 +7,7 @@ mod common;
 
 use gluon_optim::{
     Config, GroupConfig, Label, LipschitzEstimator, LmoGroup, Mode, NonFinitePolicy, NormSpec,
-    OptError, OptState, Optimizer, Orth, Point, Radius, Schedule, ShapeScale, fit_envelope,
+    OptError, OptState, Optimizer, Orth, Point, Radius, Schedule, fit_envelope,
 };
 use lmo_ndarray::Nd64;
 use lmo_problems::{Mlp, Problem};
@@ -28,16 +28,7 @@ fn norms() -> Vec<NormSpec> {
 }
 
 fn group(norm: NormSpec, radius: Radius, beta: f64, mode: Mode) -> LmoGroup {
-    LmoGroup {
-        norm,
-        scale: 1.0,
-        shape_scale: ShapeScale::None,
-        radius,
-        beta,
-        nesterov: false,
-        weight_decay: 0.0,
-        mode,
-    }
+    LmoGroup::new(norm, radius).beta(beta).mode(mode)
 }
 
 fn one_block(g: LmoGroup) -> Config {

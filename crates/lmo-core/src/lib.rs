@@ -32,6 +32,7 @@ mod backend;
 mod error;
 pub mod norms;
 mod orth;
+mod pieces;
 mod precision;
 mod scalar;
 mod shape;
@@ -43,6 +44,7 @@ pub use norms::{ColNorm, ColRowNorm, Frobenius, L1, Norm, RowNorm, SignInf, Spec
 /// Re-export of `num-traits` (the `Float`, `Zero`, `One` traits behind [`Scalar`]).
 pub use num_traits;
 pub use orth::{ExactPolar, Orthogonalizer};
+pub use pieces::{Pieces, View};
 pub use precision::Bf16Storage;
 pub use scalar::Scalar;
 pub use shape::Shape;

@@ -9,7 +9,9 @@ use gluon_optim::Label;
 ///   `embedding` or `tok_embeddings`: [`Label::Embedding`];
 /// - a name with a path component `lm_head`, `head` or `output`:
 ///   [`Label::Head`];
-/// - any other matrix (or higher rank): [`Label::Hidden`].
+/// - any other matrix (or higher rank: convolution kernels, which the
+///   presets flatten to `(out, in·kh·kw)` through `View::Flatten`):
+///   [`Label::Hidden`].
 pub fn default_label(name: &str, dims: &[i64]) -> Label {
     if dims.len() <= 1 {
         return Label::Vector;

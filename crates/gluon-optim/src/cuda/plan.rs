@@ -97,6 +97,16 @@ impl DevicePlan {
             match group {
                 GroupConfig::AdamW(a) => blocks.push(BlockPlan::AdamW(*a)),
                 GroupConfig::Lmo(g) => {
+                    let whole = lmo_core::Shape::new(d)
+                        .map(|s| g.view.is_identity_on(&s))
+                        .unwrap_or(false);
+                    if !whole {
+                        return Err(unsupported(
+                            "the device step takes each tensor whole (a matrix, or View::AsIs); \
+                             use Optimizer<Cuda> for flattened, batched or split views",
+                            i,
+                        ));
+                    }
                     let elem = |kind| BlockPlan::Elementwise {
                         group: g.clone(),
                         kind,
