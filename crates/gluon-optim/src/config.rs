@@ -243,6 +243,9 @@ pub struct LmoGroup {
     /// Nesterov: the LMO sees `(1−β)·G + β·M` (as Muon).
     pub nesterov: bool,
     /// Decoupled weight decay λ ≥ 0: `X ← (1 − t·λ)·X` before the step.
+    /// The factor must stay positive, so validation refuses t·λ ≥ 1 for a
+    /// constant radius, t0·λ ≥ 1 for the theory schedule and λ > L1 for
+    /// the adaptive radius (whose t is below 1/L1; with L1 = 0 any λ > 0).
     pub weight_decay: f64,
     /// Unconstrained or constrained form.
     pub mode: Mode,
@@ -378,7 +381,8 @@ pub struct AdamWGroup {
     pub beta2: f64,
     /// ε > 0.
     pub eps: f64,
-    /// Decoupled weight decay λ ≥ 0.
+    /// Decoupled weight decay λ ≥ 0 (`X ← (1 − η·λ)·X`; validation
+    /// refuses η·λ ≥ 1, which would flip or zero the weights).
     pub weight_decay: f64,
 }
 
@@ -515,6 +519,25 @@ impl Config {
                         }
                         _ => {}
                     }
+                    // Decoupled weight decay scales X by 1 − t·λ; t·λ ≥ 1
+                    // would flip or zero the weights. Schedules multiply t
+                    // by at most 1, so the bound on the base radius holds
+                    // at every step: t < 1/λ for a constant radius, t0 <
+                    // 1/λ for the theory schedule (t_k ≤ t0) and, for the
+                    // adaptive radius t = d/(L0 + L1·d) < 1/L1, λ ≤ L1.
+                    let wd = l.weight_decay;
+                    let flips = wd > 0.0
+                        && match l.radius {
+                            Radius::Constant(t) => t * wd >= 1.0,
+                            Radius::Theory { t0 } => t0 * wd >= 1.0,
+                            Radius::Adaptive { l1, .. } => wd > l1,
+                        };
+                    if flips {
+                        return Err(bad(
+                            "weight decay: the factor 1 − t·λ must stay > 0 (constant or \
+                             theory radius: t·λ < 1; adaptive radius: λ ≤ L1)",
+                        ));
+                    }
                     if let Mode::Constrained { rho } = l.mode
                         && !pos(rho)
                     {
@@ -536,9 +559,12 @@ impl Config {
                         && unit(a.beta1)
                         && unit(a.beta2)
                         && pos(a.eps)
-                        && nonneg(a.weight_decay))
+                        && nonneg(a.weight_decay)
+                        && a.lr * a.weight_decay < 1.0)
                     {
-                        return Err(bad("AdamW needs lr, ε > 0, β₁, β₂ ∈ [0, 1), λ ≥ 0"));
+                        return Err(bad(
+                            "AdamW needs lr, ε > 0, β₁, β₂ ∈ [0, 1), λ ≥ 0 and lr·λ < 1",
+                        ));
                     }
                 }
             }

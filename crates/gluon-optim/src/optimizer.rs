@@ -14,7 +14,9 @@ use crate::{phases, validate};
 /// step's phase 2 writes only scratch buffers until the commit).
 #[derive(Clone, Debug, PartialEq)]
 pub enum OptError {
-    /// A gradient of block `block` has NaN/Inf.
+    /// A gradient of block `block` has NaN/Inf or, in an AdamW block, an
+    /// entry whose square overflows the scalar type (`|g| > √MAX/2`, f32:
+    /// 9.2e18), which would make the second moment Inf.
     NonFiniteGradient {
         /// Index of the block.
         block: usize,
@@ -301,7 +303,10 @@ where
     /// to be skipped (non-finite gradient under the `Skip` policy).
     fn check(&self, params: &[B::Tensor], grads: &[B::Tensor]) -> Result<bool, OptError> {
         self.check_counts_and_shapes(params, grads)?;
-        let first = grads.iter().position(|g| !B::all_finite(g));
+        let first = grads
+            .iter()
+            .zip(&self.blocks)
+            .position(|(g, b)| !validate::grad_ok::<B>(matches!(b.kind, Kind::AdamW { .. }), g));
         validate::non_finite(self.config.non_finite, first)
     }
 
@@ -537,11 +542,9 @@ where
             ));
         }
         if recheck
-            && let Some(block) = self
-                .blocks
-                .iter()
-                .zip(grads)
-                .position(|(b, g)| matches!(b.kind, Kind::AdamW { .. }) && !B::all_finite(g))
+            && let Some(block) = self.blocks.iter().zip(grads).position(|(b, g)| {
+                matches!(b.kind, Kind::AdamW { .. }) && !validate::grad_ok::<B>(true, g)
+            })
         {
             return Err(OptError::NonFiniteGradient { block });
         }

@@ -431,7 +431,10 @@ where
     fn check(&self, params: &[B::Tensor], grads: &[B::Tensor]) -> Result<Option<usize>, OptError> {
         let shapes = self.shapes.iter().map(Vec::as_slice);
         validate::counts_and_shapes::<B>(shapes, params, grads)?;
-        Ok(grads.iter().position(|g| !B::all_finite(g)))
+        Ok(grads.iter().enumerate().position(|(i, g)| {
+            let adamw = matches!(self.group(i), Some(GroupConfig::AdamW(_)));
+            !validate::grad_ok::<B>(adamw, g)
+        }))
     }
 
     /// Data parallelism: replaces every rank's `grads` by their average

@@ -2,7 +2,8 @@
 //! [`crate::Optimizer`] and the device step share them): counts, shapes,
 //! and what a non-finite gradient means under the configured policy.
 
-use lmo_core::{Backend, LmoError, Shape};
+use lmo_core::num_traits::Float;
+use lmo_core::{Backend, LmoError, Scalar, Shape};
 
 use crate::config::NonFinitePolicy;
 use crate::optimizer::OptError;
@@ -68,4 +69,24 @@ pub(crate) fn non_finite(policy: NonFinitePolicy, first: Option<usize>) -> Resul
             NonFinitePolicy::Skip => Ok(false),
         },
     }
+}
+
+/// Whether a block can take gradient `g`: every entry finite and, for an
+/// AdamW block (`adamw`), small enough that the second moment stays finite
+/// in the scalar type: `|g| ≤ √MAX/2` (f32: 9.2e18, f64: 6.7e153).
+///
+/// Why the bound suffices: `v_k = β₂·v_{k−1} + (1−β₂)·g_k²` and the
+/// bias-corrected `v̂_k = v_k/(1−β₂^k)` are weighted averages of past
+/// `g_i²` (weights summing to at most 1), so they stay at or below
+/// `max_i g_i² ≤ MAX/4`; without it `v` or `v̂` becomes Inf and AdamW's
+/// update silently vanishes (`m̂/∞ = 0`).
+pub(crate) fn grad_ok<B: Backend>(adamw: bool, g: &B::Tensor) -> bool {
+    if !B::all_finite(g) {
+        return false;
+    }
+    if !adamw {
+        return true;
+    }
+    let bound = <B::Scalar as Float>::max_value().sqrt() / B::Scalar::of(2.0);
+    B::argmax_abs(g).1.abs() <= bound
 }

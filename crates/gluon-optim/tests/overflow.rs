@@ -1,0 +1,143 @@
+//! Large finite inputs (the error contract: finite input never yields
+//! NaN/Inf, bad input is a typed error that changes nothing):
+//! - AdamW in f32: a gradient entry whose square would overflow the second
+//!   moment (`|g| > √MAX/2`) is refused like a non-finite one (or skipped
+//!   under `Skip`), and below the bound the first step moves every entry by
+//!   exactly `lr` (bias-corrected `m̂ = g`, `v̂ = g²`: `Δ = −lr·g/(|g| + ε)`,
+//!   Loshchilov & Hutter, Algorithm 2);
+//! - weight decay whose factor `1 − t·λ` would reach 0 or below is refused
+//!   when the optimizer is built.
+
+use gluon_optim::{
+    AdamWGroup, Config, GroupConfig, Label, LmoGroup, NonFinitePolicy, NormSpec, OptError,
+    Optimizer, Radius, presets,
+};
+use lmo_core::LmoError;
+use lmo_ndarray::Nd32;
+use ndarray::{ArrayD, IxDyn};
+
+fn adamw(policy: NonFinitePolicy) -> Config {
+    presets::adamw(AdamWGroup {
+        lr: 1e-2,
+        weight_decay: 0.0,
+        ..Default::default()
+    })
+    .non_finite(policy)
+}
+
+fn tensor(v: &[f32]) -> ArrayD<f32> {
+    ArrayD::from_shape_vec(IxDyn(&[v.len()]), v.to_vec()).unwrap()
+}
+
+#[test]
+fn adamw_in_f32_refuses_a_gradient_its_second_moment_cannot_hold() {
+    let x0 = tensor(&[1.0, -2.0, 3.0, 0.5]);
+    let labels = vec![Label::Vector, Label::Vector];
+    let params = vec![x0.clone(), x0.clone()];
+    // 3e19² = 9e38 > f32::MAX: v̂ = g² would be Inf and the step vanish;
+    // 1e21: already (1−β₂)·g² = 1e39 overflows v itself.
+    for big in [3e19f32, -1e21] {
+        let g_ok = tensor(&[1.0, 1.0, 1.0, 1.0]);
+        let g_big = tensor(&[1.0, big, 1.0, 1.0]);
+        let grads = vec![g_ok, g_big];
+        let mut opt =
+            Optimizer::<Nd32>::new(adamw(NonFinitePolicy::Error), labels.clone(), &params).unwrap();
+        let (mut x, state) = (params.clone(), opt.state());
+        assert_eq!(
+            opt.step(&mut x, &grads).err(),
+            Some(OptError::NonFiniteGradient { block: 1 })
+        );
+        assert_eq!(x, params);
+        assert_eq!(opt.state(), state);
+        let mut skip =
+            Optimizer::<Nd32>::new(adamw(NonFinitePolicy::Skip), labels.clone(), &params).unwrap();
+        assert!(skip.step(&mut x, &grads).unwrap().skipped);
+        assert_eq!(x, params);
+        assert_eq!(skip.skipped(), 1);
+    }
+}
+
+#[test]
+fn adamw_in_f32_steps_exactly_lr_up_to_the_bound() {
+    // The largest entries allowed (9e18 < √MAX/2 ≈ 9.22e18) and tiny ones:
+    // the first bias-corrected step is −lr·sign(g) (|g| ≫ ε = 1e-8).
+    let g = tensor(&[9e18, -9e18, 1e-3, -4e10]);
+    let x0 = tensor(&[1.0, -2.0, 3.0, 0.5]);
+    let mut opt = Optimizer::<Nd32>::new(
+        adamw(NonFinitePolicy::Error),
+        vec![Label::Vector],
+        std::slice::from_ref(&x0),
+    )
+    .unwrap();
+    let mut x = vec![x0.clone()];
+    for k in 0..3 {
+        let before = x[0].clone();
+        opt.step(&mut x, std::slice::from_ref(&g)).unwrap();
+        for ((a, b), gi) in x[0].iter().zip(&before).zip(&g) {
+            assert!(a.is_finite());
+            // A constant gradient: m̂ = g and v̂ = g² at every step.
+            let want = b - 1e-2 * gi.signum();
+            assert!((a - want).abs() <= 1e-6, "step {k}: {a} vs {want}");
+        }
+    }
+    let state = opt.state();
+    assert!(
+        state.blocks[0]
+            .buffers
+            .iter()
+            .flatten()
+            .all(|v| v.is_finite())
+    );
+}
+
+#[test]
+fn weight_decay_that_would_flip_the_weights_is_refused() {
+    let x = vec![ArrayD::<f32>::ones(IxDyn(&[3, 2]))];
+    let lmo = |radius: Radius, wd: f64| {
+        Config::new().group(
+            Label::Hidden,
+            GroupConfig::Lmo(LmoGroup::new(NormSpec::Frobenius, radius).weight_decay(wd)),
+        )
+    };
+    let adam = |lr: f64, wd: f64| {
+        presets::adamw(AdamWGroup {
+            lr,
+            weight_decay: wd,
+            ..Default::default()
+        })
+    };
+    let label = |c: &Config| {
+        if c.groups.contains_key(&Label::Hidden) {
+            Label::Hidden
+        } else {
+            Label::Vector
+        }
+    };
+    for (cfg, ok) in [
+        (lmo(Radius::Constant(0.1), 9.9), true),
+        (lmo(Radius::Constant(0.1), 10.0), false),
+        (lmo(Radius::Theory { t0: 0.5 }, 1.9), true),
+        (lmo(Radius::Theory { t0: 0.5 }, 2.0), false),
+        (lmo(Radius::Adaptive { l0: 1.0, l1: 5.0 }, 5.0), true),
+        (lmo(Radius::Adaptive { l0: 1.0, l1: 5.0 }, 5.5), false),
+        (lmo(Radius::Adaptive { l0: 1.0, l1: 0.0 }, 0.1), false),
+        (adam(0.1, 9.0), true),
+        (adam(0.1, 10.0), false),
+    ] {
+        let l = label(&cfg);
+        let r = Optimizer::<Nd32>::new(cfg.clone(), vec![l], &x);
+        assert_eq!(r.is_ok(), ok, "{cfg:?}");
+        if let Err(e) = r {
+            assert!(
+                matches!(
+                    e,
+                    OptError::Lmo {
+                        block: usize::MAX,
+                        error: LmoError::InvalidHyperParameter(_)
+                    }
+                ),
+                "{e:?}"
+            );
+        }
+    }
+}
