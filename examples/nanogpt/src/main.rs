@@ -940,7 +940,7 @@ fn same_replicas<C: Communicator>(
 ) -> Result<(), String> {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for p in params {
-        let v = Vec::<f32>::try_from(p.0.flatten(0, -1).to_kind(tch::Kind::Float))
+        let v = Vec::<f32>::try_from(p.copy().flatten(0, -1).to_kind(tch::Kind::Float))
             .map_err(|e| e.to_string())?;
         for x in v {
             for b in x.to_bits().to_le_bytes() {

@@ -9,16 +9,37 @@ use tch::{Device, Kind, Tensor};
 /// [`tch::Tensor`] (usually a shallow clone that shares storage with a
 /// `VarStore` variable, so updates land in the model).
 ///
-/// `Sync` (so that `gluon-optim` may step blocks in parallel): the
-/// optimizer only reads a shared `&TchTensor` (libtorch tensors are safe
-/// to read from several threads; their reference counts are atomic) and
-/// writes through `&mut`.
+/// `Sync` (so that `gluon-optim` may step blocks in parallel). That is sound
+/// only because a shared `&TchTensor` gives no way to mutate the storage:
+/// the inner tensor is private, and the only access to it through `&self`
+/// is a deep copy ([`TchTensor::copy`], new storage). A `&Tensor` would
+/// not do: `shallow_clone()` of it yields an owned tensor on the same
+/// storage that safe code could write while another thread reads.
+/// Mutation goes through `&mut` ([`TchTensor::tensor_mut`]), which Rust
+/// makes exclusive.
+///
+/// ```compile_fail,E0616
+/// // No access to the inner tensor through a shared reference:
+/// fn alias(t: &lmo_tch::TchTensor) -> tch::Tensor {
+///     t.0.shallow_clone()
+/// }
+/// ```
+///
+/// ```
+/// use lmo_tch::TchTensor;
+/// let mut t = TchTensor::new(tch::Tensor::from_slice(&[1.0f32, 2.0]));
+/// t.tensor_mut().fill_(3.0); // exclusive: fine
+/// let mut c = t.copy(); // a deep copy: writing it leaves `t` alone
+/// let _ = c.fill_(0.0);
+/// assert_eq!(Vec::<f32>::try_from(t.copy()).unwrap(), vec![3.0, 3.0]);
+/// ```
 #[derive(Debug)]
-pub struct TchTensor(pub Tensor);
+pub struct TchTensor(pub(crate) Tensor);
 
-// SAFETY: see the type's documentation. Concurrent access through `&` only
-// runs const libtorch operations (reads and atomic refcount changes);
-// mutation requires `&mut`, which Rust makes exclusive.
+// SAFETY: see the type's documentation. Through `&TchTensor` only const
+// libtorch operations run (reads, deep copies, atomic refcount changes):
+// the field is crate-private and the crate's backend operations write only
+// through `&mut`, which Rust makes exclusive.
 unsafe impl Sync for TchTensor {}
 
 impl TchTensor {
@@ -27,9 +48,20 @@ impl TchTensor {
         TchTensor(t)
     }
 
-    /// The libtorch tensor.
-    pub fn tensor(&self) -> &Tensor {
-        &self.0
+    /// A deep copy of the tensor (new storage, same device, kind and
+    /// shape): what a shared reference may read.
+    pub fn copy(&self) -> Tensor {
+        self.0.copy()
+    }
+
+    /// The dimensions.
+    pub fn size(&self) -> Vec<i64> {
+        self.0.size()
+    }
+
+    /// The libtorch tensor, for in-place work (exclusive access).
+    pub fn tensor_mut(&mut self) -> &mut Tensor {
+        &mut self.0
     }
 
     /// Unwraps.

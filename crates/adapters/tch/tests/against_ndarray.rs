@@ -30,13 +30,14 @@ fn nd32(v: &[f64], dims: &[usize]) -> ArrayD<f32> {
 
 fn tt(v: &[f64], dims: &[usize], kind: Kind) -> TchTensor {
     let d: Vec<i64> = dims.iter().map(|&x| x as i64).collect();
-    TchTensor(Tensor::from_slice(v).view(d.as_slice()).to_kind(kind))
+    TchTensor::new(Tensor::from_slice(v).view(d.as_slice()).to_kind(kind))
 }
 
 fn host(t: &TchTensor) -> Vec<f64> {
-    let n = t.0.numel();
+    let c = t.copy();
+    let n = c.numel();
     let mut v = vec![0.0; n];
-    t.0.to_kind(Kind::Double).contiguous().copy_data(&mut v, n);
+    c.to_kind(Kind::Double).contiguous().copy_data(&mut v, n);
     v
 }
 
@@ -351,6 +352,6 @@ fn device_is_reported() {
         tch::get_num_threads(),
         if cuda { "" } else { " (GPU checks skipped)" }
     );
-    let t = TchTensor(Tensor::ones([2, 2], (Kind::Float, Device::Cpu)));
+    let t = TchTensor::new(Tensor::ones([2, 2], (Kind::Float, Device::Cpu)));
     assert_eq!(Tch32::norm2(&t), 2.0);
 }

@@ -162,7 +162,7 @@ fn errors_leave_variables_and_state_untouched() {
         other => panic!("expected MissingGradient, got {other:?}"),
     }
     train(&net, &mut opt, 2);
-    let before: Vec<Tensor> = opt.params().iter().map(|p| p.0.copy()).collect();
+    let before: Vec<Tensor> = opt.params().iter().map(|p| p.copy()).collect();
     let state = opt.saved();
     // A NaN gradient: the step is refused, nothing moves.
     let loss = net.loss(&data());
@@ -178,7 +178,7 @@ fn errors_leave_variables_and_state_untouched() {
     let err = opt.step().unwrap_err();
     assert!(err.to_string().contains("NaN"), "{err}");
     for (b, p) in before.iter().zip(opt.params()) {
-        assert!(b.equal(&p.0));
+        assert!(b.equal(&p.copy()));
     }
     assert_eq!(opt.saved(), state);
     // A state for other variables is refused.
@@ -222,7 +222,7 @@ fn sharded_optimizer_at_one_rank_is_the_single_process_step() {
         got.extend(train(&net2, &mut cont, 4));
         assert_eq!(want, got);
         for (a, b) in single.params().iter().zip(cont.params()) {
-            assert!(a.0.equal(&b.0));
+            assert!(a.copy().equal(&b.copy()));
         }
         // And back: the single-process state into the sharded optimizer.
         single.save(&dir.join("one.json")).unwrap();
@@ -245,7 +245,7 @@ fn sharded_optimizer_errors_change_nothing() {
     opt.zero_grad();
     loss.backward();
     opt.step().unwrap();
-    let before: Vec<Tensor> = opt.params().iter().map(|p| p.0.copy()).collect();
+    let before: Vec<Tensor> = opt.params().iter().map(|p| p.copy()).collect();
     let state = opt.saved().unwrap();
     let loss = net.loss(&data());
     opt.zero_grad();
@@ -260,7 +260,7 @@ fn sharded_optimizer_errors_change_nothing() {
     let err = opt.step().unwrap_err();
     assert!(matches!(err, TchOptError::Opt(_)), "{err:?}");
     for (b, p) in before.iter().zip(opt.params()) {
-        assert!(b.equal(&p.0));
+        assert!(b.equal(&p.copy()));
     }
     assert_eq!(opt.saved().unwrap(), state);
     // A missing file and a state for other variables: refused, unchanged.
