@@ -209,7 +209,9 @@ fn run_tests() -> Result<(), String> {
         "--features",
         CUDA_FEATURE,
     ])
-    .env("LMO_SKIP_LOG", skip_log());
+    .env("LMO_SKIP_LOG", skip_log())
+    // CUDA_FEATURE builds the kernel emulator: its tests must run.
+    .env("LMO_EXPECT_EMU", "1");
     with_libtorch(&mut c)?;
     step(
         "cargo test (unit, integration, property tests; tch on CPU)",

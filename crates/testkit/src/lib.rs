@@ -10,8 +10,9 @@
 //! to the file named by [`SKIP_LOG`] when that variable is set: `cargo
 //! xtask test` sets it and prints every skip, with its count, at the end
 //! of the run. Where the capability is required (the GPU machine's
-//! `LMO_EXPECT_GPU=1`, `LMO_EXPECT_NVRTC=1`), the tests fail instead of
-//! calling this.
+//! `LMO_EXPECT_GPU=1`, `LMO_EXPECT_NVRTC=1`; `cargo xtask test`'s
+//! `LMO_EXPECT_EMU=1` for the CUDA kernel emulator and `LMO_EXPECT_MPI=1`
+//! in CI), the tests fail instead of calling this.
 
 use std::io::Write;
 
