@@ -65,14 +65,35 @@ impl core::fmt::Display for BroxError {
 impl std::error::Error for BroxError {}
 
 /// What an oracle certifies about `u ∈ brox_f^t(x)`.
+///
+/// Two multipliers, for two forms of the optimality condition of
+/// `min f(z)` over `‖z − x‖ ≤ t`:
+///
+/// - [`Certificate::multiplier`], the Euclidean form (Second Brox
+///   theorem): `c ≥ 0` with `c·(x − u) ∈ ∂f(u)`. It is a statement about
+///   the vector `x − u`, which is a (scaled) subgradient of the ball's norm
+///   at `u − x` only for the Euclidean norm; over another norm's ball such
+///   a `c` exists only by coincidence (e.g. a linear `f = <g, ·>` over the
+///   ℓ∞ ball: `x − u = t·sign(g)`, parallel to `g` only when all `|g_i|`
+///   are equal).
+/// - [`Certificate::ball_multiplier`], the form valid for any norm (KKT
+///   with the subdifferential of the norm; Rockafellar, *Convex Analysis*,
+///   1970, Thm 28.3): `μ ≥ 0` with `0 ∈ ∂f(u) + μ·∂‖·‖(u − x)` and
+///   `μ·(t − ‖u − x‖) = 0`, where
+///   `∂‖·‖(v) = {w : ‖w‖_* ≤ 1, <w, v> = ‖v‖}`. For the Euclidean ball
+///   the two agree through `μ = c·‖u − x‖`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Certificate {
     /// `‖u − x‖ = t` (the step hit the sphere; First Brox theorem, second
     /// branch).
     pub boundary: bool,
-    /// `c ≥ 0` with `c·(x − u) ∈ ∂f(u)` (Second Brox theorem), when the
-    /// oracle knows it.
+    /// `c ≥ 0` with `c·(x − u) ∈ ∂f(u)` (Second Brox theorem, Euclidean
+    /// form), when the oracle knows it and it exists; `None` otherwise.
     pub multiplier: Option<f64>,
+    /// `μ ≥ 0` with `0 ∈ ∂f(u) + μ·∂‖·‖(u − x)` and `μ·(t − ‖u − x‖) = 0`,
+    /// in the norm of the oracle's ball (valid for every norm), when the
+    /// oracle knows it; `μ = c·‖u − x‖` for the Euclidean ball.
+    pub ball_multiplier: Option<f64>,
     /// 0 for exact oracles; the KKT residual (TRS) or gradient-mapping
     /// norm (inexact oracle) otherwise.
     pub tolerance: f64,
@@ -143,12 +164,44 @@ pub enum Radii {
 }
 
 impl Radii {
-    /// `t_k`.
-    pub fn at(&self, k: usize) -> f64 {
-        match self {
+    /// `t_k`: `t`, `v[min(k, len − 1)]`, or `D/√K`.
+    ///
+    /// Errors: an empty sequence or `K = 0` ([`BroxError::InvalidInput`]);
+    /// a `t_k` that is not finite and `> 0` ([`BroxError::InvalidRadius`]).
+    pub fn at(&self, k: usize) -> Result<f64, BroxError> {
+        let t = match self {
             Radii::Constant(t) => *t,
-            Radii::Sequence(v) => v[k.min(v.len().saturating_sub(1))],
-            Radii::FiniteConvergence { distance, steps } => distance / (*steps as f64).sqrt(),
+            Radii::Sequence(v) => match v.get(k).or(v.last()) {
+                Some(t) => *t,
+                None => return Err(BroxError::InvalidInput("empty radius sequence")),
+            },
+            Radii::FiniteConvergence { distance, steps } => {
+                if *steps == 0 {
+                    return Err(BroxError::InvalidInput(
+                        "finite-convergence schedule needs steps ≥ 1",
+                    ));
+                }
+                distance / (*steps as f64).sqrt()
+            }
+        };
+        if !(t.is_finite() && t > 0.0) {
+            return Err(BroxError::InvalidRadius(t));
+        }
+        Ok(t)
+    }
+
+    /// Checks every radius of the schedule (each `t_k` finite and `> 0`, a
+    /// non-empty sequence, `K ≥ 1`), with the errors of [`Radii::at`]; a
+    /// schedule that passes gives `Ok` for every `k`.
+    pub fn validate(&self) -> Result<(), BroxError> {
+        match self {
+            Radii::Sequence(v) => {
+                if v.is_empty() {
+                    return Err(BroxError::InvalidInput("empty radius sequence"));
+                }
+                (0..v.len()).try_for_each(|k| self.at(k).map(|_| ()))
+            }
+            _ => self.at(0).map(|_| ()),
         }
     }
 }
@@ -200,6 +253,10 @@ pub struct BpmResult {
 
 /// The Broximal Point Method `x_{k+1} ∈ brox_f^{t_k}(x_k)` from `x0`,
 /// calling `observer` after every iteration.
+///
+/// Errors, before any iteration (the observer is not called): `x0` of the
+/// wrong length, an invalid radius schedule ([`Radii::validate`]); later,
+/// an oracle's error.
 pub fn bpm(
     o: &mut dyn Brox,
     x0: &[f64],
@@ -214,17 +271,13 @@ pub fn bpm(
             found: x0.len(),
         });
     }
-    if let Radii::Sequence(v) = radii
-        && v.is_empty()
-    {
-        return Err(BroxError::InvalidInput("empty radius sequence"));
-    }
+    radii.validate()?;
     let mut x = x0.to_vec();
     let mut next = vec![0.0; n];
     let mut g = vec![0.0; n];
     let mut history = vec![];
     for k in 0..stop.max_iter {
-        let t = radii.at(k);
+        let t = radii.at(k)?;
         let cert = o.brox(&x, t, &mut next)?;
         let step = next
             .iter()

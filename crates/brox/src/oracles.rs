@@ -16,6 +16,17 @@ fn norm2(v: &[f64]) -> f64 {
 /// [`Backend`] `B`: `brox_f^t(x) = x + t·lmo(g)` (SPEC §4, first oracle).
 /// `g` is a tensor of the backend (vector or matrix), so that matrix norms
 /// (spectral, column, …) apply; points are its row-major entries.
+///
+/// Certificate (see [`Certificate`]): with `d = lmo(g)`,
+/// `<g, u − x> = t·<g, d> = −t·‖g‖_*`, so `w = −g/‖g‖_*` has `‖w‖_* = 1`
+/// and `<w, u − x> = t = ‖u − x‖`, i.e. `w ∈ ∂‖·‖(u − x)` and
+/// `g + ‖g‖_*·w = 0`: the ball multiplier is `μ = ‖g‖_* = −<g, d>` for
+/// every norm (exactly so for exact LMOs; with an inexact orthogonalizer
+/// the attained `−<g, d>`). The Euclidean multiplier `c` with
+/// `c·(x − u) = g`, i.e. `g = −c·t·d`, exists only when `d` is parallel to
+/// `−g` (the Frobenius and RMS norms, or by coincidence); it is reported,
+/// as `c = −<g, d>/(t·‖d‖₂²)`, only when `‖g + c·t·d‖₂ ≤ 1e-12·‖g‖₂`, and
+/// is `None` otherwise.
 pub struct Linear<B: Backend<Scalar = f64>, N: Norm<B>> {
     g: B::Tensor,
     /// `g`, row-major on the host (for `value` and `gradient`).
@@ -67,10 +78,29 @@ impl<B: Backend<Scalar = f64>, N: Norm<B>> Brox for Linear<B, N> {
         for ((o, xi), di) in out.iter_mut().zip(x).zip(&self.dh) {
             *o = xi + t * di;
         }
-        let dual = -ip;
+        // μ = ‖g‖_* = −<g, lmo(g)> ≥ 0 (0 for g = 0, where d = 0 and u = x).
+        let dual = (-ip).max(0.0);
+        let dn = norm2(&self.dh);
+        let multiplier = if dual == 0.0 || dn == 0.0 {
+            // g = 0 (an exact LMO gives −<g, d> > 0 for g ≠ 0): c = 0.
+            (norm2(&self.gh) == 0.0).then_some(0.0)
+        } else {
+            // The least-squares c in g ≈ −c·t·d, kept only if it is exact.
+            let c = dual / (t * dn) / dn;
+            let res = norm2(
+                &self
+                    .gh
+                    .iter()
+                    .zip(&self.dh)
+                    .map(|(g, d)| g + c * t * d)
+                    .collect::<Vec<_>>(),
+            );
+            (res <= 1e-12 * norm2(&self.gh)).then_some(c)
+        };
         Ok(Certificate {
             boundary: dual > 0.0,
-            multiplier: Some(dual / t),
+            multiplier,
+            ball_multiplier: Some(dual),
             tolerance: 0.0,
             iterations: 0,
         })
@@ -119,6 +149,7 @@ impl Brox for Distance {
             return Ok(Certificate {
                 boundary: false,
                 multiplier: Some(0.0),
+                ball_multiplier: Some(0.0),
                 tolerance: 0.0,
                 iterations: 0,
             });
@@ -126,9 +157,11 @@ impl Brox for Distance {
         for ((o, xi), di) in out.iter_mut().zip(x).zip(&diff) {
             *o = xi + t * di / d;
         }
+        // ∇f(u) = u − c = (x − u)·(d − t)/t: c = (d − t)/t, μ = c·t.
         Ok(Certificate {
             boundary: true,
             multiplier: Some((d - t) / t),
+            ball_multiplier: Some(d - t),
             tolerance: 0.0,
             iterations: 0,
         })
@@ -201,9 +234,11 @@ impl Brox for Quadratic {
         for ((o, xi), si) in out.iter_mut().zip(x).zip(&sol.s) {
             *o = xi + si;
         }
+        // ∇f(u) = A·s + g = −λ·s = λ·(x − u): c = λ, μ = λ·‖s‖.
         let cert = Certificate {
             boundary: sol.lambda > 0.0 || sol.hard_case,
             multiplier: Some(sol.lambda),
+            ball_multiplier: Some(sol.lambda * sol.norm),
             tolerance: sol.kkt_residual,
             iterations: 0,
         };
@@ -248,6 +283,7 @@ impl Brox for L1Distance {
             return Ok(Certificate {
                 boundary: false,
                 multiplier: None,
+                ball_multiplier: None,
                 tolerance: 0.0,
                 iterations: 0,
             });
@@ -271,9 +307,11 @@ impl Brox for L1Distance {
         for ((o, di), ci) in out.iter_mut().zip(&d).zip(&self.c) {
             *o = ci + di.signum() * (di.abs() - gamma).max(0.0);
         }
+        // u = prox_{γf}(x): (x − u)/γ ∈ ∂f(u), c = 1/γ, μ = c·t.
         Ok(Certificate {
             boundary: true,
             multiplier: Some(1.0 / gamma),
+            ball_multiplier: Some(t / gamma),
             tolerance: 0.0,
             iterations: 0,
         })
@@ -319,6 +357,7 @@ impl<F: Fn(&[f64]) -> f64> Brox for SeparableBox<F> {
         Ok(Certificate {
             boundary,
             multiplier: None,
+            ball_multiplier: None,
             tolerance: 0.0,
             iterations: 0,
         })
@@ -412,6 +451,7 @@ impl<F: Fn(&[f64]) -> f64, G: Fn(&[f64], &mut [f64])> Brox for SmoothConvex<F, G
         Ok(Certificate {
             boundary,
             multiplier,
+            ball_multiplier: multiplier.map(|c| c * sn),
             tolerance: gm,
             iterations: it,
         })

@@ -1,6 +1,13 @@
 //! The exact trust-region subproblem (SPEC §4):
 //! `min_s ½·sᵀA·s + gᵀs` subject to `‖s‖₂ ≤ t`, `A` symmetric (any
 //! inertia).
+//!
+//! Scale invariance: for every `c > 0` the data `(c·A, c·g)` has the same
+//! minimizers `s` and multiplier `c·λ`. Every tolerance of the solver is
+//! therefore relative — to the natural multiplier scale `‖A‖ + ‖g‖/t`, to
+//! `‖g‖`, to `t`, or to the current iterate — and none is an absolute
+//! constant, so that the returned step is the same (to rounding) for any
+//! `c` in the normal floating-point range.
 
 use std::sync::OnceLock;
 
@@ -9,8 +16,14 @@ use faer::{Mat, Side};
 use crate::BroxError;
 
 /// A solution with its KKT certificate: `(A + λI)·s = −g`, `λ ≥ 0`,
-/// `A + λI ⪰ 0`, `λ·(t − ‖s‖) = 0` — necessary and sufficient for global
-/// optimality (Moré & Sorensen 1983; Conn, Gould & Toint 2000, Thm 7.2.1).
+/// `A + λI ⪰ 0`, `‖s‖ ≤ t`, `λ·(t − ‖s‖) = 0` — necessary and sufficient
+/// for global optimality (Moré & Sorensen 1983; Conn, Gould & Toint 2000,
+/// Thm 7.2.1). The stationarity and feasibility parts are measured, as
+/// relative residuals, by [`TrsSolution::kkt_residual`] and
+/// [`TrsSolution::constraint_residual`].
+///
+/// For `n = 0` the solution is the empty step with `λ = 0`, value 0 and
+/// zero residuals.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TrsSolution {
     /// The step `s`.
@@ -21,13 +34,22 @@ pub struct TrsSolution {
     pub norm: f64,
     /// The smallest eigenvalue of `A` when the eigendecomposition path ran;
     /// `None` on the Cholesky path, where the successful factorization of
-    /// `A + λI` itself proves `A + λI ≻ 0`.
+    /// `A + λI` itself proves `A + λI ≻ 0`, and for `n = 0`.
     pub lambda_min: Option<f64>,
     /// `true` in the hard case (g ⟂ the bottom eigenspace, λ = −λ_min).
     pub hard_case: bool,
     /// `‖(A + λI)s + g‖ / (‖A‖·‖s‖ + ‖g‖ + λ‖s‖)`, computed from `A` itself
-    /// (‖A‖ bounded by the max absolute row sum).
+    /// (‖A‖ bounded by the max absolute row sum). Invariant under
+    /// `(A, g) → (c·A, c·g)`.
     pub kkt_residual: f64,
+    /// The relative violation of the ball constraint,
+    /// `max(0, ‖s‖₂ − t) / t` (0 when `s` is feasible; dimensionless, so
+    /// invariant under `(A, g) → (c·A, c·g)`). The solver guarantees
+    /// `‖s‖ ≤ t·(1 + 1e-12)`: the root finders stop within `1e-14·t` of the
+    /// sphere and a step that still overshoots it by rounding is scaled
+    /// back onto it (which moves the KKT residual by at most the same
+    /// relative amount), so this is at the level of `ε` in practice.
+    pub constraint_residual: f64,
     /// The model value `½·sᵀA·s + gᵀs`.
     pub value: f64,
 }
@@ -50,17 +72,28 @@ pub struct Trs {
     anorm: f64,
 }
 
+/// `‖v‖₂`, scaled by `max|v_i|` so that no square overflows or underflows
+/// for data anywhere in the floating-point range.
 fn norm(v: &[f64]) -> f64 {
-    v.iter().map(|x| x * x).sum::<f64>().sqrt()
+    let m = v.iter().fold(0.0f64, |a, x| a.max(x.abs()));
+    if m == 0.0 || !m.is_finite() {
+        return m;
+    }
+    m * v.iter().map(|x| (x / m) * (x / m)).sum::<f64>().sqrt()
 }
 
 impl Trs {
-    /// Takes the symmetric `n × n` matrix `a` (row-major). Errors: wrong
-    /// length, non-finite entries, asymmetry beyond `1e-12·max|a|`.
+    /// Takes the symmetric `n × n` matrix `a` (row-major); `n = 0` (with
+    /// an empty `a`) is accepted. Errors: `n·n` overflowing `usize`
+    /// ([`BroxError::InvalidInput`]), wrong length, non-finite entries,
+    /// asymmetry beyond `1e-12·max|a|`.
     pub fn new(a: &[f64], n: usize) -> Result<Self, BroxError> {
-        if a.len() != n * n {
+        let nn = n
+            .checked_mul(n)
+            .ok_or(BroxError::InvalidInput("n·n overflows usize"))?;
+        if a.len() != nn {
             return Err(BroxError::DimensionMismatch {
-                expected: n * n,
+                expected: nn,
                 found: a.len(),
             });
         }
@@ -109,8 +142,11 @@ impl Trs {
     }
 
     fn eigen(&self) -> &(Mat<f64>, Vec<f64>) {
-        self.eig
-            .get_or_init(|| match self.a.self_adjoint_eigen(Side::Lower) {
+        self.eig.get_or_init(|| {
+            if self.n == 0 {
+                return (Mat::zeros(0, 0), vec![]);
+            }
+            match self.a.self_adjoint_eigen(Side::Lower) {
                 Ok(evd) => {
                     let lam: Vec<f64> = (0..self.n).map(|i| evd.S().column_vector()[i]).collect();
                     (evd.U().to_owned(), lam)
@@ -121,10 +157,18 @@ impl Trs {
                     Mat::identity(self.n, self.n),
                     (0..self.n).map(|i| self.a[(i, i)]).collect(),
                 ),
-            })
+            }
+        })
     }
 
-    /// `min ½sᵀAs + gᵀs` over `‖s‖ ≤ t` (t > 0), exactly.
+    /// `min ½sᵀAs + gᵀs` over `‖s‖ ≤ t` (t > 0), exactly (Moré & Sorensen
+    /// 1983; Conn, Gould & Toint 2000, Ch. 7). The result is
+    /// scale-invariant: `(c·A, c·g)` for any `c > 0` gives the same step
+    /// and the multiplier and value times `c` (to rounding), with
+    /// `‖s‖ ≤ t·(1 + 1e-12)`. For `n = 0` it is the empty step, value 0.
+    ///
+    /// Errors (nothing is computed): `g.len() ≠ n`, `t` not finite and
+    /// `> 0`, non-finite `g`.
     pub fn solve(&self, g: &[f64], t: f64) -> Result<TrsSolution, BroxError> {
         let n = self.n;
         if g.len() != n {
@@ -138,6 +182,18 @@ impl Trs {
         }
         if g.iter().any(|v| !v.is_finite()) {
             return Err(BroxError::NonFinite);
+        }
+        if n == 0 {
+            return Ok(TrsSolution {
+                s: vec![],
+                lambda: 0.0,
+                norm: 0.0,
+                lambda_min: None,
+                hard_case: false,
+                kkt_residual: 0.0,
+                constraint_residual: 0.0,
+                value: 0.0,
+            });
         }
         if self.eig.get().is_none()
             && let Some(sol) = self.solve_cholesky(g, t)
@@ -195,6 +251,11 @@ impl Trs {
             if !factor(l, &mut buf, &mut mem) {
                 // A + λI is not positive definite: λ ≤ −λ_min.
                 lo = l;
+                if lo >= hi {
+                    // Even the upper bound failed (g = 0, A = −‖A‖·I, or
+                    // rounding): leave it to the eigendecomposition.
+                    return None;
+                }
                 l = if hi > lo {
                     (lo * hi).sqrt().max(lo + 0.01 * (hi - lo))
                 } else {
@@ -216,14 +277,16 @@ impl Trs {
             let sv: Vec<f64> = (0..n).map(|i| s[(i, 0)]).collect();
             let ns = norm(&sv);
             if (l == 0.0 && ns <= t) || (ns - t).abs() <= 1e-14 * t {
-                return Some(self.certify(g, sv, l, false));
+                return Some(self.certify(g, sv, l, false, t));
             }
             if ns < t {
                 hi = l;
             } else {
                 lo = l;
             }
-            if hi - lo <= 1e-12 * hi.max(1.0) {
+            // Relative to λ itself (hi ≥ λ* ≥ lo ≥ 0), not to an absolute
+            // constant: (c·A, c·g) must take the same path for every c > 0.
+            if hi - lo <= 1e-12 * hi {
                 return None; // λ pinned near −λ_min with ‖s‖ < t: hard case
             }
             // Newton on φ(λ) = 1/‖s‖ − 1/t: λ⁺ = λ + (‖s‖/‖w‖)²·(‖s‖ − t)/t, w = L⁻¹s.
@@ -310,67 +373,78 @@ impl Trs {
         let gamma: Vec<f64> = (0..m).map(|i| gnorm * evd.U()[(0, i)]).collect();
         let theta = mu.first().copied().unwrap_or(f64::INFINITY);
         let lower = (-theta).max(0.0);
-        (theta, secular_root(&gamma, &mu, t, lower))
+        let d: Vec<f64> = mu.iter().map(|m| m + lower).collect();
+        (theta, lower + secular_root(&gamma, &d, t))
     }
 
     /// The eigendecomposition path: the secular equation
     /// `‖s(λ)‖ = t`, `s(λ) = −Σ_i γ_i/(λ_i+λ)·q_i`, `γ = Qᵀg`, solved by
     /// safeguarded Newton with O(n) evaluations; the hard case adds the
     /// bottom eigenvector to reach the boundary.
+    ///
+    /// The multiplier is written `λ = λ_lo + ν`, `λ_lo = max(0, −λ_1)`,
+    /// with the shifted eigenvalues `d_i = λ_i + λ_lo ≥ 0` (`d_1 = 0` when
+    /// `λ_1 < 0`): `λ_i + λ = d_i + ν` then keeps full relative precision
+    /// near the (near-)hard case, where `λ_i + λ` would otherwise cancel.
+    /// Tolerances: eigenvalues with `d_i ≤ 1e-12·max(‖A‖₂, ‖g‖/t)` form the
+    /// bottom eigenspace; the hard case is declared when `g`'s component
+    /// there is `≤ 1e-12·‖g‖` and the rest of the step at `ν = 0` fits in
+    /// the ball.
     fn solve_eigen(&self, g: &[f64], t: f64) -> TrsSolution {
         let n = self.n;
         let (q, lam) = self.eigen();
         let gamma: Vec<f64> = (0..n)
             .map(|j| (0..n).map(|i| q[(i, j)] * g[i]).sum())
             .collect();
+        // faer returns the eigenvalues in ascending order.
         let lmin = lam.first().copied().unwrap_or(0.0);
         let lmax = lam.iter().fold(0.0f64, |m, v| m.max(v.abs()));
         let gnorm = norm(g);
-        let scale = lmax.max(gnorm / t).max(f64::MIN_POSITIVE);
-        let tol_deg = 1e-12 * scale;
-        let snorm = |l: f64| -> f64 {
-            gamma
-                .iter()
-                .zip(lam)
-                .map(|(g, li)| {
-                    let d = li + l;
-                    if d.abs() <= tol_deg {
-                        0.0
-                    } else {
-                        (g / d) * (g / d)
-                    }
-                })
-                .sum::<f64>()
-                .sqrt()
-        };
+        let tol_deg = 1e-12 * lmax.max(gnorm / t);
         let lower = (-lmin).max(0.0);
-        let bottom: f64 = gamma
-            .iter()
-            .zip(lam)
-            .filter(|(_, li)| (**li - lmin).abs() <= tol_deg)
-            .map(|(g, _)| g * g)
-            .sum::<f64>()
-            .sqrt();
-        let mut hard = false;
-        let lambda = if lmin > tol_deg && snorm(0.0) <= t {
-            0.0
-        } else if bottom <= 1e-12 * gnorm.max(f64::MIN_POSITIVE) && snorm(lower) <= t {
-            hard = true;
-            lower
+        let d: Vec<f64> = lam.iter().map(|li| li + lower).collect();
+        let in_bottom = |di: f64| di <= tol_deg;
+        let bottom = norm(
+            &gamma
+                .iter()
+                .zip(&d)
+                .filter(|(_, di)| in_bottom(**di))
+                .map(|(g, _)| *g)
+                .collect::<Vec<_>>(),
+        );
+        // ‖s(λ_lo)‖ without the bottom eigenspace, scaled by 1/t.
+        let rest = norm(
+            &gamma
+                .iter()
+                .zip(&d)
+                .filter(|(_, di)| !in_bottom(**di))
+                .map(|(g, di)| g / (di * t))
+                .collect::<Vec<_>>(),
+        );
+        let (nu, hard) = if bottom <= 1e-12 * gnorm && rest <= 1.0 {
+            // λ = λ_lo: interior (λ_lo = 0) or the hard case (λ_lo > 0,
+            // the step is completed to the sphere along q_1 below).
+            (0.0, lower > 0.0)
         } else {
-            secular_root(gamma.as_slice(), lam, t, lower)
+            (secular_root(&gamma, &d, t), false)
         };
+        let lambda = lower + nu;
         let mut y: Vec<f64> = gamma
             .iter()
-            .zip(lam)
-            .map(|(g, li)| {
-                let d = li + lambda;
-                if d.abs() <= tol_deg { 0.0 } else { -g / d }
+            .zip(&d)
+            .map(|(g, di)| {
+                if *g == 0.0 || (nu == 0.0 && in_bottom(*di)) {
+                    0.0
+                } else {
+                    -g / (di + nu)
+                }
             })
             .collect();
         if hard {
             let yn = norm(&y);
-            y[0] += (t * t - yn * yn).max(0.0).sqrt(); // along q_1
+            // Along q_1, against g's (negligible) component there.
+            let tau = ((t - yn).max(0.0) * (t + yn)).sqrt();
+            y[0] = if gamma[0] > 0.0 { -tau } else { tau };
         }
         let ym = Mat::from_fn(n, 1, |i, _| y[i]);
         let mut sm = Mat::<f64>::zeros(n, 1);
@@ -383,15 +457,23 @@ impl Trs {
             faer::Par::Seq,
         );
         let s: Vec<f64> = (0..n).map(|i| sm[(i, 0)]).collect();
-        let mut sol = self.certify(g, s, lambda, hard);
+        let mut sol = self.certify(g, s, lambda, hard, t);
         sol.lambda_min = Some(lmin);
         sol
     }
 
-    fn certify(&self, g: &[f64], s: Vec<f64>, lambda: f64, hard: bool) -> TrsSolution {
+    /// The certificate of `s` for multiplier `λ`; a step outside the ball
+    /// by rounding (the root finders stop within `1e-14·t` of the sphere)
+    /// is first scaled back onto it.
+    fn certify(&self, g: &[f64], mut s: Vec<f64>, lambda: f64, hard: bool, t: f64) -> TrsSolution {
         let n = self.n;
+        let mut ns = norm(&s);
+        if ns > t {
+            let f = t / ns;
+            s.iter_mut().for_each(|v| *v *= f);
+            ns = norm(&s);
+        }
         let as_ = self.matvec(&s);
-        let ns = norm(&s);
         let res = (0..n)
             .map(|i| (as_[i] + lambda * s[i] + g[i]).powi(2))
             .sum::<f64>()
@@ -401,6 +483,7 @@ impl Trs {
             + s.iter().zip(g).map(|(a, b)| a * b).sum::<f64>();
         TrsSolution {
             kkt_residual: if denom > 0.0 { res / denom } else { 0.0 },
+            constraint_residual: (ns - t).max(0.0) / t,
             s,
             lambda,
             norm: ns,
@@ -411,64 +494,78 @@ impl Trs {
     }
 }
 
-/// The root λ > `lower` of the secular equation `‖s(λ)‖ = t`,
-/// `‖s(λ)‖² = Σ_i γ_i²/(μ_i + λ)²` (decreasing on `(−μ_min, ∞)`), by Newton
-/// on `φ(λ) = 1/‖s(λ)‖ − 1/t` with bisection safeguards; `lower` when
-/// `‖s(lower)‖ ≤ t` already (λ = 0, or the hard case).
-fn secular_root(gamma: &[f64], mu: &[f64], t: f64, lower: f64) -> f64 {
+/// The root `ν ≥ 0` of the secular equation `‖y(ν)‖ = t`,
+/// `‖y(ν)‖² = Σ_i γ_i²/(d_i + ν)²`, `d_i ≥ 0` (decreasing in ν); 0 when
+/// `‖y(0)‖ ≤ t` already (interior solution, or the hard case).
+///
+/// Newton on `φ(ν) = 1/‖y(ν)‖ − 1/t`, which is concave and increasing
+/// on `ν > 0` (Moré & Sorensen 1983, §3; Conn, Gould & Toint 2000, Ch. 7),
+/// safeguarded by the bracket `[lo, hi]`, `hi = ‖γ‖/t` (then
+/// `‖y(hi)‖ ≤ ‖γ‖/hi = t` since `d ≥ 0`), with geometric bisection when a
+/// step leaves it. All quantities are evaluated through `r_i = γ_i/((d_i +
+/// ν)·t)` (`‖r‖ = ‖y‖/t`), so that the iteration is invariant under
+/// `(γ, d, ν) → (c·γ, c·d, c·ν)` and never squares `γ`. Stops when
+/// `|‖y‖ − t| ≤ 1e-14·t`, or returns the feasible end `hi` of the bracket
+/// when rounding stalls the iteration first: the returned ν has
+/// `‖y(ν)‖ ≤ t·(1 + 1e-14)`.
+fn secular_root(gamma: &[f64], d: &[f64], t: f64) -> f64 {
     let gnorm = norm(gamma);
-    let mmax = mu.iter().fold(0.0f64, |m, v| m.max(v.abs()));
-    let s2 = |l: f64| -> f64 {
-        gamma
-            .iter()
-            .zip(mu)
-            .map(|(g, m)| {
-                if *g == 0.0 {
-                    0.0
-                } else {
-                    (g / (m + l)).powi(2)
-                }
-            })
-            .sum()
+    if gnorm == 0.0 {
+        return 0.0;
+    }
+    // (‖r‖², Σ r_i²/(d_i + ν)) at ν; the derivative of ‖r‖² is −2× the
+    // second sum.
+    let eval = |nu: f64| -> (f64, f64) {
+        let (mut r2, mut r3) = (0.0, 0.0);
+        for (g, di) in gamma.iter().zip(d) {
+            if *g == 0.0 {
+                continue;
+            }
+            let den = di + nu;
+            if den <= 0.0 {
+                return (f64::INFINITY, f64::INFINITY);
+            }
+            let r = g / (den * t);
+            r2 += r * r;
+            r3 += r * r / den;
+        }
+        (r2, r3)
     };
-    let mut lo = lower;
-    let mut hi = lower + gnorm / t + mmax + 1.0;
-    while s2(hi).sqrt() > t {
-        hi *= 2.0;
+    if eval(0.0).0 <= 1.0 {
+        return 0.0;
     }
-    let mut l = hi;
+    let (mut lo, mut hi) = (0.0f64, gnorm / t);
+    for _ in 0..64 {
+        if eval(hi).0 <= 1.0 {
+            break;
+        }
+        hi *= 2.0; // rounding only
+    }
+    let mut nu = hi;
     for _ in 0..200 {
-        let sq = s2(l);
-        let s3: f64 = gamma
-            .iter()
-            .zip(mu)
-            .map(|(g, m)| {
-                if *g == 0.0 {
-                    0.0
-                } else {
-                    g * g / (m + l).powi(3)
-                }
-            })
-            .sum();
-        let sn = sq.sqrt();
-        let phi = 1.0 / sn - 1.0 / t;
-        if phi.abs() <= 1e-15 / t {
-            break;
+        let (r2, r3) = eval(nu);
+        let rho = r2.sqrt();
+        if (rho - 1.0).abs() <= 1e-14 {
+            return nu;
         }
-        if phi > 0.0 {
-            hi = l
+        if rho < 1.0 {
+            hi = nu;
         } else {
-            lo = l
+            lo = nu;
         }
-        let mut next = l - phi / (s3 / (sn * sq));
+        // ν⁺ = ν − φ/φ' = ν + (‖y‖ − t)/t · ‖y‖²/Σ γ_i²/(d_i+ν)³.
+        let mut next = nu + (rho - 1.0) * r2 / r3;
         if !(next > lo && next < hi) {
-            next = 0.5 * (lo + hi);
+            next = if lo > 0.0 {
+                (lo * hi).sqrt()
+            } else {
+                1e-3 * hi
+            };
         }
-        let done = (next - l).abs() <= 1e-16 * l.abs().max(1.0);
-        l = next;
-        if done {
-            break;
+        if !(next > lo && next < hi) {
+            break; // lo and hi are adjacent floating-point numbers
         }
+        nu = next;
     }
-    l
+    hi
 }
