@@ -92,6 +92,24 @@ pub trait Backend: 'static {
     fn scale_cols(x: &Self::Tensor, s: &[Self::Scalar], out: &mut Self::Tensor);
     /// `out[j, :] = s[j]·x[j, :]` for a matrix (`s.len() == m`).
     fn scale_rows(x: &Self::Tensor, s: &[Self::Scalar], out: &mut Self::Tensor);
+    /// `x[:, k] = s[k]·x[:, k]` in place for a matrix (`s.len() == n`): the
+    /// second step of a two-step column scaling (the column-norm LMO uses
+    /// it only for columns whose norm is subnormal, where one multiplier
+    /// `1/‖x_:k‖` would overflow). The default copies `x` into a temporary
+    /// ([`Backend::zeros_like`], one allocation) and calls
+    /// [`Backend::scale_cols`]; a backend overrides it to work in place.
+    fn scale_cols_mut(x: &mut Self::Tensor, s: &[Self::Scalar]) {
+        let mut src = Self::zeros_like(x);
+        Self::scale(num_traits::One::one(), x, &mut src);
+        Self::scale_cols(&src, s, x);
+    }
+    /// `x[j, :] = s[j]·x[j, :]` in place for a matrix (`s.len() == m`); as
+    /// [`Backend::scale_cols_mut`], for rows.
+    fn scale_rows_mut(x: &mut Self::Tensor, s: &[Self::Scalar]) {
+        let mut src = Self::zeros_like(x);
+        Self::scale(num_traits::One::one(), x, &mut src);
+        Self::scale_rows(&src, s, x);
+    }
 
     /// `c = α·op(a)·op(b) + β·c` for matrices, `op` given by the [`Trans`]
     /// flags (a GEMM through the backend's tuned library).

@@ -82,6 +82,13 @@ fn checked_input<B: Backend>(x: &B::Tensor) -> Result<Shape, LmoError> {
 /// `out = −s·g/‖g‖₂`, returning `<g, out> = −s·‖g‖₂` (0 and a zero output
 /// for `g = 0`): the LMO of the Euclidean ball of radius `s`, shared by
 /// [`Frobenius`] and [`VectorRms`].
+///
+/// One pass `out = (−s/‖g‖₂)·g` when that multiplier is finite and
+/// `‖g‖₂` is normal; otherwise two steps that never form an overflowing
+/// multiplier: a subnormal `g` is first lifted by the exact power of two
+/// [`Scalar::subnormal_lift`] (and its norm recomputed there, at full
+/// precision), and where `s/‖g‖₂` would overflow, `g/‖g‖₂` is formed
+/// before the factor `−s`.
 fn scaled_euclidean_lmo<B: Backend>(g: &B::Tensor, out: &mut B::Tensor, s: f64) -> B::Scalar {
     let s = B::Scalar::of(s);
     let n = B::norm2(g);
@@ -89,7 +96,26 @@ fn scaled_euclidean_lmo<B: Backend>(g: &B::Tensor, out: &mut B::Tensor, s: f64) 
         B::fill(out, B::Scalar::zero());
         return B::Scalar::zero();
     }
-    B::scale(-s / n, g, out);
+    let lifted = n < B::Scalar::min_positive_value();
+    let nn = if lifted {
+        B::scale(B::Scalar::subnormal_lift(), g, out);
+        B::norm2(out)
+    } else {
+        n
+    };
+    let r = -s / nn;
+    match (lifted, r.is_finite()) {
+        (false, true) => B::scale(r, g, out),
+        (true, true) => B::scale_mut(r, out),
+        (false, false) => {
+            B::scale(nn.recip(), g, out);
+            B::scale_mut(-s, out);
+        }
+        (true, false) => {
+            B::scale_mut(nn.recip(), out);
+            B::scale_mut(-s, out);
+        }
+    }
     -s * n
 }
 
@@ -293,10 +319,16 @@ impl<B: Backend> Norm<B> for VectorRms {
 
 /// Max-column (`ROWS = false`) or max-row (`ROWS = true`) ℓ2 norm of a
 /// matrix (rank 2 only); use the aliases [`ColNorm`] and [`RowNorm`].
+///
+/// The LMO scales each column (row) by `−s/‖G_:k‖₂` in one pass; a column
+/// whose norm is subnormal (where that multiplier overflows) is scaled in
+/// two steps, by the exact power of two [`Scalar::subnormal_lift`] and
+/// then by `−s` over its recomputed norm ([`Backend::scale_cols_mut`]).
 #[derive(Clone, Debug, PartialEq)]
 pub struct ColRowNorm<S, const ROWS: bool> {
     scale: f64,
     buf: Vec<S>,
+    aux: Vec<S>,
 }
 
 /// Max column ℓ2 norm `max_k ‖X_:k‖₂` (the ℓ1→ℓ2 operator norm), dual
@@ -313,6 +345,7 @@ impl<S: Scalar, const ROWS: bool> Default for ColRowNorm<S, ROWS> {
         Self {
             scale: 1.0,
             buf: Vec::new(),
+            aux: Vec::new(),
         }
     }
 }
@@ -326,15 +359,29 @@ impl<S: Scalar, const ROWS: bool> ColRowNorm<S, ROWS> {
 
     /// Computes the column (or row) ℓ2 norms of `x` into `self.buf`.
     fn group_norms<B: Backend<Scalar = S>>(&mut self, x: &B::Tensor) -> Result<(), LmoError> {
+        Self::norms_into::<B>(x, &mut self.buf)
+    }
+
+    /// Computes the column (or row) ℓ2 norms of `x` into `buf` (resized;
+    /// no allocation once it has reached the size).
+    fn norms_into<B: Backend<Scalar = S>>(x: &B::Tensor, buf: &mut Vec<S>) -> Result<(), LmoError> {
         let (m, n) = B::shape(x).as_matrix()?;
-        self.buf.clear();
-        self.buf.resize(if ROWS { m } else { n }, S::zero());
+        buf.clear();
+        buf.resize(if ROWS { m } else { n }, S::zero());
         if ROWS {
-            B::row_norms(x, &mut self.buf)
+            B::row_norms(x, buf)
         } else {
-            B::col_norms(x, &mut self.buf)
+            B::col_norms(x, buf)
         }
         Ok(())
+    }
+
+    fn scale_groups<B: Backend<Scalar = S>>(x: &B::Tensor, f: &[S], out: &mut B::Tensor) {
+        if ROWS {
+            B::scale_rows(x, f, out)
+        } else {
+            B::scale_cols(x, f, out)
+        }
     }
 }
 
@@ -364,13 +411,47 @@ impl<S: Scalar, B: Backend<Scalar = S>, const ROWS: bool> Norm<B> for ColRowNorm
         self.group_norms::<B>(g)?;
         let s = S::of(self.scale);
         let dual = self.buf.iter().copied().sum::<S>();
-        for c in self.buf.iter_mut() {
-            *c = if *c > S::zero() { -s / *c } else { S::zero() };
+        let min = S::min_positive_value();
+        // A group needs two steps where one multiplier −s/c would overflow:
+        // c subnormal (lift first), or s/c too large (normalize first).
+        let one_step = |c: S| c == S::zero() || (c >= min && (s / c).is_finite());
+        if self.buf.iter().all(|&c| one_step(c)) {
+            for c in self.buf.iter_mut() {
+                *c = if *c > S::zero() { -s / *c } else { S::zero() };
+            }
+            Self::scale_groups::<B>(g, &self.buf, out);
+            return Ok(-s * dual);
+        }
+        // Step 1 into `out`: the final −s/c, the lift of a subnormal group,
+        // or 1/c where −s/c overflows. `buf` keeps the norms c.
+        let lift = S::subnormal_lift();
+        self.aux.clear();
+        self.aux.extend(self.buf.iter().map(|&c| {
+            if one_step(c) {
+                if c > S::zero() { -s / c } else { S::zero() }
+            } else if c < min {
+                lift
+            } else {
+                c.recip()
+            }
+        }));
+        Self::scale_groups::<B>(g, &self.aux, out);
+        // Step 2 in place: −s over the lifted group's recomputed norm
+        // (normal range, full precision), −s after 1/c, else 1.
+        Self::norms_into::<B>(out, &mut self.aux)?;
+        for (c, lifted_norm) in self.buf.iter_mut().zip(&self.aux) {
+            *c = if one_step(*c) {
+                S::one()
+            } else if *c < min {
+                -s / *lifted_norm
+            } else {
+                -s
+            };
         }
         if ROWS {
-            B::scale_rows(g, &self.buf, out)
+            B::scale_rows_mut(out, &self.buf)
         } else {
-            B::scale_cols(g, &self.buf, out)
+            B::scale_cols_mut(out, &self.buf)
         }
         Ok(-s * dual)
     }
@@ -457,6 +538,10 @@ impl<B: Backend, O: Orthogonalizer<B>> Norm<B> for Spectral<B, O> {
     fn norm(&mut self, x: &B::Tensor) -> Result<B::Scalar, LmoError> {
         let (m, n) = B::shape(x).as_matrix()?;
         B::check_finite(x)?;
+        if m == 0 || n == 0 {
+            // Empty: 0 (the RMS→RMS factor √(n/m) is undefined for m = 0).
+            return Ok(B::Scalar::zero());
+        }
         let smax = match B::spectral_norms(x) {
             Some((smax, _)) => smax,
             None => self.exact.decompose(x)?.sigma_max(),
@@ -466,6 +551,9 @@ impl<B: Backend, O: Orthogonalizer<B>> Norm<B> for Spectral<B, O> {
     fn dual_norm(&mut self, g: &B::Tensor) -> Result<B::Scalar, LmoError> {
         let (m, n) = B::shape(g).as_matrix()?;
         B::check_finite(g)?;
+        if m == 0 || n == 0 {
+            return Ok(B::Scalar::zero());
+        }
         let nuc = match B::spectral_norms(g) {
             Some((_, nuc)) => nuc,
             None => self.exact.decompose(g)?.nuclear(),

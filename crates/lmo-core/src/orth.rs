@@ -63,17 +63,26 @@ impl<B: Backend> ExactPolar<B> {
         self.host.clear();
         self.host.resize(m * n, B::Scalar::zero());
         B::copy_to_slice(g, &mut self.host);
-        self.svd.compute(&self.host, m, n);
+        self.svd.compute(&self.host, m, n)?;
         Ok(&self.svd)
     }
 }
 
 impl<B: Backend> Orthogonalizer<B> for ExactPolar<B> {
+    /// Writes `polar(g)` into `out`. Checks what the [`Orthogonalizer`]
+    /// contract asks of a caller, so that a direct call cannot write
+    /// garbage: [`LmoError::ShapeMismatch`] if `out` differs in shape,
+    /// [`LmoError::UnsupportedRank`] for a non-matrix, [`LmoError::NonFinite`]
+    /// for NaN/Inf entries, each with `out` untouched. Zero and empty
+    /// matrices give zero.
     fn polar(&mut self, g: &B::Tensor, out: &mut B::Tensor) -> Result<(), LmoError> {
-        let (m, n) = B::shape(g).as_matrix()?;
+        let shape = B::shape(g);
+        shape.check_eq(&B::shape(out))?;
+        let (m, n) = shape.as_matrix()?;
+        B::check_finite(g)?;
         self.decompose(g)?;
         let rtol = (m.max(n) as f64) * f64::EPSILON;
-        self.svd.polar_into(rtol, &mut self.host);
+        self.svd.polar_into(rtol, &mut self.host)?;
         B::copy_from_slice(&self.host, out);
         Ok(())
     }

@@ -18,6 +18,15 @@ pub trait Scalar:
     fn of(v: f64) -> Self;
     /// Converts to `f64` (exact for f32 and f64).
     fn as_f64(self) -> f64;
+
+    /// `1/min_positive`, an exact power of two (`2^126` for f32, `2^1022`
+    /// for f64). Multiplying a subnormal by it is exact and lands in the
+    /// normal range without overflow (`|x| < min_positive ⇒ |x|·lift < 1`):
+    /// the first step of the two-step normalizations of tiny tensors,
+    /// where one multiplier `1/‖x‖` would overflow.
+    fn subnormal_lift() -> Self {
+        Self::one() / Self::min_positive_value()
+    }
 }
 
 impl Scalar for f32 {

@@ -11,7 +11,7 @@ use alloc::vec::Vec;
 
 use num_traits::Float;
 
-use crate::Scalar;
+use crate::{LmoError, Scalar};
 
 const MAX_SWEEPS: usize = 80;
 
@@ -39,10 +39,24 @@ impl JacobiSvd {
     }
 
     /// Computes the reduced SVD `A = U·diag(σ)·Vᵀ` of the row-major `m × n`
-    /// matrix `a` (`a.len() == m·n`, entries finite). The input is scaled
-    /// by `1/max|a_ij|` first, so no entry size over- or underflows.
-    pub fn compute<S: Scalar>(&mut self, a: &[S], m: usize, n: usize) {
-        assert_eq!(a.len(), m * n, "JacobiSvd::compute: a.len() != m*n");
+    /// matrix `a` (entries finite). Every entry is divided by `max|a_ij|`
+    /// first (a division, not a multiplication by the reciprocal, which
+    /// overflows for a subnormal maximum), so no entry size over- or
+    /// underflows.
+    ///
+    /// Errors: [`LmoError::ShapeMismatch`] if `a.len() != m·n` (expected
+    /// `(m, n)`, found `(1, a.len())`), [`LmoError::NonFinite`] if an entry
+    /// is NaN or ±Inf; `self` is left as it was.
+    pub fn compute<S: Scalar>(&mut self, a: &[S], m: usize, n: usize) -> Result<(), LmoError> {
+        if m.checked_mul(n) != Some(a.len()) {
+            return Err(LmoError::ShapeMismatch {
+                expected: (m, n),
+                found: (1, a.len()),
+            });
+        }
+        if a.iter().any(|x| !x.is_finite()) {
+            return Err(LmoError::NonFinite);
+        }
         self.m = m;
         self.n = n;
         self.transposed = m < n;
@@ -51,17 +65,13 @@ impl JacobiSvd {
         self.amax = a
             .iter()
             .fold(0.0f64, |acc, x| Float::max(acc, Float::abs(x.as_f64())));
-        let inv = if self.amax > 0.0 {
-            1.0 / self.amax
-        } else {
-            0.0
-        };
+        let amax = if self.amax > 0.0 { self.amax } else { 1.0 };
         self.w.clear();
         self.w.resize(p * k, 0.0);
         // w column c holds column c of B = A (m ≥ n) or of B = Aᵀ (m < n).
         for i in 0..m {
             for j in 0..n {
-                let x = a[i * n + j].as_f64() * inv;
+                let x = a[i * n + j].as_f64() / amax;
                 if self.transposed {
                     self.w[i * p + j] = x; // B = Aᵀ (n × m): column i, row j
                 } else {
@@ -90,6 +100,7 @@ impl JacobiSvd {
         self.order.extend(0..k);
         let sig = &self.sigma;
         self.order.sort_by(|&x, &y| sig[y].total_cmp(&sig[x]));
+        Ok(())
     }
 
     fn sweep(&mut self, p: usize, k: usize) {
@@ -148,13 +159,22 @@ impl JacobiSvd {
     /// the sum runs over the singular pairs with `σ_j > rtol·σ_max` (the
     /// partial isometry of the numerical range; `rtol` = `max(m,n)·ε_f64` is
     /// the usual choice). A zero matrix gives zero.
-    pub fn polar_into<S: Scalar>(&self, rtol: f64, out: &mut [S]) {
+    ///
+    /// Errors: [`LmoError::ShapeMismatch`] if `out.len()` is not `m·n` of
+    /// the last [`JacobiSvd::compute`] (expected `(m, n)`, found
+    /// `(1, out.len())`); `out` is left untouched.
+    pub fn polar_into<S: Scalar>(&self, rtol: f64, out: &mut [S]) -> Result<(), LmoError> {
         let (m, n, k) = (self.m, self.n, self.k);
-        assert_eq!(out.len(), m * n, "JacobiSvd::polar_into: out.len() != m*n");
+        if out.len() != m * n {
+            return Err(LmoError::ShapeMismatch {
+                expected: (m, n),
+                found: (1, out.len()),
+            });
+        }
         out.iter_mut().for_each(|x| *x = S::zero());
         let smax = self.sigma.iter().fold(0.0f64, |a, &b| Float::max(a, b));
         if smax == 0.0 {
-            return;
+            return Ok(());
         }
         let p = m.max(n);
         for c in 0..k {
@@ -177,6 +197,7 @@ impl JacobiSvd {
                 }
             }
         }
+        Ok(())
     }
 }
 
@@ -204,11 +225,11 @@ mod tests {
         // diag(3, -2) has σ = (3, 2) and polar factor diag(1, -1).
         let a = [3.0f64, 0.0, 0.0, -2.0];
         let mut s = JacobiSvd::new();
-        s.compute(&a, 2, 2);
+        s.compute(&a, 2, 2).unwrap();
         let sv: Vec<f64> = s.singular_values().collect();
         assert!((sv[0] - 3.0).abs() < 1e-14 && (sv[1] - 2.0).abs() < 1e-14);
         let mut p = [0.0f64; 4];
-        s.polar_into(1e-12, &mut p);
+        s.polar_into(1e-12, &mut p).unwrap();
         let want = [1.0, 0.0, 0.0, -1.0];
         for (x, y) in p.iter().zip(want) {
             assert!((x - y).abs() < 1e-14);
@@ -217,11 +238,11 @@ mod tests {
         let u = [1.0 / 5f64.sqrt(), 2.0 / 5f64.sqrt()];
         let v = [2.0 / 3.0, -1.0 / 3.0, 2.0 / 3.0];
         let a: Vec<f64> = (0..6).map(|k| 7.0 * u[k / 3] * v[k % 3]).collect();
-        s.compute(&a, 2, 3);
+        s.compute(&a, 2, 3).unwrap();
         assert!((s.sigma_max() - 7.0).abs() < 1e-13);
         assert!((s.nuclear() - 7.0).abs() < 1e-13);
         let mut p = [0.0f64; 6];
-        s.polar_into(1e-12, &mut p);
+        s.polar_into(1e-12, &mut p).unwrap();
         for k in 0..6 {
             assert!((p[k] - u[k / 3] * v[k % 3]).abs() < 1e-14);
         }

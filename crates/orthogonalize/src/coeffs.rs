@@ -62,7 +62,10 @@ pub enum CoefficientSet {
 }
 
 impl CoefficientSet {
-    /// The triple `(a, b, c)` used at step `i` (0-based).
+    /// The triple `(a, b, c)` used at step `i` (0-based). An empty
+    /// [`CoefficientSet::Custom`] list, which [`NsConfig::validate`] refuses
+    /// (so no iteration ever runs with it), gives the identity step
+    /// `(1, 0, 0)` rather than a panic.
     pub fn step(&self, i: usize) -> [f64; 3] {
         fn at<const N: usize>(list: &[[f64; 3]; N], i: usize) -> [f64; 3] {
             list[i.min(N - 1)]
@@ -81,7 +84,10 @@ impl CoefficientSet {
                 }
             }
             CoefficientSet::ModdedNanogpt => at(&MODDED_NANOGPT, i),
-            CoefficientSet::Custom(v) => v[i.min(v.len().saturating_sub(1))],
+            CoefficientSet::Custom(v) => v
+                .get(i.min(v.len().saturating_sub(1)))
+                .copied()
+                .unwrap_or([1.0, 0.0, 0.0]),
         }
     }
 

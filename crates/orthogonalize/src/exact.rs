@@ -35,28 +35,35 @@ impl FaerPolar {
         Self::default()
     }
 
-    /// Singular values of `g` (descending), in f64.
+    /// Singular values of `g` (descending, `min(m, n)` of them), in f64.
+    /// The SVD runs on `g/max|g_ij|` and the values are scaled back, so
+    /// subnormal and huge entries give accurate, finite values.
     pub fn singular_values<B: Backend>(&mut self, g: &B::Tensor) -> Result<Vec<f64>, LmoError> {
         let (m, n) = B::shape(g).as_matrix()?;
         B::check_finite(g)?;
         if m == 0 || n == 0 {
             return Ok(Vec::new());
         }
-        self.load::<B>(g, m, n);
-        self.a.singular_values().map_err(|_| LmoError::NonFinite)
+        let amax = self.load::<B>(g, m, n);
+        if amax == 0.0 {
+            return Ok(vec![0.0; m.min(n)]);
+        }
+        let s = self.a.singular_values().map_err(|_| LmoError::NonFinite)?;
+        Ok(s.into_iter().map(|x| x * amax).collect())
     }
 
-    /// Reads `g` (row-major) into `self.a` and returns max|g|.
+    /// Reads `g` (row-major) into `self.a`, divided by `max|g_ij|` (a
+    /// division, exact in range for subnormal and huge maxima alike), and
+    /// returns that maximum (0 for a zero matrix, left as it is).
     fn load<B: Backend>(&mut self, g: &B::Tensor, m: usize, n: usize) -> f64 {
         let mut buf = vec![B::Scalar::of(0.0); m * n];
         B::copy_to_slice(g, &mut buf);
         self.a.resize_with(m, n, |_, _| 0.0);
-        let mut amax = 0.0f64;
+        let amax = buf.iter().fold(0.0f64, |a, v| a.max(v.as_f64().abs()));
+        let d = if amax > 0.0 { amax } else { 1.0 };
         for i in 0..m {
             for j in 0..n {
-                let v = buf[i * n + j].as_f64();
-                amax = amax.max(v.abs());
-                self.a[(i, j)] = v;
+                self.a[(i, j)] = buf[i * n + j].as_f64() / d;
             }
         }
         amax
@@ -85,16 +92,11 @@ impl FaerPolar {
         if m == 0 || n == 0 {
             return Ok(());
         }
-        // Scale by max|g| so no entry size over/underflows inside the SVD.
+        // Scaled by max|g| so no entry size over/underflows inside the SVD.
         let amax = self.load::<B>(g, m, n);
         if amax == 0.0 {
             B::fill(out, B::Scalar::of(0.0));
             return Ok(());
-        }
-        for j in 0..n {
-            for i in 0..m {
-                self.a[(i, j)] /= amax;
-            }
         }
         let svd = self.a.thin_svd().map_err(|_| LmoError::NonFinite)?;
         let (u, s, v) = (svd.U(), svd.S().column_vector(), svd.V());

@@ -1,7 +1,7 @@
 //! Newton–Schulz-type odd polynomial iterations, written once against
 //! lmo-core's [`Backend`].
 
-use lmo_core::num_traits::{One, Zero};
+use lmo_core::num_traits::{Float, One, Zero};
 use lmo_core::{Backend, LmoError, Orthogonalizer, Scalar, Shape, Trans};
 
 use crate::{Normalization, NsConfig};
@@ -37,8 +37,13 @@ struct Buffers<T> {
 /// Input handling: non-finite entries → [`LmoError::NonFinite`] (output
 /// untouched); zero matrix → zero; empty matrix → nothing to do; 1×n and
 /// n×1 work like any shape (the polar factor of a nonzero vector is its
-/// direction). The Frobenius scaling is overflow-safe (`Backend::norm2`),
-/// so entries of size 1e30 or 1e-30 give finite results in f32 and f64.
+/// direction). The Frobenius scaling never forms a factor that overflows:
+/// `‖G‖_F` is computed without over- or underflow (`Backend::norm2`), and
+/// where `‖G‖_F` is subnormal (f32 below 1.2e-38, f64 below 2.2e-308) or
+/// itself overflows, `G` is first scaled by an exact power of two into the
+/// normal range and `X₀` formed from that (same value, `(p·G)/(‖p·G‖_F·(1+δ) + p·ε)`).
+/// So every finite input gives a finite result, down to subnormals, and
+/// with `ε = 0` the map is scale-invariant there too.
 ///
 /// References: Higham, "Functions of Matrices" (2008), §8.3 (Newton–Schulz);
 /// K. Jordan et al., "Muon" (2024); Amsel et al., "The Polar Express"
@@ -79,14 +84,6 @@ impl<B: Backend> NewtonSchulz<B> {
         &self.cfg
     }
 
-    /// Scale factor of the normalization for a matrix of Frobenius norm `f`.
-    fn input_scale(&self, f: f64) -> f64 {
-        match self.cfg.normalization {
-            Normalization::Frobenius { delta, eps } => 1.0 / (f * (1.0 + delta) + eps),
-            Normalization::None => 1.0,
-        }
-    }
-
     /// Writes the iteration's approximation of `polar(g)` into `out`.
     pub fn run(&mut self, g: &B::Tensor, out: &mut B::Tensor) -> Result<(), LmoError> {
         let shape = B::shape(g);
@@ -103,24 +100,19 @@ impl<B: Backend> NewtonSchulz<B> {
         }
         let wide = m <= n;
         let (k, l) = if wide { (m, n) } else { (n, m) };
-        if !matches!(&self.buf, Some(b) if b.k == k && b.l == l) {
-            self.buf = Some(Buffers {
+        let buf = match &mut self.buf {
+            Some(b) if b.k == k && b.l == l => b,
+            slot => slot.insert(Buffers {
                 k,
                 l,
                 x: B::zeros(g, Shape::matrix(k, l)),
                 y: B::zeros(g, Shape::matrix(k, l)),
                 a: B::zeros(g, Shape::matrix(k, k)),
                 b: B::zeros(g, Shape::matrix(k, k)),
-            });
-        }
-        let s = B::Scalar::of(self.input_scale(fro.as_f64()));
-        let buf = self.buf.as_mut().expect("sized above");
+            }),
+        };
         let (x, y) = (&mut buf.x, &mut buf.y);
-        if wide {
-            B::scale(s, g, x);
-        } else {
-            B::transpose_into(s, g, x);
-        }
+        normalize::<B>(self.cfg.normalization, g, fro, !wide, x);
         let one = B::Scalar::one();
         let zero = B::Scalar::zero();
         let steps = self.cfg.steps;
@@ -145,6 +137,50 @@ impl<B: Backend> NewtonSchulz<B> {
             B::transpose_into(one, x, out);
         }
         Ok(())
+    }
+}
+
+/// `x = G/(‖G‖_F·(1+δ) + ε)` (or `Gᵀ/…` with `transpose`), `fro = ‖G‖_F > 0`.
+///
+/// One pass when the factor is representable, which it is whenever `fro`
+/// is normal and finite (`1/fro ≤ 1/min_positive`). Otherwise two: first
+/// an exact power of two `p` into `x` (the lift `1/min_positive` for a
+/// subnormal `fro`; the machine epsilon for an overflowing one, whose
+/// entries are all finite), then the factor `1/(‖p·G‖_F·(1+δ) + p·ε)`
+/// computed from the norm of `x`, which is in the normal range.
+fn normalize<B: Backend>(
+    norm: Normalization,
+    g: &B::Tensor,
+    fro: B::Scalar,
+    transpose: bool,
+    x: &mut B::Tensor,
+) {
+    let put = |a: B::Scalar, x: &mut B::Tensor| {
+        if transpose {
+            B::transpose_into(a, g, x)
+        } else {
+            B::scale(a, g, x)
+        }
+    };
+    let Normalization::Frobenius { delta, eps } = norm else {
+        put(B::Scalar::one(), x);
+        return;
+    };
+    let pre = if fro < B::Scalar::min_positive_value() {
+        Some(B::Scalar::subnormal_lift())
+    } else if !fro.is_finite() {
+        Some(B::Scalar::epsilon())
+    } else {
+        None
+    };
+    match pre {
+        None => put(B::Scalar::of(1.0 / (fro.as_f64() * (1.0 + delta) + eps)), x),
+        Some(p) => {
+            put(p, x);
+            let f = B::norm2(x).as_f64();
+            let s = 1.0 / (f * (1.0 + delta) + p.as_f64() * eps);
+            B::scale_mut(B::Scalar::of(s), x);
+        }
     }
 }
 

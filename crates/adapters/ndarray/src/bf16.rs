@@ -197,6 +197,14 @@ impl Backend for NdBf16 {
         Nd32::scale_rows(x, s, out);
         round_bf16(out);
     }
+    fn scale_cols_mut(x: &mut ArrayD<f32>, s: &[f32]) {
+        Nd32::scale_cols_mut(x, s);
+        round_bf16(x);
+    }
+    fn scale_rows_mut(x: &mut ArrayD<f32>, s: &[f32]) {
+        Nd32::scale_rows_mut(x, s);
+        round_bf16(x);
+    }
     fn gemm(
         alpha: f32,
         a: &ArrayD<f32>,

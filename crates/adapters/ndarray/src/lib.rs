@@ -251,6 +251,20 @@ fn prepare_accumulator<S: NdScalar>(beta: S, inner: usize, c: &mut ArrayD<S>) ->
     Some(acc)
 }
 
+/// `f(o_k, x_k)` over two tensors of equal length, in logical row-major
+/// order: ndarray's `Zip` where the dimensions agree (always for rank ≤ 4,
+/// where callers compared [`Shape`]s), else flat iterators — tensors of
+/// rank above 4 share one flat [`Shape`] per length ([`Backend::shape`]),
+/// so their dimensions may differ, and `Zip` would panic.
+#[inline]
+fn zip2<S: Copy>(o: &mut ArrayD<S>, x: &ArrayD<S>, f: impl Fn(&mut S, S)) {
+    if o.shape() == x.shape() {
+        Zip::from(o).and(x).for_each(|o, &v| f(o, v));
+    } else {
+        o.iter_mut().zip(x.iter()).for_each(|(o, &v)| f(o, v));
+    }
+}
+
 /// Overflow- and underflow-safe Euclidean norm of a sequence (two passes,
 /// scaled by the largest magnitude as BLAS `nrm2` does).
 fn nrm2<'a, S: NdScalar>(it: impl Iterator<Item = &'a S> + Clone) -> S {
@@ -280,7 +294,10 @@ impl<S: NdScalar> Backend for NdBackend<S> {
     type Tensor = ArrayD<S>;
 
     fn shape(t: &ArrayD<S>) -> Shape {
-        // Ranks above 4 are reported as rank 4+; every norm rejects them.
+        // Ranks above 4 are reported as the flat rank-4 shape [len, 1, 1, 1]:
+        // matrix norms refuse it (UnsupportedRank(4)), entrywise norms treat
+        // the tensor as flat, and the elementwise operations work in logical
+        // row-major order when two such tensors differ in dimensions (zip2).
         Shape::new(t.shape()).unwrap_or_else(|_| Shape::new(&[t.len(), 1, 1, 1]).expect("rank 4"))
     }
 
@@ -293,9 +310,15 @@ impl<S: NdScalar> Backend for NdBackend<S> {
     }
 
     fn dot(x: &ArrayD<S>, y: &ArrayD<S>) -> S {
-        Zip::from(x)
-            .and(y)
-            .fold(S::zero(), |acc, &a, &b| acc + a * b)
+        if x.shape() == y.shape() {
+            Zip::from(x)
+                .and(y)
+                .fold(S::zero(), |acc, &a, &b| acc + a * b)
+        } else {
+            x.iter()
+                .zip(y.iter())
+                .fold(S::zero(), |acc, (&a, &b)| acc + a * b)
+        }
     }
 
     fn argmax_abs(x: &ArrayD<S>) -> (usize, S) {
@@ -342,11 +365,11 @@ impl<S: NdScalar> Backend for NdBackend<S> {
     }
 
     fn scale(a: S, x: &ArrayD<S>, out: &mut ArrayD<S>) {
-        Zip::from(out).and(x).for_each(|o, &v| *o = a * v);
+        zip2(out, x, |o, v| *o = a * v);
     }
 
     fn sign(a: S, x: &ArrayD<S>, out: &mut ArrayD<S>) {
-        Zip::from(out).and(x).for_each(|o, &v| {
+        zip2(out, x, |o, v| {
             *o = if v > S::zero() {
                 a
             } else if v < S::zero() {
@@ -362,9 +385,7 @@ impl<S: NdScalar> Backend for NdBackend<S> {
     }
 
     fn axpby(a: S, x: &ArrayD<S>, b: S, y: &mut ArrayD<S>) {
-        Zip::from(y)
-            .and(x)
-            .for_each(|yv, &xv| *yv = a * xv + b * *yv);
+        zip2(y, x, |yv, xv| *yv = a * xv + b * *yv);
     }
 
     fn scale_cols(x: &ArrayD<S>, s: &[S], out: &mut ArrayD<S>) {
@@ -385,6 +406,18 @@ impl<S: NdScalar> Backend for NdBackend<S> {
             Zip::from(&mut orow)
                 .and(&xrow)
                 .for_each(|ov, &xv| *ov = sv * xv);
+        }
+    }
+
+    fn scale_cols_mut(x: &mut ArrayD<S>, s: &[S]) {
+        for mut row in mat_mut(x).rows_mut() {
+            Zip::from(&mut row).and(s).for_each(|v, &sv| *v = sv * *v);
+        }
+    }
+
+    fn scale_rows_mut(x: &mut ArrayD<S>, s: &[S]) {
+        for (mut row, &sv) in mat_mut(x).rows_mut().into_iter().zip(s) {
+            row.map_inplace(|v| *v = sv * *v);
         }
     }
 
@@ -459,11 +492,27 @@ impl<S: NdScalar> Backend for NdBackend<S> {
         let one = S::one();
         let decay = one - h.lr * h.weight_decay;
         let (c1, c2) = (one / h.bias1, one / h.bias2);
-        Zip::from(p).and(g).and(m).and(v).for_each(|p, &g, m, v| {
+        let step = |p: &mut S, g: S, m: &mut S, v: &mut S| {
             *m = h.beta1 * *m + (one - h.beta1) * g;
             *v = h.beta2 * *v + (one - h.beta2) * g * g;
             *p = decay * *p - h.lr * (*m * c1) / ((*v * c2).sqrt() + h.eps);
-        });
+        };
+        let dims = p.shape();
+        if g.shape() == dims && m.shape() == dims && v.shape() == dims {
+            Zip::from(p)
+                .and(g)
+                .and(m)
+                .and(v)
+                .for_each(|p, &g, m, v| step(p, g, m, v));
+        } else {
+            // Rank > 4 tensors with one flat Shape (see `zip2`).
+            let it = p
+                .iter_mut()
+                .zip(g.iter())
+                .zip(m.iter_mut())
+                .zip(v.iter_mut());
+            it.for_each(|(((p, &g), m), v)| step(p, g, m, v));
+        }
     }
 
     fn copy_to_slice(x: &ArrayD<S>, out: &mut [S]) {
