@@ -443,7 +443,10 @@ impl Trs {
         if hard {
             let yn = norm(&y);
             // Along q_1, against g's (negligible) component there.
-            let tau = ((t - yn).max(0.0) * (t + yn)).sqrt();
+            // τ = √(t² − ‖y‖²), as t·√((1 − r)(1 + r)), r = ‖y‖/t: t² may
+            // overflow where t and τ do not.
+            let r = (yn / t).min(1.0);
+            let tau = t * ((1.0 - r) * (1.0 + r)).sqrt();
             y[0] = if gamma[0] > 0.0 { -tau } else { tau };
         }
         let ym = Mat::from_fn(n, 1, |i, _| y[i]);

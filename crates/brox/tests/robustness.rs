@@ -626,3 +626,36 @@ fn bpm_validates_the_schedule_before_iterating() {
     assert!(matches!(r, Err(BroxError::InvalidInput(_))));
     assert_eq!(calls, 0);
 }
+
+/// Found by the `trs` fuzz target: the hard case's completion
+/// `τ = √(t² − ‖y‖²)` formed `t²`, which overflows for `t` near 1e300 while
+/// the step itself (`|s| = t`) is representable.
+#[test]
+fn trs_hard_case_near_the_top_of_the_range_is_finite() {
+    for eigen in [false, true] {
+        for (a, g, t) in [
+            (vec![-1e300], vec![0.0], 1e300),
+            (vec![-1.0, 0.0, 0.0, 2.0], vec![0.0, 1.0], 1e200),
+        ] {
+            let n = g.len();
+            let trs = if eigen {
+                Trs::with_eigen(&a, n).unwrap()
+            } else {
+                Trs::new(&a, n).unwrap()
+            };
+            let sol = trs.solve(&g, t).unwrap();
+            assert!(
+                sol.s.iter().all(|v| v.is_finite()),
+                "eigen {eigen}: {:?}",
+                sol.s
+            );
+            let top = sol.s.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+            let norm = top * sol.s.iter().map(|v| (v / top).powi(2)).sum::<f64>().sqrt();
+            assert!(
+                (norm / t - 1.0).abs() < 1e-12,
+                "eigen {eigen}: ‖s‖/t = {}",
+                norm / t
+            );
+        }
+    }
+}

@@ -627,28 +627,8 @@ where
             )));
         }
         for (i, (sb, b)) in s.blocks.iter().zip(&self.blocks).enumerate() {
-            let want = match b.kind {
-                Kind::Lmo { .. } => 1,
-                Kind::AdamW { .. } => 2,
-            };
-            let numel: usize = b.shape.iter().product();
-            if sb.shape != b.shape
-                || sb.buffers.len() != want
-                || sb.buffers.iter().any(|v| v.len() != numel)
-            {
-                return Err(OptError::BadState(format!(
-                    "block {i}: shape or buffers differ"
-                )));
-            }
-            // Finite in the backend's scalar too (1e39 is not an f32).
-            if sb
-                .buffers
-                .iter()
-                .flatten()
-                .any(|&x| !B::Scalar::of(x).as_f64().is_finite())
-            {
-                return Err(OptError::BadState(format!("block {i}: non-finite buffer")));
-            }
+            let adamw = matches!(b.kind, Kind::AdamW { .. });
+            validate::state_block::<B>(i, sb, &b.shape, adamw)?;
         }
         for (sb, b) in s.blocks.iter().zip(&mut self.blocks) {
             let write = |src: &Vec<f64>, t: &mut B::Tensor| {

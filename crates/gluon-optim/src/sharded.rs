@@ -719,24 +719,8 @@ where
             ));
         }
         for (i, (b, shape)) in s.blocks.iter().zip(&self.shapes).enumerate() {
-            let want = match self.group(i) {
-                Some(GroupConfig::AdamW(_)) => 2,
-                _ => 1,
-            };
-            let n: usize = shape.iter().product();
-            if &b.shape != shape
-                || b.buffers.len() != want
-                || b.buffers.iter().any(|v| v.len() != n)
-            {
-                return bad(format!("block {i}: shape or buffers differ"));
-            }
-            if b.buffers
-                .iter()
-                .flatten()
-                .any(|&x| !B::Scalar::of(x).as_f64().is_finite())
-            {
-                return bad(format!("block {i}: non-finite buffer"));
-            }
+            let adamw = matches!(self.group(i), Some(GroupConfig::AdamW(_)));
+            validate::state_block::<B>(i, b, shape, adamw)?;
         }
         Ok(())
     }

@@ -6,7 +6,7 @@ use lmo_core::num_traits::Float;
 use lmo_core::{Backend, LmoError, Scalar, Shape};
 
 use crate::config::NonFinitePolicy;
-use crate::optimizer::OptError;
+use crate::optimizer::{BlockState, OptError};
 
 /// `params` and `grads` both have `n` entries, else
 /// [`OptError::CountMismatch`].
@@ -89,4 +89,45 @@ pub(crate) fn grad_ok<B: Backend>(adamw: bool, g: &B::Tensor) -> bool {
     }
     let bound = <B::Scalar as Float>::max_value().sqrt() / B::Scalar::of(2.0);
     B::argmax_abs(g).1.abs() <= bound
+}
+
+/// The checks of one block of a saved state (every engine's
+/// `load_state`): its shape is `shape`, it has one buffer (LMO momentum)
+/// or two (`adamw`: m, v) of the block's size, every value is finite in
+/// the backend's scalar type (1e39 is not an f32), and AdamW's moments
+/// keep the invariants its step maintains under [`grad_ok`]'s bound:
+/// `|m| ≤ √MAX/2` and `0 ≤ v ≤ MAX/4` (a negative `v` would make the
+/// update `m̂/(√v̂ + ε)` NaN).
+pub(crate) fn state_block<B: Backend>(
+    i: usize,
+    sb: &BlockState,
+    shape: &[usize],
+    adamw: bool,
+) -> Result<(), OptError> {
+    let bad = |why: &str| Err(OptError::BadState(format!("block {i}: {why}")));
+    let numel: usize = shape.iter().product();
+    if sb.shape != shape
+        || sb.buffers.len() != if adamw { 2 } else { 1 }
+        || sb.buffers.iter().any(|v| v.len() != numel)
+    {
+        return bad("shape or buffers differ");
+    }
+    if sb
+        .buffers
+        .iter()
+        .flatten()
+        .any(|&x| !B::Scalar::of(x).as_f64().is_finite())
+    {
+        return bad("non-finite buffer");
+    }
+    if adamw {
+        let max = <B::Scalar as Float>::max_value().as_f64();
+        let (m, v) = (&sb.buffers[0], &sb.buffers[1]);
+        if m.iter().any(|x| x.abs() > max.sqrt() / 2.0)
+            || v.iter().any(|&x| !(0.0..=max / 4.0).contains(&x))
+        {
+            return bad("AdamW moments out of range (|m| ≤ √MAX/2, 0 ≤ v ≤ MAX/4)");
+        }
+    }
+    Ok(())
 }

@@ -141,3 +141,33 @@ fn weight_decay_that_would_flip_the_weights_is_refused() {
         }
     }
 }
+
+#[test]
+fn a_checkpoint_with_adamw_moments_its_step_cannot_produce_is_refused() {
+    // AdamW's moments are weighted averages of past g and g²: v ≥ 0 and,
+    // under the gradient bound, |m| ≤ √MAX/2, v ≤ MAX/4. A state outside
+    // that (a negative v makes √v̂ NaN) is refused and changes nothing.
+    let x0 = vec![tensor(&[1.0, -2.0, 3.0, 0.5])];
+    let g = vec![tensor(&[0.5, 0.5, -0.5, 0.5])];
+    let mut opt =
+        Optimizer::<Nd32>::new(adamw(NonFinitePolicy::Error), vec![Label::Vector], &x0).unwrap();
+    let mut x = x0.clone();
+    opt.step(&mut x, &g).unwrap();
+    let good = opt.state();
+    for (buf, value) in [(1, -8.0), (1, 1e38), (0, 1e19)] {
+        let mut bad = good.clone();
+        bad.blocks[0].buffers[buf][0] = value;
+        assert!(
+            matches!(opt.load_state(&bad), Err(OptError::BadState(_))),
+            "buffer {buf} = {value}"
+        );
+        assert_eq!(opt.state(), good);
+    }
+    // At the bounds the next step stays finite.
+    let mut edge = good.clone();
+    edge.blocks[0].buffers[0][0] = 9e18;
+    edge.blocks[0].buffers[1][0] = 8e37;
+    opt.load_state(&edge).unwrap();
+    opt.step(&mut x, &g).unwrap();
+    assert!(x[0].iter().all(|v| v.is_finite()), "{x:?}");
+}
