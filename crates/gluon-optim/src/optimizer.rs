@@ -619,6 +619,7 @@ where
                 OptState::VERSION
             )));
         }
+        validate::counters(s.step, s.skipped)?;
         if s.blocks.len() != self.blocks.len() {
             return Err(OptError::BadState(format!(
                 "{} blocks, optimizer has {}",

@@ -181,7 +181,8 @@ pub fn apply<B: Backend>(cfg: &LmoGroup, t: f64, d: &B::Tensor, p: &mut B::Tenso
 /// `mult`: learning rate `η·s(k)` and the bias corrections `1 − β₁^{k+1}`,
 /// `1 − β₂^{k+1}` (the one place they are built, for every engine).
 pub fn adamw_step<S: Scalar>(cfg: &AdamWGroup, k: u64, mult: f64) -> AdamWStep<S> {
-    let kk = (k + 1) as i32;
+    // β^(k+1) is 0 in f64 long before k+1 leaves i32 (β < 1).
+    let kk = k.saturating_add(1).min(i32::MAX as u64) as i32;
     AdamWStep {
         lr: S::of(cfg.lr * mult),
         beta1: S::of(cfg.beta1),

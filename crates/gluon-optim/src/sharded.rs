@@ -711,6 +711,7 @@ where
                 OptState::VERSION
             ));
         }
+        validate::counters(s.step, s.skipped)?;
         if s.blocks.len() != self.shapes.len() {
             return bad(format!(
                 "{} blocks, optimizer has {}",

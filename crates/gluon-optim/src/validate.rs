@@ -131,3 +131,19 @@ pub(crate) fn state_block<B: Backend>(
     }
     Ok(())
 }
+
+/// The largest step or skip count a saved state may carry: 2^53, the
+/// last integer every count converts to f64 exactly (schedules and bias
+/// corrections compute with it); no run comes near it, and a larger value
+/// (a corrupt checkpoint) would overflow the counters.
+pub(crate) const MAX_COUNT: u64 = 1 << 53;
+
+/// A saved state's counters are at most [`MAX_COUNT`].
+pub(crate) fn counters(step: u64, skipped: u64) -> Result<(), OptError> {
+    if step > MAX_COUNT || skipped > MAX_COUNT {
+        return Err(OptError::BadState(format!(
+            "step {step} / skipped {skipped} beyond 2^53"
+        )));
+    }
+    Ok(())
+}

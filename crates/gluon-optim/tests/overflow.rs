@@ -171,3 +171,44 @@ fn a_checkpoint_with_adamw_moments_its_step_cannot_produce_is_refused() {
     opt.step(&mut x, &g).unwrap();
     assert!(x[0].iter().all(|v| v.is_finite()), "{x:?}");
 }
+
+#[test]
+fn step_counters_beyond_two_to_the_53_are_refused_and_large_ones_step_exactly() {
+    // Found by the `state` fuzz target: a checkpoint at step 2^32 − 1 made
+    // AdamW's bias correction β^(k+1) with an exponent truncated to i32
+    // (negative), and the next step NaN.
+    let x0 = vec![tensor(&[1.0, -2.0, 3.0, 0.5])];
+    let g = vec![tensor(&[0.5, 0.5, -0.5, 0.5])];
+    let mut opt =
+        Optimizer::<Nd32>::new(adamw(NonFinitePolicy::Error), vec![Label::Vector], &x0).unwrap();
+    let mut x = x0.clone();
+    opt.step(&mut x, &g).unwrap();
+    let good = opt.state();
+    for (step, skipped) in [(u64::MAX, 0), ((1 << 53) + 1, 0), (0, u64::MAX)] {
+        let mut bad = good.clone();
+        (bad.step, bad.skipped) = (step, skipped);
+        assert!(matches!(opt.load_state(&bad), Err(OptError::BadState(_))));
+        assert_eq!(opt.state(), good);
+    }
+    // Late in a run the bias corrections are 1: m̂ = m, v̂ = v.
+    for step in [u32::MAX as u64, 1 << 40, 1 << 53] {
+        let mut late = good.clone();
+        late.step = step;
+        opt.load_state(&late).unwrap();
+        let before = x[0].clone();
+        opt.step(&mut x, &g).unwrap();
+        let s = opt.state();
+        let (m, v) = (&s.blocks[0].buffers[0], &s.blocks[0].buffers[1]);
+        for i in 0..4 {
+            let want = before[i] - 1e-2 * (m[i] / (v[i].sqrt() + 1e-8)) as f32;
+            assert!(
+                (x[0][i] - want).abs() <= 1e-6,
+                "step {step}: {} vs {want}",
+                x[0][i]
+            );
+        }
+        opt.load_state(&good).unwrap();
+        x = x0.clone();
+        opt.step(&mut x, &g).unwrap();
+    }
+}

@@ -67,6 +67,7 @@ impl<E: Exec> DeviceOptimizer<E> {
                 OptState::VERSION
             )));
         }
+        crate::validate::counters(s.step, s.skipped).map_err(DeviceError::Opt)?;
         if s.blocks.len() != self.plan.blocks.len() {
             return Err(bad(format!(
                 "{} blocks, optimizer has {}",
