@@ -40,9 +40,9 @@ use crate::optimizer::{BlockReport, BlockState, OptError, OptState, Optimizer, S
 use crate::validate;
 
 /// Errors of the sharded step; every rank returns one. An
-/// [`ShardError::Opt`] or [`ShardError::Peer`] error leaves parameters and
-/// step counters unchanged on every rank (after an LMO failure the
-/// momenta of the step stay updated: see [`ShardedOptimizer::step`]). A
+/// [`ShardError::Opt`] or [`ShardError::Peer`] error leaves parameters,
+/// optimizer state and step counters bit-identical on every rank (an LMO
+/// failure included: steps are atomic, see [`ShardedOptimizer::step`]). A
 /// [`ShardError::Comm`] error is a transport's refusal part way through a
 /// collective sequence, after which the ranks may differ: restart from a
 /// checkpoint. (MPI aborts the job instead; it returns only argument

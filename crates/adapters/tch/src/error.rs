@@ -4,9 +4,9 @@ use gluon_optim::{OptError, ShardError};
 
 /// Errors of [`crate::VarStoreOptimizer`] and
 /// [`crate::ShardedVarStoreOptimizer`]. Every error leaves the variables
-/// untouched, and the optimizer state too except after an LMO failure
-/// (the step's momenta stay updated) and a communicator failure part way
-/// through a sharded step (see each method, for the gradients as well).
+/// and the optimizer state untouched (steps are atomic, an LMO failure
+/// included), except a communicator failure part way through a sharded
+/// step (see each method, for the gradients as well).
 #[derive(Debug)]
 pub enum TchOptError {
     /// The optimizer rejected the step, the configuration or the state.
