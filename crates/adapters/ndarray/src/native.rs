@@ -200,7 +200,9 @@ pub unsafe fn gemm(
                 let kq = pn.div_ceil(per_word);
                 let pack_b = |jp: usize| {
                     let j0 = jp * NR;
-                    // SAFETY: panel jp occupies words [jp·NR·kq, (jp+1)·NR·kq).
+                    // SAFETY: panel jp occupies words [jp·NR·kq, (jp+1)·NR·kq)
+                    // of the npanels·NR·KW-word buffer (kq ≤ KW, jp < npanels):
+                    // the `add` stays in bounds.
                     unsafe {
                         pack(
                             b,
@@ -229,14 +231,18 @@ pub unsafe fn gemm(
                     with_buf(&A_BUF, MC * KW, |apack| {
                         let ap = apack.as_mut_ptr();
                         for ir in (0..mc).step_by(MR) {
-                            // SAFETY: MR-row panels of the MC block, disjoint.
+                            // SAFETY: MR-row panels of the MC block, disjoint;
+                            // ir + MR ≤ MC (ir < mc ≤ MC, both multiples of MR)
+                            // and kq ≤ KW, so `ap + ir·kq` and the panel's
+                            // MR·kq words lie in the MC·KW-word buffer.
                             unsafe {
                                 pack(a, ic + ir, MR.min(mc - ir), MR, pc, pn, ap.add(ir * kq))
                             };
                         }
                         let jmax = if lower_only { (ic + mc).min(n) } else { n };
                         for j0 in (0..jmax).step_by(NR) {
-                            // SAFETY: panel j0/NR of the packed B (see pack_b).
+                            // SAFETY: panel j0/NR of the packed B (see pack_b):
+                            // j0 < n, so j0/NR < npanels and the `add` is in bounds.
                             let bpanel = unsafe { bp.get().add((j0 / NR) * NR * kq) };
                             for ir in (0..mc).step_by(MR) {
                                 let i0 = ic + ir;
@@ -245,7 +251,10 @@ pub unsafe fn gemm(
                                     continue;
                                 }
                                 // SAFETY: the tile (i0.., j0..) lies in C and
-                                // belongs to this row block.
+                                // belongs to this row block. i0 < m and j0 < n,
+                                // so entry (i0, j0) of S (or C) and of C exists:
+                                // the three `add`s stay in their allocations
+                                // (and `ap + ir·kq` as in the packing above).
                                 unsafe {
                                     let (sp, lds) = match first_src {
                                         Some((s, ld)) => {
@@ -333,18 +342,35 @@ mod x86 {
         let kq = pn.div_ceil(per);
         // SAFETY (whole body): `out` holds kq·rr words; reads stay inside
         // the operand by the caller's contract (masked lanes are not read).
+        // Pointer arithmetic: `offset`/`add` only where the result addresses
+        // an existing entry (or one past the end); addresses that may lie
+        // outside the operand (lanes a mask switches off) use `wrapping_*`,
+        // which is defined for any result.
         unsafe {
+            // Entry (r, p): callers pass r < rn, p < pn only, an entry of
+            // the operand, so the `offset` stays in its allocation.
             let at = |r: usize, p: usize| {
                 op.ptr
                     .offset((r0 + r) as isize * op.rs + (p0 + p) as isize * op.ps)
+            };
+            // The address of (r, p) for any r < rr, p < pn: rows rn..rr are
+            // padding that the operand need not have (their loads are fully
+            // masked), so this address may lie outside it.
+            let at_wrapping = |r: usize, p: usize| {
+                op.ptr
+                    .wrapping_offset((r0 + r) as isize * op.rs + (p0 + p) as isize * op.ps)
             };
             // 16 words of row `row` from inner index `p` on (`rem` elements
             // left in the block).
             let words = |row: *const f32, rem: usize| -> __m512i {
                 if BF16 {
                     let lo = _mm512_maskz_loadu_ps(mask16(rem.min(16)), row);
-                    let hi =
-                        _mm512_maskz_loadu_ps(mask16(rem.saturating_sub(16).min(16)), row.add(16));
+                    // With rem < 16 the row (and the operand) may end before
+                    // row + 16: wrapping, and the load's mask is then 0.
+                    let hi = _mm512_maskz_loadu_ps(
+                        mask16(rem.saturating_sub(16).min(16)),
+                        row.wrapping_add(16),
+                    );
                     std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(hi, lo))
                 } else {
                     _mm512_castps_si512(_mm512_maskz_loadu_ps(mask16(rem.min(16)), row))
@@ -368,6 +394,7 @@ mod x86 {
                         }
                         let t = transpose16(&v);
                         for (j, tj) in t.iter().enumerate().take((kq - q0).min(16)) {
+                            // q0 + j < kq and c < rr: inside `out`.
                             _mm512_mask_storeu_epi32(
                                 out.add((q0 + j) * rr + c) as *mut i32,
                                 lanes,
@@ -386,25 +413,29 @@ mod x86 {
                 );
                 for q in 0..kq {
                     for c in (0..rr).step_by(16) {
+                        // c ≥ rn (padding rows of the last panel): m = 0 and
+                        // row c need not exist, hence `at_wrapping`.
                         let m = mask16(rn.saturating_sub(c).min(16));
                         let v = if BF16 {
-                            let lo = _mm512_maskz_loadu_ps(m, at(c, 2 * q));
+                            let lo = _mm512_maskz_loadu_ps(m, at_wrapping(c, 2 * q));
                             let hi = if 2 * q + 1 < pn {
-                                _mm512_maskz_loadu_ps(m, at(c, 2 * q + 1))
+                                _mm512_maskz_loadu_ps(m, at_wrapping(c, 2 * q + 1))
                             } else {
                                 _mm512_setzero_ps()
                             };
                             let v: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo));
                             _mm512_permutexvar_epi16(idx, v)
                         } else {
-                            _mm512_castps_si512(_mm512_maskz_loadu_ps(m, at(c, q)))
+                            _mm512_castps_si512(_mm512_maskz_loadu_ps(m, at_wrapping(c, q)))
                         };
+                        // q < kq, c + 16 ≤ rr (rr a multiple of 16): inside `out`.
                         _mm512_storeu_si512(out.add(q * rr + c) as *mut __m512i, v);
                     }
                 }
             } else {
                 for q in 0..kq {
                     for r in 0..rr {
+                        // `at` only for entries of the operand (r < rn, p < pn).
                         let get = |p: usize| {
                             if r < rn && p < pn { *at(r, p) } else { 0.0 }
                         };
@@ -536,13 +567,22 @@ mod x86 {
         unsafe {
             if beta != 0.0 {
                 for i in 0..MR.min(mr) {
+                    // Row i < mr of S exists: `add` is in bounds. Column 16
+                    // exists only for nr > 16 (the last row may end the
+                    // allocation before it): `wrapping_add`; a prefetch of
+                    // any address is harmless.
                     _mm_prefetch::<_MM_HINT_T0>(csrc.add(i * ldsrc) as *const i8);
-                    _mm_prefetch::<_MM_HINT_T0>(csrc.add(i * ldsrc + 16) as *const i8);
+                    _mm_prefetch::<_MM_HINT_T0>(csrc.wrapping_add(i * ldsrc + 16) as *const i8);
                 }
             }
             let mut acc = [_mm512_setzero_ps(); 2 * MR];
             let mut ap = a;
             let mut bp = b;
+            // In the loop, ap/bp point at word q of the panels (q < kq):
+            // `bp + 16` and `ap + i` (i < MR) are entries of them, and the
+            // increments end at `a + kq·MR` / `b + kq·NR`, one past each
+            // panel, still inside (or one past the end of) the packing
+            // buffer: every `add` is in bounds.
             for _ in 0..kq {
                 let b0 = _mm512_loadu_si512(bp as *const __m512i);
                 let b1 = _mm512_loadu_si512(bp.add(16) as *const __m512i);
@@ -577,6 +617,9 @@ mod x86 {
                 if i >= mr {
                     break;
                 }
+                // i < mr: row i of C and of S exists, so these `add`s
+                // are in bounds; `16·v` is added only when the mask is
+                // non-zero, i.e. v = 0 or nr > 16 (column 16 exists).
                 let row = c.add(i * ldc);
                 let srow = csrc.add(i * ldsrc);
                 for (v, &m) in masks.iter().enumerate() {
