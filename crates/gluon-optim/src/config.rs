@@ -244,8 +244,9 @@ pub struct LmoGroup {
     pub nesterov: bool,
     /// Decoupled weight decay λ ≥ 0: `X ← (1 − t·λ)·X` before the step.
     /// The factor must stay positive, so validation refuses t·λ ≥ 1 for a
-    /// constant radius, t0·λ ≥ 1 for the theory schedule and λ > L1 for
-    /// the adaptive radius (whose t is below 1/L1; with L1 = 0 any λ > 0).
+    /// constant radius, t0·λ ≥ 1 for the theory schedule and λ ≥ L1 for
+    /// the adaptive radius (whose t is at most 1/L1, reached when L0 = 0;
+    /// with L1 = 0 any λ > 0).
     pub weight_decay: f64,
     /// Unconstrained or constrained form.
     pub mode: Mode,
@@ -524,18 +525,19 @@ impl Config {
                     // by at most 1, so the bound on the base radius holds
                     // at every step: t < 1/λ for a constant radius, t0 <
                     // 1/λ for the theory schedule (t_k ≤ t0) and, for the
-                    // adaptive radius t = d/(L0 + L1·d) < 1/L1, λ ≤ L1.
+                    // adaptive radius t = d/(L0 + L1·d) ≤ 1/L1 (equal when
+                    // L0 = 0, and after rounding for large d), λ < L1.
                     let wd = l.weight_decay;
                     let flips = wd > 0.0
                         && match l.radius {
                             Radius::Constant(t) => t * wd >= 1.0,
                             Radius::Theory { t0 } => t0 * wd >= 1.0,
-                            Radius::Adaptive { l1, .. } => wd > l1,
+                            Radius::Adaptive { l1, .. } => wd >= l1,
                         };
                     if flips {
                         return Err(bad(
                             "weight decay: the factor 1 − t·λ must stay > 0 (constant or \
-                             theory radius: t·λ < 1; adaptive radius: λ ≤ L1)",
+                             theory radius: t·λ < 1; adaptive radius: λ < L1)",
                         ));
                     }
                     if let Mode::Constrained { rho } = l.mode

@@ -256,7 +256,9 @@ where
     }
 
     /// Records the iterate `(params, grads)`; from the second call on, adds
-    /// one point per block (blocks that did not move are skipped).
+    /// one point per block (blocks that did not move are skipped). Errors
+    /// (count, shape, NaN/Inf, a norm's refusal) leave the estimator as it
+    /// was: every block is computed before any is recorded.
     pub fn observe(&mut self, params: &[B::Tensor], grads: &[B::Tensor]) -> Result<(), OptError> {
         let n = self.norms.len();
         if params.len() != n || grads.len() != n {
@@ -266,9 +268,19 @@ where
             });
         }
         let one = B::Scalar::of(1.0);
+        // Pass 1 computes every block's figures (only the scratch `diff`
+        // changes); pass 2 commits. An error in any block, custom norms'
+        // included, leaves the estimator as it was.
+        let mut staged = Vec::with_capacity(n);
         for i in 0..n {
             let e = |error: LmoError| OptError::Lmo { block: i, error };
+            let shape = B::shape(&self.prev_x[i]);
+            for t in [&params[i], &grads[i]] {
+                shape.check_eq(&B::shape(t)).map_err(e)?;
+                B::check_finite(t).map_err(e)?;
+            }
             let dual_now = self.norms[i].dual_norm(&grads[i]).map_err(e)?.as_f64();
+            let mut point = None;
             if self.has_prev {
                 B::scale(one, &grads[i], &mut self.diff[i]);
                 B::axpby(-one, &self.prev_g[i], one, &mut self.diff[i]);
@@ -277,12 +289,18 @@ where
                 B::axpby(-one, &self.prev_x[i], one, &mut self.diff[i]);
                 let den = self.norms[i].norm(&self.diff[i]).map_err(e)?.as_f64();
                 if den > 0.0 {
-                    self.points[i].push(Point {
+                    point = Some(Point {
                         k: self.k - 1,
                         g: self.prev_dual[i],
                         lhat: num / den,
                     });
                 }
+            }
+            staged.push((dual_now, point));
+        }
+        for (i, (dual_now, point)) in staged.into_iter().enumerate() {
+            if let Some(p) = point {
+                self.points[i].push(p);
             }
             B::scale(one, &params[i], &mut self.prev_x[i]);
             B::scale(one, &grads[i], &mut self.prev_g[i]);

@@ -508,9 +508,9 @@ where
         self.finish(params, grads, true)
     }
 
-    /// [`Optimizer::finish_step`]; `recheck`: check the AdamW blocks'
-    /// gradients for finiteness (`step` passes the ones `begin_step`
-    /// checked, and skips it).
+    /// [`Optimizer::finish_step`]; `recheck`: check the gradients phase 4
+    /// reads (AdamW and Nesterov blocks) for finiteness (`step` passes the
+    /// ones `begin_step` checked, and skips it).
     fn finish(
         &mut self,
         params: &mut [B::Tensor],
@@ -541,10 +541,18 @@ where
                 "finish_step: an LMO block has no direction (compute_directions or set_direction)",
             ));
         }
+        // The blocks that read the gradient again in phase 4: AdamW, and
+        // Nesterov LMO blocks (whose momentum commit recomputes
+        // M⁺ = β·M + (1−β)·G from it: pass the gradients of begin_step).
         if recheck
-            && let Some(block) = self.blocks.iter().zip(grads).position(|(b, g)| {
-                matches!(b.kind, Kind::AdamW { .. }) && !validate::grad_ok::<B>(true, g)
-            })
+            && let Some(block) = self
+                .blocks
+                .iter()
+                .zip(grads)
+                .position(|(b, g)| match &b.kind {
+                    Kind::AdamW { .. } => !validate::grad_ok::<B>(true, g),
+                    Kind::Lmo { cfg, .. } => cfg.nesterov && !B::all_finite(g),
+                })
         {
             return Err(OptError::NonFiniteGradient { block });
         }

@@ -81,8 +81,14 @@ pub fn direction<B: Backend>(
     u: &B::Tensor,
     d: &mut B::Tensor,
 ) -> Result<f64, LmoError> {
-    let ip = norm.lmo(u, d)?;
-    Ok((-ip.as_f64()).max(0.0))
+    let ip = norm.lmo(u, d)?.as_f64();
+    // A dual norm beyond the type's range (Σ|U| of entries near MAX)
+    // would make the adaptive radius Inf/Inf = NaN: refused, and the
+    // step, atomic, changes nothing.
+    if !ip.is_finite() || !B::all_finite(d) {
+        return Err(LmoError::NonFinite);
+    }
+    Ok((-ip).max(0.0))
 }
 
 /// The radius `t_i^k` of a policy before the schedule, given `‖M‖_*`:

@@ -18,7 +18,7 @@ use gluon_optim::{
 use lmo_core::{Frobenius, LmoError, Norm};
 use lmo_ndarray::Nd64;
 use lmo_problems::{Mlp, Problem};
-use ndarray::ArrayD;
+use ndarray::{ArrayD, IxDyn};
 
 /// Frobenius, except that its LMO refuses while `fail` is set.
 struct Flaky {
@@ -196,5 +196,43 @@ fn a_tensor_its_norm_cannot_take_is_refused_at_construction() {
                 }
             );
         }
+    }
+}
+
+#[test]
+fn a_refused_observation_leaves_the_estimator_as_it_was() {
+    // Block 1 of 2 has NaN: before, block 0 had already recorded its point
+    // and its previous iterate, so a retry counted it twice.
+    use gluon_optim::LipschitzEstimator;
+    let w = ArrayD::<f64>::from_shape_fn(IxDyn(&[3, 2]), |i| (i[0] + 2 * i[1]) as f64);
+    let b = ArrayD::<f64>::from_elem(IxDyn(&[3]), 0.5);
+    let labels = vec![Label::Hidden, Label::Vector];
+    let x0 = vec![w.clone(), b.clone()];
+    let cfg = presets::muon(0.1, 0.05);
+    let mut est = LipschitzEstimator::<Nd64>::new(&cfg, &labels, &x0).unwrap();
+    let mut clean = LipschitzEstimator::<Nd64>::new(&cfg, &labels, &x0).unwrap();
+    let g0 = vec![w.mapv(|v| v * 0.1), b.mapv(|v| v - 1.0)];
+    est.observe(&x0, &g0).unwrap();
+    clean.observe(&x0, &g0).unwrap();
+    let x1 = vec![w.mapv(|v| v + 0.3), b.mapv(|v| v * 2.0)];
+    let g1 = vec![w.mapv(|v| v * 0.2 + 1.0), b.mapv(|v| v + 1.0)];
+    let mut bad = g1.clone();
+    bad[1][[2]] = f64::NAN;
+    assert_eq!(
+        est.observe(&x1, &bad).err(),
+        Some(OptError::Lmo {
+            block: 1,
+            error: LmoError::NonFinite
+        })
+    );
+    assert!(
+        est.points(0).is_empty(),
+        "a refused observation recorded a point"
+    );
+    est.observe(&x1, &g1).unwrap();
+    clean.observe(&x1, &g1).unwrap();
+    for i in 0..2 {
+        assert_eq!(est.points(i), clean.points(i), "block {i}");
+        assert_eq!(est.points(i).len(), 1);
     }
 }

@@ -118,7 +118,9 @@ fn weight_decay_that_would_flip_the_weights_is_refused() {
         (lmo(Radius::Constant(0.1), 10.0), false),
         (lmo(Radius::Theory { t0: 0.5 }, 1.9), true),
         (lmo(Radius::Theory { t0: 0.5 }, 2.0), false),
-        (lmo(Radius::Adaptive { l0: 1.0, l1: 5.0 }, 5.0), true),
+        (lmo(Radius::Adaptive { l0: 1.0, l1: 5.0 }, 4.9), true),
+        // L0 = 0: t = 1/L1 exactly, so λ = L1 would zero the weights.
+        (lmo(Radius::Adaptive { l0: 0.0, l1: 5.0 }, 5.0), false),
         (lmo(Radius::Adaptive { l0: 1.0, l1: 5.0 }, 5.5), false),
         (lmo(Radius::Adaptive { l0: 1.0, l1: 0.0 }, 0.1), false),
         (adam(0.1, 9.0), true),
@@ -211,4 +213,33 @@ fn step_counters_beyond_two_to_the_53_are_refused_and_large_ones_step_exactly() 
         x = x0.clone();
         opt.step(&mut x, &g).unwrap();
     }
+}
+
+#[test]
+fn a_dual_norm_beyond_the_range_is_refused_not_turned_into_nan() {
+    // ℓ∞ LMO with the adaptive radius: ‖G‖_* = Σ|G| of two f32 entries at
+    // 3e38 is beyond f32's range; t = Inf/(L0 + L1·Inf) would be NaN and
+    // every parameter NaN. Refused, and the step changes nothing.
+    let cfg = Config::new().group(
+        Label::Hidden,
+        GroupConfig::Lmo(LmoGroup::new(
+            NormSpec::Sign,
+            Radius::Adaptive { l0: 1.0, l1: 2.0 },
+        )),
+    );
+    let x0 = vec![ArrayD::<f32>::ones(IxDyn(&[2, 2]))];
+    let g = vec![ArrayD::from_shape_vec(IxDyn(&[2, 2]), vec![3e38f32, -3e38, 1.0, 0.0]).unwrap()];
+    let mut opt = Optimizer::<Nd32>::new(cfg, vec![Label::Hidden], &x0).unwrap();
+    let mut x = x0.clone();
+    let state = opt.state();
+    assert_eq!(
+        opt.step(&mut x, &g).err(),
+        Some(OptError::Lmo {
+            block: 0,
+            error: LmoError::NonFinite
+        })
+    );
+    assert_eq!(x, x0);
+    assert_eq!(opt.state(), state);
+    assert_eq!(opt.steps(), 0);
 }

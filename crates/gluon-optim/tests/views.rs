@@ -121,3 +121,30 @@ fn a_split_qkv_steps_as_its_parts() {
         .collect();
     assert_eq!(concatenate(Axis(0), &parts).unwrap().into_dyn(), t);
 }
+
+#[test]
+fn split_sizes_that_do_not_cover_the_rows_are_refused_even_one_part() {
+    let x = vec![ArrayD::<f64>::zeros(IxDyn(&[3, 4]))];
+    for sizes in [vec![5], vec![0], vec![1, 1]] {
+        let e = Optimizer::<Nd64>::new(
+            config(View::SplitRows(sizes.clone())),
+            vec![Label::Hidden],
+            &x,
+        )
+        .err();
+        assert!(
+            matches!(
+                e,
+                Some(gluon_optim::OptError::Lmo {
+                    block: 0,
+                    error: lmo_core::LmoError::InvalidHyperParameter(_)
+                })
+            ),
+            "{sizes:?}: {e:?}"
+        );
+    }
+    // One part covering every row is the matrix itself.
+    assert!(
+        Optimizer::<Nd64>::new(config(View::SplitRows(vec![3])), vec![Label::Hidden], &x).is_ok()
+    );
+}

@@ -98,7 +98,7 @@ impl View {
         match self {
             View::AsIs => true,
             View::Flatten | View::Batch => shape.rank() == 2,
-            View::SplitRows(s) => s.len() == 1 && shape.rank() == 2,
+            View::SplitRows(s) => shape.rank() == 2 && s.as_slice() == [shape.dims()[0]],
         }
     }
 }
