@@ -30,7 +30,7 @@ use gluon_optim::{
     ShardError, ShardedOptimizer, presets,
 };
 use lmo_comm::{Communicator, Reduce};
-use lmo_core::{Bf16Storage, Scalar};
+use lmo_core::{Bf16Storage, LmoError, Scalar};
 use lmo_ndarray::{Nd32, Nd64};
 use ndarray::{ArrayD, IxDyn};
 use rand::{Rng, SeedableRng, rngs::StdRng};
@@ -367,19 +367,42 @@ pub fn faults<C: Communicator>(comm: &C) {
         if me == last {
             g[1] = ArrayD::zeros(IxDyn(&[40, 16]));
         }
-        match sh.step(&mut p, &g) {
-            Err(ShardError::Opt(OptError::Lmo { block: 1, .. })) => assert_eq!(me, last),
-            Err(ShardError::Peer { rank }) => assert!(rank == last && me != last),
-            other => panic!("rank {me}: a shape error on rank {last} gave {other:?}"),
-        }
+        let d1 = p[1].shape().to_vec();
+        assert!(d1.len() == 2 && d1 != [40, 16]);
+        let want = if me == last {
+            ShardError::Opt(OptError::Lmo {
+                block: 1,
+                error: LmoError::ShapeMismatch {
+                    expected: (d1[0], d1[1]),
+                    found: (40, 16),
+                },
+            })
+        } else {
+            ShardError::Peer { rank: last }
+        };
+        assert_eq!(
+            sh.step(&mut p, &g).map(|r| r.skipped),
+            Err(want),
+            "rank {me}: a shape error on rank {last}"
+        );
         // A wrong gradient count on the last rank, for average_gradients.
         let mut g = grads::<f32>(1, 0);
         if me == last {
             g.pop();
         }
         let g_before = g.clone();
-        assert!(
-            sh.average_gradients(&mut g).is_err(),
+        let n = p.len();
+        let count_error = if me == last {
+            ShardError::Opt(OptError::CountMismatch {
+                expected: n,
+                found: n - 1,
+            })
+        } else {
+            ShardError::Peer { rank: last }
+        };
+        assert_eq!(
+            sh.average_gradients(&mut g),
+            Err(count_error.clone()),
             "rank {me}: count error"
         );
         assert!(
@@ -388,8 +411,9 @@ pub fn faults<C: Communicator>(comm: &C) {
         );
         assert!(p == before, "rank {me}: a refused step changed parameters");
         // The same for reduce_gradients.
-        assert!(
-            sh.reduce_gradients(&mut g).is_err(),
+        assert_eq!(
+            sh.reduce_gradients(&mut g),
+            Err(count_error),
             "rank {me}: count error (reduce)"
         );
         assert!(
@@ -425,10 +449,13 @@ pub fn faults<C: Communicator>(comm: &C) {
         if me == last {
             bad.blocks[0].buffers[0][0] = f64::NAN;
         }
-        assert!(
-            sh.load_state(&bad).is_err(),
-            "rank {me}: a bad state on rank {last}"
-        );
+        match sh.load_state(&bad) {
+            Err(ShardError::Opt(OptError::BadState(why))) if me == last => {
+                assert!(why.contains("non-finite"), "rank {me}: {why}")
+            }
+            Err(ShardError::Peer { rank }) if me != last => assert_eq!(rank, last),
+            other => panic!("rank {me}: a bad state on rank {last} gave {other:?}"),
+        }
         // A valid state that differs on one rank (all its checks pass
         // there): the fingerprints differ, refused everywhere.
         if comm.size() > 1 {
@@ -436,8 +463,12 @@ pub fn faults<C: Communicator>(comm: &C) {
             if me == last {
                 other.blocks[0].buffers[0][0] += 1.0;
             }
-            assert!(
-                sh.load_state(&other).is_err(),
+            // Every rank sees the fingerprints differ: its own error.
+            assert_eq!(
+                sh.load_state(&other),
+                Err(ShardError::Opt(OptError::BadState(
+                    "the ranks were given different states".into()
+                ))),
                 "rank {me}: states that differ between ranks"
             );
         }
@@ -459,7 +490,7 @@ pub fn faults<C: Communicator>(comm: &C) {
 /// run continues in step with the single process.
 pub fn lmo_failure<C: Communicator>(comm: &C) {
     use gluon_optim::{LmoGroup, NormRegistry, NormSpec, Radius};
-    use lmo_core::{Frobenius, LmoError, Norm};
+    use lmo_core::{Frobenius, Norm};
     struct Picky(Frobenius);
     impl Norm<Nd64> for Picky {
         fn name(&self) -> &'static str {
@@ -508,13 +539,26 @@ pub fn lmo_failure<C: Communicator>(comm: &C) {
     bad[3][[0, 0]] = 1e6; // the momentum's first entry is then above 100
     let before = ps.clone();
     let state = single.state();
-    assert!(single.step(&mut pr, &bad).is_err());
+    let refused = OptError::Lmo {
+        block: 3,
+        error: LmoError::InvalidHyperParameter("picky: first entry above 100"),
+    };
+    assert_eq!(
+        single.step(&mut pr, &bad).map(|r| r.skipped),
+        Err(refused.clone())
+    );
     let owner = sh.owners()[3];
-    match sh.step(&mut ps, &bad) {
-        Err(ShardError::Opt(OptError::Lmo { block: 3, .. })) => assert_eq!(comm.rank(), owner),
-        Err(ShardError::Peer { rank }) => assert!(rank == owner && comm.rank() != owner),
-        other => panic!("rank {}: an LMO failure gave {other:?}", comm.rank()),
-    }
+    let want = if comm.rank() == owner {
+        ShardError::Opt(refused)
+    } else {
+        ShardError::Peer { rank: owner }
+    };
+    assert_eq!(
+        sh.step(&mut ps, &bad).map(|r| r.skipped),
+        Err(want),
+        "rank {}: an LMO failure on rank {owner}",
+        comm.rank()
+    );
     assert!(ps == before, "an abandoned step changed parameters");
     assert_eq!(sh.steps(), 1, "an abandoned step advanced the counter");
     // Steps are atomic: the failed step changed no momentum on any rank

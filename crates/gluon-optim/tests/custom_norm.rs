@@ -75,7 +75,11 @@ fn unknown_or_empty_custom_names_are_refused() {
             )
         })
     );
-    assert!(LipschitzEstimator::<Nd64>::new(&custom, &labels, &init).is_err());
+    assert_eq!(
+        LipschitzEstimator::<Nd64>::new(&custom, &labels, &init).err(),
+        e,
+        "the estimator refuses the same block for the same reason"
+    );
     assert!(LipschitzEstimator::<Nd64>::with_norms(&custom, &labels, &init, &registry()).is_ok());
     // An empty name fails validation.
     let mut empty = custom;
@@ -86,12 +90,18 @@ fn unknown_or_empty_custom_names_are_refused() {
             l.norm = NormSpec::Custom(String::new());
         }
     }
-    assert!(matches!(
-        Optimizer::<Nd64>::with_norms(empty, labels, &init, &registry()),
-        Err(OptError::Lmo {
+    assert_eq!(
+        Optimizer::<Nd64>::with_norms(empty, labels, &init, &registry()).err(),
+        Some(OptError::Lmo {
             block: usize::MAX,
-            ..
+            error: LmoError::InvalidHyperParameter("a custom norm needs a name")
         })
-    ));
-    assert!(NormSpec::Custom("x".into()).build::<Nd64>(1.0).is_err());
+    );
+    // A custom norm is built only through a registry.
+    assert_eq!(
+        NormSpec::Custom("x".into()).build::<Nd64>(1.0).err(),
+        Some(LmoError::InvalidHyperParameter(
+            "a custom norm is built through a NormRegistry (Optimizer::with_norms)"
+        ))
+    );
 }

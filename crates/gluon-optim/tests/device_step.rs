@@ -67,14 +67,18 @@ fn plan_refuses_what_has_no_device_path() {
         );
         DevicePlan::new(&c, &[Label::Hidden], &[dims])
     };
-    for norm in [
-        NormSpec::L1,
-        NormSpec::ColNorm,
-        NormSpec::RowNorm,
-        NormSpec::Spectral(Orth::Exact),
+    for (norm, why) in [
+        (NormSpec::L1, "no ℓ1, column-, row- or custom-norm LMO"),
+        (NormSpec::ColNorm, "no ℓ1, column-, row- or custom-norm LMO"),
+        (NormSpec::RowNorm, "no ℓ1, column-, row- or custom-norm LMO"),
+        (NormSpec::Spectral(Orth::Exact), "exact polar factor"),
+        (NormSpec::RmsToRms(Orth::Exact), "exact polar factor"),
     ] {
         match one(norm.clone(), vec![4, 4]) {
-            Err(OptError::Lmo { block: 0, .. }) => {}
+            Err(OptError::Lmo {
+                block: 0,
+                error: lmo_core::LmoError::InvalidHyperParameter(msg),
+            }) => assert!(msg.contains(why), "{norm:?}: {msg}"),
             other => panic!("{norm:?}: {other:?}"),
         }
     }
@@ -85,10 +89,13 @@ fn plan_refuses_what_has_no_device_path() {
             error: lmo_core::LmoError::UnsupportedRank(3)
         })
     ));
-    assert!(matches!(
+    assert_eq!(
         DevicePlan::new(&presets::muon(0.02, 3e-4), &[Label::Hidden], &[]),
-        Err(OptError::CountMismatch { .. })
-    ));
+        Err(OptError::CountMismatch {
+            expected: 1,
+            found: 0
+        })
+    );
     let c = Config::new();
     assert!(matches!(
         DevicePlan::new(&c, &[Label::Head], &[vec![3, 3]]),
@@ -294,6 +301,8 @@ fn device_step_matches_cpu_on(dev: &std::sync::Arc<lmo_cuda::CudaDevice>) {
                 .iter()
                 .map(|b| b.dual_norm)
                 .collect();
+            assert_eq!(rep.blocks.len(), duals.len());
+            assert_eq!(rep.blocks.len(), spec.len());
             for (b, d) in rep.blocks.iter().zip(&duals) {
                 assert!(
                     (b.dual_norm - d).abs() <= tol as f64 * (1.0 + b.dual_norm),
@@ -425,6 +434,8 @@ fn exec_matches_the_generic_optimizer<E: gluon_optim::cuda::Exec>(
             assert!(oh.step(&mut ph, &gh).unwrap());
             let got = oh.report().unwrap();
             assert_eq!((got.step, got.skipped), (rep.step, false));
+            assert_eq!(rep.blocks.len(), got.blocks.len());
+            assert_eq!(rep.blocks.len(), spec.len());
             for (i, (b, d)) in rep.blocks.iter().zip(&got.blocks).enumerate() {
                 for (what, want, found) in [
                     ("dual", b.dual_norm, d.dual_norm),
@@ -468,14 +479,24 @@ fn exec_matches_the_generic_optimizer<E: gluon_optim::cuda::Exec>(
     assert_eq!((oh.skipped(), oh.steps()), (1, 0));
     assert_eq!(before, all(&ph));
     // Wrong shapes and counts: typed errors, nothing changes.
+    assert_eq!(spec[0].1, [24, 16]);
     gh[0] = make(&[0.1; 10], &[10]);
     assert!(matches!(
         oh.step(&mut ph, &gh),
-        Err(DeviceError::Opt(OptError::Lmo { block: 0, .. }))
+        Err(DeviceError::Opt(OptError::Lmo {
+            block: 0,
+            error: lmo_core::LmoError::ShapeMismatch {
+                expected: (24, 16),
+                found: (1, 10)
+            }
+        }))
     ));
     assert!(matches!(
         oh.step(&mut ph, &gh[..2]),
-        Err(DeviceError::Opt(OptError::CountMismatch { .. }))
+        Err(DeviceError::Opt(OptError::CountMismatch {
+            expected: 6,
+            found: 2
+        }))
     ));
     assert_eq!(before, all(&ph));
 }
@@ -571,6 +592,8 @@ fn state_round_trips<E: gluon_optim::cuda::Exec>(
         }
         let cpu = oc.state();
         assert_eq!((cpu.version, cpu.step, cpu.skipped), (saved.version, 3, 0));
+        assert_eq!(cpu.blocks.len(), saved.blocks.len());
+        assert_eq!(cpu.blocks.len(), spec.len());
         for (i, (c, d)) in cpu.blocks.iter().zip(&saved.blocks).enumerate() {
             assert_eq!(c.shape, d.shape, "block {i}");
             assert_eq!(c.buffers.len(), d.buffers.len(), "block {i}");

@@ -8,6 +8,7 @@ mod common;
 
 use common::{all_presets, setup};
 use gluon_optim::{OptError, Optimizer};
+use lmo_core::LmoError;
 use lmo_ndarray::Nd64;
 use lmo_problems::{Mlp, Problem, Quadratic};
 use ndarray::ArrayD;
@@ -114,17 +115,38 @@ fn phase_calls_out_of_order_are_refused_and_change_nothing() {
     );
     // A bad handed-in direction: wrong shape, NaN, negative dual.
     let wrong = ArrayD::zeros(ndarray::IxDyn(&[1, 1]));
-    assert!(matches!(
+    let dims = params[hidden].shape().to_vec();
+    assert_eq!(dims.len(), 2);
+    assert_eq!(
         opt.set_direction(hidden, &wrong, 1.0),
-        Err(OptError::Lmo { .. })
-    ));
+        Err(OptError::Lmo {
+            block: hidden,
+            error: LmoError::ShapeMismatch {
+                expected: (dims[0], dims[1]),
+                found: (1, 1)
+            }
+        })
+    );
     let mut nan = params[hidden].clone();
     nan.fill(f64::NAN);
-    assert!(opt.set_direction(hidden, &nan, 1.0).is_err());
-    assert!(
-        opt.set_direction(hidden, &params[hidden].clone(), -1.0)
-            .is_err()
-    );
+    let non_finite = Err(OptError::Lmo {
+        block: hidden,
+        error: LmoError::NonFinite,
+    });
+    assert_eq!(opt.set_direction(hidden, &nan, 1.0), non_finite);
+    // A dual norm that is no norm (negative, NaN) is refused the same way.
+    let ok_dir = params[hidden].clone();
+    assert_eq!(opt.set_direction(hidden, &ok_dir, -1.0), non_finite);
+    assert_eq!(opt.set_direction(hidden, &ok_dir, f64::NAN), non_finite);
+    // An AdamW block takes no direction.
+    let adam_block = labels
+        .iter()
+        .position(|l| *l != gluon_optim::Label::Hidden)
+        .unwrap();
+    assert!(matches!(
+        opt.set_direction(adam_block, &params[adam_block].clone(), 1.0),
+        Err(OptError::Phase(_))
+    ));
     assert!(opt.direction(hidden).is_none());
     assert_eq!(opt.steps(), 0);
     // NaN gradients for the AdamW blocks at finish (not those begin_step

@@ -9,6 +9,7 @@ use gluon_optim::{
     Config, GroupConfig, Label, LipschitzEstimator, LmoGroup, Mode, NonFinitePolicy, NormSpec,
     OptError, OptState, Optimizer, Orth, Point, Radius, Schedule, fit_envelope,
 };
+use lmo_core::LmoError;
 use lmo_ndarray::Nd64;
 use lmo_problems::{Mlp, Problem};
 use ndarray::{ArrayD, IxDyn};
@@ -49,7 +50,9 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(48))]
 
     /// β = 0, constant radius t: X⁺ = argmin{<G, Z> : ‖Z − X‖ ≤ t}, checked
-    /// against random feasible Z.
+    /// against random feasible Z, and exactly: for G ≠ 0 the step attains
+    /// the bound, <G, X⁺ − X> = −t‖G‖_* and ‖X⁺ − X‖ = t (every norm here
+    /// is exact); for G = 0 it is 0.
     #[test]
     fn unconstrained_step_solves_the_ball_problem(
         (m, n, x, g, dirs) in (1usize..6, 1usize..6).prop_flat_map(|(m, n)| (
@@ -69,7 +72,22 @@ proptest! {
         opt.step(&mut params, std::slice::from_ref(&gt)).unwrap();
         let mut norm = spec.build::<Nd64>(1.0).unwrap();
         let step = &params[0] - &x0;
-        prop_assert!(norm.norm(&step).unwrap() <= t * (1.0 + 1e-9));
+        let step_norm = norm.norm(&step).unwrap();
+        prop_assert!(step_norm <= t * (1.0 + 1e-9));
+        let dual = norm.dual_norm(&gt).unwrap();
+        let ip = dot(&gt, &step);
+        if g.iter().any(|&v| v != 0.0) {
+            prop_assert!(
+                (ip + t * dual).abs() <= 1e-9 * t * dual,
+                "{spec:?}: <G, X⁺ − X> = {ip}, −t‖G‖_* = {}", -t * dual
+            );
+            prop_assert!(
+                (step_norm - t).abs() <= 1e-9 * t,
+                "{spec:?}: ‖X⁺ − X‖ = {step_norm}, t = {t}"
+            );
+        } else {
+            prop_assert!(step.iter().all(|&v| v == 0.0), "{spec:?}: G = 0 must not move X");
+        }
         let best = dot(&gt, &params[0]);
         for d in &dirs {
             let d = mat(m, n, d);
@@ -80,49 +98,91 @@ proptest! {
         }
     }
 
-    /// Constrained (Frank–Wolfe) steps from inside the ball stay inside.
+    /// Constrained (Frank–Wolfe) steps from inside the ball stay inside
+    /// (β = 0.5); with β = 0 each step is exactly
+    /// X⁺ = (1−γ)·X + γ·ρ·lmo(G), γ = min(t, 1), entry by entry.
     #[test]
     fn constrained_step_stays_in_the_ball(
         seeds in prop::collection::vec(prop::collection::vec(-3.0f64..3.0, 12), 6),
-        gamma in 0.0f64..1.0, rho in 0.1f64..5.0, which in 0usize..8,
+        t in 0.0f64..1.5, rho in 0.1f64..5.0, which in 0usize..8,
     ) {
         let spec = norms()[which].clone();
-        let cfg = one_block(group(spec.clone(), Radius::Constant(gamma), 0.5, Mode::Constrained { rho }));
         let mut norm = spec.build::<Nd64>(1.0).unwrap();
         let x0 = mat(3, 4, &seeds[0]);
         let x0n = norm.norm(&x0).unwrap();
-        let mut params = vec![if x0n > 0.0 { &x0 * (0.9 * rho / x0n) } else { x0 }];
-        let mut opt = Optimizer::<Nd64>::new(cfg, vec![Label::Hidden], &params).unwrap();
-        for g in &seeds[1..] {
-            opt.step(&mut params, &[mat(3, 4, g)]).unwrap();
-            prop_assert!(norm.norm(&params[0]).unwrap() <= rho * (1.0 + 1e-9));
+        let start = if x0n > 0.0 { &x0 * (0.9 * rho / x0n) } else { x0 };
+        let gamma = t.min(1.0);
+        for beta in [0.5, 0.0] {
+            let cfg = one_block(group(spec.clone(), Radius::Constant(t), beta, Mode::Constrained { rho }));
+            let mut params = vec![start.clone()];
+            let mut opt = Optimizer::<Nd64>::new(cfg, vec![Label::Hidden], &params).unwrap();
+            for g in &seeds[1..] {
+                let gt = mat(3, 4, g);
+                let before = params[0].clone();
+                opt.step(&mut params, std::slice::from_ref(&gt)).unwrap();
+                prop_assert!(norm.norm(&params[0]).unwrap() <= rho * (1.0 + 1e-9));
+                if beta == 0.0 {
+                    let mut d = gt.clone();
+                    norm.lmo(&gt, &mut d).unwrap();
+                    for (k, ((&x, &x1), &dk)) in before.iter().zip(&params[0]).zip(&d).enumerate() {
+                        let want = (1.0 - gamma) * x + gamma * rho * dk;
+                        prop_assert!(
+                            (x1 - want).abs() <= 1e-12 * (1.0 + want.abs()),
+                            "{spec:?} γ={gamma} ρ={rho}: entry {k} = {x1}, want {want}"
+                        );
+                    }
+                }
+            }
         }
     }
 
-    /// The reported radius equals each policy's formula (β = 0 so M = G).
+    /// The reported radius equals each policy's formula, and the saved
+    /// momentum follows M_j = β_j·M_{j−1} + (1−β_j)·G_j (M_{−1} = 0) with
+    /// the configured β = 0 (constant, adaptive: M = G) or, for the theory
+    /// schedule, 1 − β_j = 1/√(j+1) whatever β is configured (0.3 here).
+    /// Steps alternate two different gradients, so M is not just G.
     #[test]
     fn radius_policies_match_their_formulas(
-        g in prop::collection::vec(-2.0f64..2.0, 6), k in 0u64..5, l0 in 0.0f64..3.0, l1 in 0.1f64..3.0,
+        ga in prop::collection::vec(-2.0f64..2.0, 6), gb in prop::collection::vec(-2.0f64..2.0, 6),
+        k in 0u64..5, l0 in 0.0f64..3.0, l1 in 0.1f64..3.0,
         t in 0.01f64..1.0, which in 0usize..8,
     ) {
         let spec = norms()[which].clone();
-        let gt = mat(2, 3, &g);
-        let dual = spec.build::<Nd64>(1.0).unwrap().dual_norm(&gt).unwrap();
+        let grads = [mat(2, 3, &ga), mat(2, 3, &gb)];
+        // β = 0: M = the last gradient, G_k.
+        let last_g = &grads[(k % 2) as usize];
+        let dual = spec.build::<Nd64>(1.0).unwrap().dual_norm(last_g).unwrap();
         let adaptive = if dual == 0.0 { 0.0 } else { dual / (l0 + l1 * dual) };
         for (radius, want) in [
             (Radius::Constant(t), t),
             (Radius::Theory { t0: t }, t / ((k + 1) as f64).powf(0.75)),
             (Radius::Adaptive { l0, l1 }, adaptive),
         ] {
-            let beta = if matches!(radius, Radius::Theory { .. }) { 0.3 } else { 0.0 };
+            let theory = matches!(radius, Radius::Theory { .. });
+            let beta = if theory { 0.3 } else { 0.0 };
             let cfg = one_block(group(spec.clone(), radius, beta, Mode::Unconstrained));
             let mut params = vec![mat(2, 3, &[0.0; 6])];
             let mut opt = Optimizer::<Nd64>::new(cfg, vec![Label::Hidden], &params).unwrap();
             let mut last = 0.0;
-            for _ in 0..=k {
-                last = opt.step(&mut params, std::slice::from_ref(&gt)).unwrap().blocks[0].radius;
+            let mut m = [0.0f64; 6];
+            for j in 0..=k {
+                let gj = &grads[(j % 2) as usize];
+                last = opt.step(&mut params, std::slice::from_ref(gj)).unwrap().blocks[0].radius;
+                let one_minus_beta = if theory { 1.0 / ((j + 1) as f64).sqrt() } else { 1.0 };
+                for (mi, gi) in m.iter_mut().zip(gj.iter()) {
+                    *mi = (1.0 - one_minus_beta) * *mi + one_minus_beta * gi;
+                }
+                let state = opt.state();
+                prop_assert_eq!(state.blocks.len(), 1);
+                let saved = &state.blocks[0].buffers[0];
+                prop_assert_eq!(saved.len(), 6);
+                for (i, (&s, &w)) in saved.iter().zip(&m).enumerate() {
+                    prop_assert!(
+                        (s - w).abs() <= 1e-12 * (1.0 + w.abs()),
+                        "{radius:?} step {j}: M[{i}] = {s}, want {w}"
+                    );
+                }
             }
-            // A constant gradient keeps M = G under any β_k.
             prop_assert!((last - want).abs() <= 1e-12 * (1.0 + want), "{radius:?}: {last} vs {want}");
         }
     }
@@ -327,16 +387,29 @@ fn bad_input_is_rejected_before_anything_changes() {
     let mut grads = params.clone();
     p.loss_grad(&params, &mut grads);
     let before = params.clone();
-    assert!(matches!(
-        opt.step(&mut params, &grads[..5]),
-        Err(OptError::CountMismatch { .. })
-    ));
+    assert!(params.len() > 5);
+    assert_eq!(
+        opt.step(&mut params, &grads[..5]).err(),
+        Some(OptError::CountMismatch {
+            expected: params.len(),
+            found: 5
+        })
+    );
     let mut wrong = grads.clone();
+    let dims = params[2].shape().to_vec();
+    assert_eq!(dims.len(), 2);
+    assert_ne!(dims, [32, 31]);
     wrong[2] = ArrayD::zeros(IxDyn(&[32, 31]));
-    assert!(matches!(
-        opt.step(&mut params, &wrong),
-        Err(OptError::Lmo { block: 2, .. })
-    ));
+    assert_eq!(
+        opt.step(&mut params, &wrong).err(),
+        Some(OptError::Lmo {
+            block: 2,
+            error: LmoError::ShapeMismatch {
+                expected: (dims[0], dims[1]),
+                found: (32, 31)
+            }
+        })
+    );
     assert_eq!(params, before);
     assert_eq!(opt.steps(), 0);
     // Labels without a group, invalid hyper-parameters.
@@ -344,40 +417,61 @@ fn bad_input_is_rejected_before_anything_changes() {
         Label::Hidden,
         common::all_presets()[1].1.groups[&Label::Hidden].clone(),
     );
-    assert!(matches!(
-        Optimizer::<Nd64>::new(only_hidden, labels.clone(), &params),
-        Err(OptError::NoGroup(_))
-    ));
-    for bad in [
-        group(
-            NormSpec::Sign,
-            Radius::Constant(-1.0),
-            0.0,
-            Mode::Unconstrained,
+    let missing = labels
+        .iter()
+        .find(|l| **l != Label::Hidden)
+        .cloned()
+        .unwrap();
+    assert_eq!(
+        Optimizer::<Nd64>::new(only_hidden, labels.clone(), &params).err(),
+        Some(OptError::NoGroup(missing))
+    );
+    // Each configuration error names the check that refused it.
+    for (bad, why) in [
+        (
+            group(
+                NormSpec::Sign,
+                Radius::Constant(-1.0),
+                0.0,
+                Mode::Unconstrained,
+            ),
+            "radius must be",
         ),
-        group(
-            NormSpec::Sign,
-            Radius::Constant(0.1),
-            1.0,
-            Mode::Unconstrained,
+        (
+            group(
+                NormSpec::Sign,
+                Radius::Constant(0.1),
+                1.0,
+                Mode::Unconstrained,
+            ),
+            "β",
         ),
-        group(
-            NormSpec::Sign,
-            Radius::Adaptive { l0: 0.0, l1: 0.0 },
-            0.0,
-            Mode::Unconstrained,
+        (
+            group(
+                NormSpec::Sign,
+                Radius::Adaptive { l0: 0.0, l1: 0.0 },
+                0.0,
+                Mode::Unconstrained,
+            ),
+            "adaptive radius",
         ),
-        group(
-            NormSpec::Sign,
-            Radius::Constant(0.1),
-            0.0,
-            Mode::Constrained { rho: 0.0 },
+        (
+            group(
+                NormSpec::Sign,
+                Radius::Constant(0.1),
+                0.0,
+                Mode::Constrained { rho: 0.0 },
+            ),
+            "ρ",
         ),
     ] {
-        assert!(matches!(
-            Optimizer::<Nd64>::new(one_block(bad), vec![Label::Hidden], &params[2..3]),
-            Err(OptError::Lmo { .. })
-        ));
+        match Optimizer::<Nd64>::new(one_block(bad), vec![Label::Hidden], &params[2..3]) {
+            Err(OptError::Lmo {
+                block: usize::MAX,
+                error: LmoError::InvalidHyperParameter(msg),
+            }) => assert!(msg.contains(why), "{why}: {msg}"),
+            other => panic!("{why}: {:?}", other.err()),
+        }
     }
 }
 

@@ -394,30 +394,71 @@ fn invalid_configs_are_rejected() {
 #[test]
 fn polar_express_coefficients_follow_the_reference() {
     let pe = CoefficientSet::PolarExpress;
-    // arXiv 2505.16932, Algorithm 1: the published triples in full
-    // precision, divided by (1.01, 1.01³, 1.01⁵) except the last.
+    // arXiv 2505.16932, Algorithm 1 (SPEC §2): the published triples in
+    // full precision, literals copied from the spec, not the crate.
+    let published: [[f64; 3]; 8] = [
+        [8.28721201814563, -23.595886519098837, 17.300387312530933],
+        [4.107059111542203, -2.9478499167379106, 0.5448431082926601],
+        [3.9486908534822946, -2.908902115962949, 0.5518191394370137],
+        [3.3184196573706015, -2.488488024314874, 0.51004894012372],
+        [2.300652019954817, -1.6689039845747493, 0.4188073119525673],
+        [1.891301407787398, -1.2679958271945868, 0.37680408948524835],
+        [1.8750014808534479, -1.2500016453999487, 0.3750001645474248],
+        [1.875, -1.25, 0.375],
+    ];
+    // The first seven divided by (1.01, 1.01³, 1.01⁵) for safety, not the
+    // eighth; from step 8 on the last one repeats.
     let safe = |[a, b, c]: [f64; 3]| [a / 1.01, b / 1.01f64.powi(3), c / 1.01f64.powi(5)];
+    for (i, t) in published.iter().enumerate().take(7) {
+        assert_eq!(pe.step(i), safe(*t), "Polar Express step {i}");
+    }
+    for i in [7, 8, 9, 40, 1000] {
+        assert_eq!(pe.step(i), [1.875, -1.25, 0.375], "Polar Express step {i}");
+    }
+    // modded-nanogpt's per-step quintic (2025-02); the last one repeats.
+    let nanogpt: [[f64; 3]; 5] = [
+        [4.0848, -6.8946, 2.9270],
+        [3.9505, -6.3029, 2.6377],
+        [3.7418, -5.5913, 2.3037],
+        [2.8769, -3.1427, 1.2046],
+        [2.8366, -3.0525, 1.2012],
+    ];
+    let ng = CoefficientSet::ModdedNanogpt;
+    for (i, t) in nanogpt.iter().enumerate() {
+        assert_eq!(ng.step(i), *t, "modded-nanogpt step {i}");
+    }
+    for i in [5, 9, 100] {
+        assert_eq!(
+            ng.step(i),
+            [2.8366, -3.0525, 1.2012],
+            "modded-nanogpt step {i}"
+        );
+    }
+    // Muon's quintic and the classical cubic, the same at every step.
+    for i in [0, 1, 3, 4, 50] {
+        assert_eq!(
+            CoefficientSet::MuonQuintic.step(i),
+            [3.4445, -4.7750, 2.0315]
+        );
+        assert_eq!(CoefficientSet::Cubic.step(i), [1.5, -0.5, 0.0]);
+    }
+    // Normalization margin δ: 0.01 for Polar Express (as the reference
+    // normalizes), 0 for Muon and the others.
+    assert_eq!(pe.default_delta(), 0.01);
+    assert_eq!(CoefficientSet::MuonQuintic.default_delta(), 0.0);
+    assert_eq!(CoefficientSet::Cubic.default_delta(), 0.0);
+    assert_eq!(ng.default_delta(), 0.0);
     assert_eq!(
-        pe.step(0),
-        safe([8.28721201814563, -23.595886519098837, 17.300387312530933])
+        CoefficientSet::Custom(vec![[1.5, -0.5, 0.0]]).default_delta(),
+        0.0
     );
+    // …and the presets normalize with it (ε = 1e-7 as Muon's reference).
+    let frob = |delta| Normalization::Frobenius { delta, eps: 1e-7 };
+    assert_eq!(NsConfig::polar_express().normalization, frob(0.01));
+    assert_eq!(NsConfig::muon().normalization, frob(0.0));
     assert_eq!(
-        pe.step(5),
-        safe([1.891301407787398, -1.2679958271945868, 0.37680408948524835])
-    );
-    assert_eq!(
-        pe.step(6),
-        safe([1.8750014808534479, -1.2500016453999487, 0.3750001645474248])
-    );
-    assert_eq!(pe.step(7), [1.875, -1.25, 0.375]);
-    assert_eq!(pe.step(40), [1.875, -1.25, 0.375]);
-    assert_eq!(
-        CoefficientSet::ModdedNanogpt.step(9),
-        [2.8366, -3.0525, 1.2012]
-    );
-    assert_eq!(
-        CoefficientSet::MuonQuintic.step(3),
-        [3.4445, -4.7750, 2.0315]
+        NsConfig::new(CoefficientSet::ModdedNanogpt).normalization,
+        frob(0.0)
     );
 }
 

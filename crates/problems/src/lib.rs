@@ -291,14 +291,42 @@ mod tests {
         p.loss_grad(&params, &mut g);
         let mut scratch = g.clone();
         let h = 1e-6;
+        // Every entry of small blocks; in larger ones a stride coprime to
+        // the row length, so every row and every column is hit, plus the
+        // last entry (one perturbed copy, restored exactly after each).
+        fn gcd(a: usize, b: usize) -> usize {
+            if b == 0 { a } else { gcd(b, a % b) }
+        }
+        let mut x = params.clone();
         for (b, t) in params.iter().enumerate() {
-            for idx in 0..t.len().min(12) {
-                let mut plus = params.clone();
-                let mut minus = params.clone();
-                plus[b].as_slice_mut().unwrap()[idx] += h;
-                minus[b].as_slice_mut().unwrap()[idx] -= h;
-                let fd = (p.loss_grad(&plus, &mut scratch) - p.loss_grad(&minus, &mut scratch))
-                    / (2.0 * h);
+            let cols = t.shape().last().copied().unwrap_or(1).max(1);
+            let stride = if t.len() <= 64 {
+                1
+            } else {
+                (7..).find(|&s| gcd(s, cols) == 1).unwrap()
+            };
+            let mut picked: Vec<usize> = (0..t.len()).step_by(stride).collect();
+            if picked.last() != Some(&(t.len() - 1)) {
+                picked.push(t.len() - 1);
+            }
+            let (rows_hit, cols_hit): (
+                std::collections::BTreeSet<_>,
+                std::collections::BTreeSet<_>,
+            ) = picked.iter().map(|&i| (i / cols, i % cols)).unzip();
+            assert_eq!(
+                (rows_hit.len(), cols_hit.len()),
+                (t.len() / cols, cols),
+                "{} block {b}: the sample misses a row or a column",
+                p.name()
+            );
+            for idx in picked {
+                let v = t.as_slice().unwrap()[idx];
+                x[b].as_slice_mut().unwrap()[idx] = v + h;
+                let lp = p.loss_grad(&x, &mut scratch);
+                x[b].as_slice_mut().unwrap()[idx] = v - h;
+                let lm = p.loss_grad(&x, &mut scratch);
+                x[b].as_slice_mut().unwrap()[idx] = v;
+                let fd = (lp - lm) / (2.0 * h);
                 let an = g[b].as_slice().unwrap()[idx];
                 assert!(
                     (fd - an).abs() < 1e-6 * (1.0 + an.abs()),

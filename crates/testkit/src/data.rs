@@ -22,13 +22,27 @@ pub fn nd(v: &[f32], dims: &[usize]) -> ArrayD<f32> {
 
 /// The largest entrywise difference of `a` and `b`, relative to
 /// `max(1, max|b|)`: `max_k |a_k − b_k| / max(1, max_k |b_k|)`.
+///
+/// A NaN difference (NaN in either input, or `∞ − ∞`) counts as `+∞`, so a
+/// result full of NaN (or an infinite reference) never passes a tolerance
+/// check.
+///
+/// # Panics
+/// If `a` and `b` differ in length (a bug in the test or the backend).
 pub fn rel(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "rel: compared slices differ in length");
     let scale = b.iter().fold(1.0f32, |m, x| m.max(x.abs()));
-    a.iter()
+    let worst = a
+        .iter()
         .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
-        / scale
+        .map(|(x, y)| {
+            let d = (x - y).abs();
+            if d.is_nan() { f32::INFINITY } else { d }
+        })
+        .fold(0.0, f32::max);
+    let r = worst / scale;
+    // ∞/∞ (an infinite reference) is no pass either.
+    if r.is_nan() { f32::INFINITY } else { r }
 }
 
 #[cfg(test)]
@@ -40,6 +54,12 @@ mod tests {
         assert_eq!(rel(&[1.0, 2.0], &[1.0, 2.0]), 0.0);
         assert_eq!(rel(&[1.0, 6.0], &[1.0, 4.0]), 0.5);
         assert_eq!(rel(&[0.5], &[0.25]), 0.25);
+        // NaN anywhere must fail any tolerance, not score 0.
+        assert_eq!(rel(&[f32::NAN, f32::NAN], &[1.0, 2.0]), f32::INFINITY);
+        assert_eq!(rel(&[1.0, 2.0], &[1.0, f32::NAN]), f32::INFINITY);
+        assert_eq!(rel(&[f32::INFINITY], &[f32::INFINITY]), f32::INFINITY);
+        assert!(rel(&[f32::NAN; 3], &[0.0; 3]) > 1e-3);
+        assert!(std::panic::catch_unwind(|| rel(&[1.0, 2.0], &[1.0])).is_err());
         assert_eq!(nd(&[1.0, 2.0, 3.0, 4.0], &[2, 2])[[1, 0]], 3.0);
         let mut r = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(1);
         let v = randn(&mut r, 1000);

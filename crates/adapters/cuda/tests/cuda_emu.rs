@@ -25,12 +25,16 @@ use ndarray::{ArrayD, IxDyn};
 use orthogonalize::{CoefficientSet, NewtonSchulz, NsConfig};
 use rand::{SeedableRng, rngs::StdRng};
 
+/// max |a − b| / max|b|; a NaN difference counts as +∞ (never passes).
 fn rel(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
     let scale = b.iter().fold(1e-30f32, |m, x| m.max(x.abs()));
     a.iter()
         .zip(b)
-        .map(|(x, y)| (x - y).abs())
+        .map(|(x, y)| {
+            let d = (x - y).abs();
+            if d.is_nan() { f32::INFINITY } else { d }
+        })
         .fold(0.0, f32::max)
         / scale
 }

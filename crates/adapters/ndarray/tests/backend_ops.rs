@@ -52,11 +52,14 @@ fn naive(
         .collect()
 }
 
+/// max |got − want| / max(1, max |want|); a NaN difference counts as +∞.
 fn max_rel_err<S: NdScalar>(got: &ArrayD<S>, want: &[f64]) -> f64 {
+    assert_eq!(got.len(), want.len());
     let scale = want.iter().fold(1.0f64, |a, &b| a.max(b.abs()));
-    got.iter()
-        .zip(want)
-        .fold(0.0f64, |a, (&g, &w)| a.max((g.as_f64() - w).abs() / scale))
+    got.iter().zip(want).fold(0.0f64, |a, (&g, &w)| {
+        let d = (g.as_f64() - w).abs();
+        a.max(if d.is_nan() { f64::INFINITY } else { d / scale })
+    })
 }
 
 fn gemm_case<S: NdScalar>(

@@ -332,3 +332,274 @@ fn rms_to_rms_scale_on_rectangular() {
         .unwrap();
     assert!(close(r, 2.0 * s, 1e-12));
 }
+
+/// One norm's expected values on one input, for scale 1: `‖G‖`, `‖G‖_*`
+/// and the entries of `lmo(G)` (row-major).
+struct Expected<'a> {
+    norm: f64,
+    dual: f64,
+    lmo: &'a [f64],
+}
+
+/// Checks `norm` (built with scale `s`) against the SPEC §1 closed form
+/// `want` (for scale 1) through the scale law: `‖G‖/s`, `s·‖G‖_*`,
+/// `s·lmo(G)` entry by entry, and the returned `<G, lmo(G)> = −s·‖G‖_*`.
+fn check_closed_form<S: NdScalar>(
+    norm: &mut dyn Norm<NdBackend<S>>,
+    dims: &[usize],
+    g: &[f64],
+    s: f64,
+    want: &Expected<'_>,
+    tol: f64,
+) {
+    let name = norm.name();
+    let gt = ArrayD::from_shape_vec(IxDyn(dims), g.iter().map(|&x| S::of(x)).collect()).unwrap();
+    let got = norm.norm(&gt).unwrap().as_f64();
+    assert!(
+        close(got, want.norm / s, tol),
+        "{name} s={s}: ‖G‖ = {got}, want {}",
+        want.norm / s
+    );
+    let got = norm.dual_norm(&gt).unwrap().as_f64();
+    assert!(
+        close(got, s * want.dual, tol),
+        "{name} s={s}: ‖G‖_* = {got}, want {}",
+        s * want.dual
+    );
+    let mut d = ArrayD::from_elem(IxDyn(dims), S::of(7.0));
+    let ip = norm.lmo(&gt, &mut d).unwrap().as_f64();
+    assert!(
+        close(ip, -s * want.dual, tol),
+        "{name} s={s}: <G, lmo> = {ip}, want {}",
+        -s * want.dual
+    );
+    assert_eq!(d.len(), want.lmo.len(), "{name}");
+    for (k, (x, w)) in d.iter().zip(want.lmo).enumerate() {
+        assert!(
+            close(x.as_f64(), s * w, tol),
+            "{name} s={s}: lmo entry {k} = {x}, want {}",
+            s * w
+        );
+    }
+}
+
+/// SPEC §1, table row by row, on fixed small inputs with hand-computed
+/// values, each at scale 1 and 2.5. Mutual consistency of norm, dual and
+/// LMO (the property tests above) cannot tell ℓ1 from ℓ∞, ColNorm from
+/// RowNorm, or a VectorRms with the √d on the wrong side; these can.
+fn closed_forms<S: NdScalar>(tol: f64) {
+    type B<S> = NdBackend<S>;
+    // 3×4, distinct nonzero magnitudes; largest |G_jk| = 5 at (2, 3).
+    #[rustfmt::skip]
+    let g = [
+         0.5, -3.0,  2.0,   1.5,
+        -1.0,  4.0, -0.25, -2.5,
+         3.5, -0.75, 1.25, -5.0,
+    ];
+    let (m, n) = (3usize, 4usize);
+    let at = |j: usize, k: usize| g[j * n + k];
+    let fro = g.iter().map(|x| x * x).sum::<f64>().sqrt();
+    let sum_abs: f64 = g.iter().map(|x| x.abs()).sum();
+    assert_eq!(sum_abs, 25.25);
+    assert!(close(fro * fro, 78.1875, 1e-15));
+    let col: Vec<f64> = (0..n)
+        .map(|k| (0..m).map(|j| at(j, k).powi(2)).sum::<f64>().sqrt())
+        .collect();
+    let row: Vec<f64> = (0..m)
+        .map(|j| (0..n).map(|k| at(j, k).powi(2)).sum::<f64>().sqrt())
+        .collect();
+    let sign = |x: f64| if x > 0.0 { 1.0 } else { -1.0 };
+
+    let neg_over = |c: f64| g.iter().map(|x| -x / c).collect::<Vec<_>>();
+    let fro_lmo = neg_over(fro);
+    let sign_lmo: Vec<f64> = g.iter().map(|&x| -sign(x)).collect();
+    let mut l1_lmo = vec![0.0; 12];
+    l1_lmo[2 * n + 3] = 1.0; // −sign(−5)
+    let col_lmo: Vec<f64> = (0..m * n).map(|i| -g[i] / col[i % n]).collect();
+    let row_lmo: Vec<f64> = (0..m * n).map(|i| -g[i] / row[i / n]).collect();
+    let sd = 12f64.sqrt();
+    let rms_lmo = neg_over(fro / sd);
+
+    for s in [1.0, 2.5] {
+        let c = |norm: &mut dyn Norm<B<S>>, want: Expected<'_>| {
+            check_closed_form::<S>(norm, &[m, n], &g, s, &want, tol)
+        };
+        c(
+            &mut Frobenius::new().with_scale(s).unwrap(),
+            Expected {
+                norm: fro,
+                dual: fro,
+                lmo: &fro_lmo,
+            },
+        );
+        c(
+            &mut SignInf::new().with_scale(s).unwrap(),
+            Expected {
+                norm: 5.0,
+                dual: 25.25,
+                lmo: &sign_lmo,
+            },
+        );
+        c(
+            &mut L1::new().with_scale(s).unwrap(),
+            Expected {
+                norm: 25.25,
+                dual: 5.0,
+                lmo: &l1_lmo,
+            },
+        );
+        c(
+            &mut ColNorm::<S>::new().with_scale(s).unwrap(),
+            Expected {
+                norm: col.iter().copied().fold(0.0, f64::max),
+                dual: col.iter().sum(),
+                lmo: &col_lmo,
+            },
+        );
+        c(
+            &mut RowNorm::<S>::new().with_scale(s).unwrap(),
+            Expected {
+                norm: row.iter().copied().fold(0.0, f64::max),
+                dual: row.iter().sum(),
+                lmo: &row_lmo,
+            },
+        );
+        c(
+            &mut VectorRms::new().with_scale(s).unwrap(),
+            Expected {
+                norm: fro / sd,
+                dual: sd * fro,
+                lmo: &rms_lmo,
+            },
+        );
+        // VectorRms on a vector b = (3, 4), d = 2: ‖b‖ = 5/√2,
+        // ‖b‖_* = 5√2, lmo = −√2·(3, 4)/5.
+        let r2 = 2f64.sqrt();
+        check_closed_form::<S>(
+            &mut VectorRms::new().with_scale(s).unwrap(),
+            &[2],
+            &[3.0, 4.0],
+            s,
+            &Expected {
+                norm: 5.0 / r2,
+                dual: 5.0 * r2,
+                lmo: &[-0.6 * r2, -0.8 * r2],
+            },
+            tol,
+        );
+        // Zero columns / rows map to zero columns / rows.
+        #[rustfmt::skip]
+        let z = [
+            3.0, 0.0, 1.0,
+            4.0, 0.0, 0.0,
+            0.0, 0.0, 0.0,
+        ];
+        check_closed_form::<S>(
+            &mut ColNorm::<S>::new().with_scale(s).unwrap(),
+            &[3, 3],
+            &z,
+            s,
+            &Expected {
+                norm: 5.0,
+                dual: 6.0,
+                lmo: &[-0.6, 0.0, -1.0, -0.8, 0.0, 0.0, 0.0, 0.0, 0.0],
+            },
+            tol,
+        );
+        let r10 = 10f64.sqrt();
+        check_closed_form::<S>(
+            &mut RowNorm::<S>::new().with_scale(s).unwrap(),
+            &[3, 3],
+            &z,
+            s,
+            &Expected {
+                norm: 4.0,
+                dual: r10 + 4.0,
+                lmo: &[-3.0 / r10, 0.0, -1.0 / r10, -1.0, 0.0, 0.0, 0.0, 0.0, 0.0],
+            },
+            tol,
+        );
+
+        // Spectral, on a matrix with a known SVD: H = D·Q with orthogonal
+        // rows, Q = the first three Hadamard rows / 2 (orthonormal rows),
+        // D = diag(6, 4, 1). So U = I, Σ = D, Vᵀ = Q: σ_max = 6, nuclear
+        // 11, polar factor Q, lmo = −Q (and the transpose for 4×3).
+        #[rustfmt::skip]
+        let q = [
+            0.5,  0.5,  0.5,  0.5,
+            0.5, -0.5,  0.5, -0.5,
+            0.5,  0.5, -0.5, -0.5,
+        ];
+        let sig = [6.0, 4.0, 1.0];
+        let h: Vec<f64> = (0..12).map(|i| sig[i / 4] * q[i]).collect();
+        let neg_q: Vec<f64> = q.iter().map(|x| -x).collect();
+        let ht: Vec<f64> = (0..12).map(|i| h[(i % 3) * 4 + i / 3]).collect();
+        let neg_qt: Vec<f64> = (0..12).map(|i| neg_q[(i % 3) * 4 + i / 3]).collect();
+        let sp = Expected {
+            norm: 6.0,
+            dual: 11.0,
+            lmo: &neg_q,
+        };
+        check_closed_form::<S>(
+            &mut Spectral::new().with_scale(s).unwrap(),
+            &[3, 4],
+            &h,
+            s,
+            &sp,
+            tol,
+        );
+        let spt = Expected {
+            norm: 6.0,
+            dual: 11.0,
+            lmo: &neg_qt,
+        };
+        check_closed_form::<S>(
+            &mut Spectral::new().with_scale(s).unwrap(),
+            &[4, 3],
+            &ht,
+            s,
+            &spt,
+            tol,
+        );
+        // RMS→RMS on d_out×d_in = 3×4: ‖X‖ = √(4/3)·σ_max,
+        // ‖G‖_* = √(3/4)·Σσ, lmo = −√(3/4)·U Vᵀ.
+        let f = (3.0f64 / 4.0).sqrt();
+        let rms_q: Vec<f64> = neg_q.iter().map(|x| f * x).collect();
+        check_closed_form::<S>(
+            &mut Spectral::new().rms_to_rms().with_scale(s).unwrap(),
+            &[3, 4],
+            &h,
+            s,
+            &Expected {
+                norm: 6.0 / f,
+                dual: 11.0 * f,
+                lmo: &rms_q,
+            },
+            tol,
+        );
+        // …and on 4×3 the factors invert: √(3/4)·σ_max, √(4/3)·Σσ.
+        let rms_qt: Vec<f64> = neg_qt.iter().map(|x| x / f).collect();
+        check_closed_form::<S>(
+            &mut Spectral::new().rms_to_rms().with_scale(s).unwrap(),
+            &[4, 3],
+            &ht,
+            s,
+            &Expected {
+                norm: 6.0 * f,
+                dual: 11.0 / f,
+                lmo: &rms_qt,
+            },
+            tol,
+        );
+    }
+}
+
+#[test]
+fn every_norm_matches_its_spec_closed_form_f64() {
+    closed_forms::<f64>(1e-12);
+}
+
+#[test]
+fn every_norm_matches_its_spec_closed_form_f32() {
+    closed_forms::<f32>(1e-5);
+}

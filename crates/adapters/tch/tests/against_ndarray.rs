@@ -41,13 +41,16 @@ fn host(t: &TchTensor) -> Vec<f64> {
     v
 }
 
-/// max |a − b| / max(1, max |b|).
+/// max |a − b| / max(1, max |b|); a NaN difference counts as +∞.
 fn rel(a: &[f64], b: &[f64]) -> f64 {
     assert_eq!(a.len(), b.len());
     let scale = b.iter().fold(1.0f64, |m, x| m.max(x.abs()));
     a.iter()
         .zip(b)
-        .map(|(x, y)| (x - y).abs())
+        .map(|(x, y)| {
+            let d = (x - y).abs();
+            if d.is_nan() { f64::INFINITY } else { d }
+        })
         .fold(0.0, f64::max)
         / scale
 }

@@ -2,7 +2,7 @@
 //! errors leave everything untouched, and checkpoint → resume continues
 //! with the same losses.
 
-use gluon_optim::{Label, presets};
+use gluon_optim::{Label, OptError, presets};
 use lmo_comm::SingleProcess;
 use lmo_tch::{ShardedVarStoreOptimizer, TchOptError, VarStoreOptimizer, default_label};
 use tch::nn::{self, Module};
@@ -257,8 +257,18 @@ fn sharded_optimizer_errors_change_nothing() {
             .get(2)
             .fill_(f64::INFINITY);
     });
+    // Blocks follow the saved variable names.
+    let head = state
+        .names
+        .iter()
+        .position(|n| n == "lm_head.weight")
+        .unwrap();
     let err = opt.step().unwrap_err();
-    assert!(matches!(err, TchOptError::Opt(_)), "{err:?}");
+    assert!(
+        matches!(err, TchOptError::Opt(OptError::NonFiniteGradient { block }) if block == head),
+        "{err:?}, expected NonFiniteGradient {{ block: {head} }}"
+    );
+    assert_eq!(before.len(), opt.params().len());
     for (b, p) in before.iter().zip(opt.params()) {
         assert!(b.equal(&p.copy()));
     }
