@@ -144,11 +144,15 @@ fn weight_decay_that_would_flip_the_weights_is_refused() {
     }
 }
 
-#[test]
-fn a_checkpoint_with_adamw_moments_its_step_cannot_produce_is_refused() {
-    // AdamW's moments are weighted averages of past g and g²: v ≥ 0 and,
-    // under the gradient bound, |m| ≤ √MAX/2, v ≤ MAX/4. A state outside
-    // that (a negative v makes √v̂ NaN) is refused and changes nothing.
+/// An f32 AdamW optimizer on one vector after one step: the initial
+/// parameters, the gradient, the optimizer, the parameters and its state.
+fn adamw_after_one_step() -> (
+    Vec<ArrayD<f32>>,
+    Vec<ArrayD<f32>>,
+    Optimizer<Nd32>,
+    Vec<ArrayD<f32>>,
+    gluon_optim::OptState,
+) {
     let x0 = vec![tensor(&[1.0, -2.0, 3.0, 0.5])];
     let g = vec![tensor(&[0.5, 0.5, -0.5, 0.5])];
     let mut opt =
@@ -156,6 +160,15 @@ fn a_checkpoint_with_adamw_moments_its_step_cannot_produce_is_refused() {
     let mut x = x0.clone();
     opt.step(&mut x, &g).unwrap();
     let good = opt.state();
+    (x0, g, opt, x, good)
+}
+
+#[test]
+fn a_checkpoint_with_adamw_moments_its_step_cannot_produce_is_refused() {
+    // AdamW's moments are weighted averages of past g and g²: v ≥ 0 and,
+    // under the gradient bound, |m| ≤ √MAX/2, v ≤ MAX/4. A state outside
+    // that (a negative v makes √v̂ NaN) is refused and changes nothing.
+    let (_, g, mut opt, mut x, good) = adamw_after_one_step();
     for (buf, value) in [(1, -8.0), (1, 1e38), (0, 1e19)] {
         let mut bad = good.clone();
         bad.blocks[0].buffers[buf][0] = value;
@@ -179,13 +192,7 @@ fn step_counters_beyond_two_to_the_53_are_refused_and_large_ones_step_exactly() 
     // Found by the `state` fuzz target: a checkpoint at step 2^32 − 1 made
     // AdamW's bias correction β^(k+1) with an exponent truncated to i32
     // (negative), and the next step NaN.
-    let x0 = vec![tensor(&[1.0, -2.0, 3.0, 0.5])];
-    let g = vec![tensor(&[0.5, 0.5, -0.5, 0.5])];
-    let mut opt =
-        Optimizer::<Nd32>::new(adamw(NonFinitePolicy::Error), vec![Label::Vector], &x0).unwrap();
-    let mut x = x0.clone();
-    opt.step(&mut x, &g).unwrap();
-    let good = opt.state();
+    let (x0, g, mut opt, mut x, good) = adamw_after_one_step();
     for (step, skipped) in [(u64::MAX, 0), ((1 << 53) + 1, 0), (0, u64::MAX)] {
         let mut bad = good.clone();
         (bad.step, bad.skipped) = (step, skipped);
