@@ -10,7 +10,7 @@
 
 use gluon_optim::{
     AdamWGroup, Config, GroupConfig, Label, LmoGroup, NonFinitePolicy, NormSpec, OptError,
-    Optimizer, Radius, presets,
+    OptState, Optimizer, Radius, presets,
 };
 use lmo_core::LmoError;
 use lmo_ndarray::Nd32;
@@ -144,15 +144,11 @@ fn weight_decay_that_would_flip_the_weights_is_refused() {
     }
 }
 
+type Tensors = Vec<ArrayD<f32>>;
+
 /// An f32 AdamW optimizer on one vector after one step: the initial
 /// parameters, the gradient, the optimizer, the parameters and its state.
-fn adamw_after_one_step() -> (
-    Vec<ArrayD<f32>>,
-    Vec<ArrayD<f32>>,
-    Optimizer<Nd32>,
-    Vec<ArrayD<f32>>,
-    gluon_optim::OptState,
-) {
+fn adamw_after_one_step() -> (Tensors, Tensors, Optimizer<Nd32>, Tensors, OptState) {
     let x0 = vec![tensor(&[1.0, -2.0, 3.0, 0.5])];
     let g = vec![tensor(&[0.5, 0.5, -0.5, 0.5])];
     let mut opt =
