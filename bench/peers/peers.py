@@ -416,6 +416,9 @@ def main():
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--sets", default="muon")
     p.add_argument("--precisions", default="f32")
+    # Our runner's Newton–Schulz forms (plain, gram); the peers have only
+    # the plain form, so they accept the option and ignore it.
+    p.add_argument("--forms", default="plain")
     p.add_argument("--impls", default="numpy,torch")
     a = p.parse_args()
     shapes = [tuple(int(v) for v in s.split("x")) for s in a.shapes.split(",")]

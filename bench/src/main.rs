@@ -8,7 +8,8 @@
 //! width, default 12x768); with `--features cuda`: `gpu-gemm`, `gpu-orth`,
 //! `gpu-step` (see `gpu.rs`; they print a skip line without a device).
 //! Options: `--shapes 768x768,2048x2048`, `--reps N`, `--sets muon,…`,
-//! `--precisions f32,bf16,f64`.
+//! `--precisions f32,bf16,f64`, `--forms plain,gram` (orth: the Newton–Schulz
+//! form, reported as impl `ours` and `ours-gram`).
 
 use std::time::Instant;
 
@@ -26,6 +27,7 @@ struct Opts {
     reps: usize,
     sets: Vec<String>,
     precisions: Vec<String>,
+    forms: Vec<String>,
 }
 
 fn parse_shapes(s: &str) -> Result<Vec<(usize, usize)>, String> {
@@ -56,6 +58,7 @@ fn opts(args: &[String]) -> Result<Opts, String> {
         reps: 5,
         sets: vec!["muon".into()],
         precisions: vec!["f32".into()],
+        forms: vec!["plain".into()],
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -65,6 +68,7 @@ fn opts(args: &[String]) -> Result<Opts, String> {
             "--reps" => o.reps = val()?.parse().map_err(|_| "--reps: integer".to_string())?,
             "--sets" => o.sets = val()?.split(',').map(String::from).collect(),
             "--precisions" => o.precisions = val()?.split(',').map(String::from).collect(),
+            "--forms" => o.forms = val()?.split(',').map(String::from).collect(),
             other => return Err(format!("unknown option {other}")),
         }
     }
@@ -187,10 +191,21 @@ where
 }
 
 fn orth_suite(o: &Opts) -> Result<(), String> {
-    for set in &o.sets {
-        let cfg = NsConfig::new(set_of(set)?);
+    for (set, form) in o
+        .sets
+        .iter()
+        .flat_map(|s| o.forms.iter().map(move |f| (s, f)))
+    {
+        let (cfg, imp) = match form.as_str() {
+            "plain" => (NsConfig::new(set_of(set)?), "ours"),
+            "gram" => (NsConfig::new(set_of(set)?).gram(), "ours-gram"),
+            other => return Err(format!("unknown form {other:?} (plain, gram)")),
+        };
         for &(m, n) in &o.shapes {
-            let flops = ns_flops(&cfg, m, n);
+            // Both forms report the plain formulation's flops, so that
+            // flop rates compare like with like (the Gram form's own count
+            // is in docs/orthogonalize.md).
+            let flops = ns_flops(&NsConfig::new(set_of(set)?), m, n);
             for p in &o.precisions {
                 let case = format!("{set}/{p}/{m}x{n}");
                 let s = match p.as_str() {
@@ -203,7 +218,7 @@ fn orth_suite(o: &Opts) -> Result<(), String> {
                     }
                     other => return Err(format!("unknown precision {other:?}")),
                 };
-                emit("orth", &case, "ours", flops, &s);
+                emit("orth", &case, imp, flops, &s);
             }
         }
     }

@@ -36,13 +36,14 @@
 mod batch;
 mod coeffs;
 mod exact;
+mod gram;
 mod mixed;
 mod ns;
 
 pub use batch::BatchPolar;
 pub use coeffs::{
-    CUBIC, CoefficientSet, MODDED_NANOGPT, MUON_QUINTIC, Normalization, NsConfig, POLAR_EXPRESS,
-    POLAR_EXPRESS_SAFETY,
+    CUBIC, CoefficientSet, MODDED_NANOGPT, MUON_QUINTIC, Normalization, NsConfig, NsForm,
+    POLAR_EXPRESS, POLAR_EXPRESS_SAFETY,
 };
 pub use exact::FaerPolar;
 pub use mixed::NewtonSchulzBf16;

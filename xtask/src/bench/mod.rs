@@ -703,9 +703,15 @@ pub fn render_tables(r: &Report) -> String {
             head += &format!(" {i} (spread) | GFLOP/s | % roof |");
             rule += "---:|---:|---:|";
         }
+        // The Gram form gets its own ratio column against each peer.
+        let gram = ours.contains(&"ours-gram");
         for p in &peers {
             head += &format!(" {p} | {p}/ours |");
             rule += "---:|---:|";
+            if gram {
+                head += &format!(" {p}/ours-gram |");
+                rule += "---:|";
+            }
         }
         println!("{head}\n{rule}");
         for case in cases {
@@ -752,7 +758,11 @@ pub fn render_tables(r: &Report) -> String {
                         .is_none_or(|k| k.below.is_some());
                 match (find(p), base) {
                     (Some(x), Some(_)) if slow && !r.allow_slow_peer => {
-                        line += &format!(" {} | refused (slow peer) |", fmt_ms(x.median()))
+                        line += &format!(" {} | refused (slow peer) |", fmt_ms(x.median()));
+                        if gram {
+                            line += " refused |";
+                        }
+                        continue;
                     }
                     (Some(x), Some(b)) => {
                         let res = x
@@ -768,6 +778,14 @@ pub fn render_tables(r: &Report) -> String {
                     }
                     (Some(x), None) => line += &format!(" {} | – |", fmt_ms(x.median())),
                     _ => line += " n/a | – |",
+                }
+                if gram {
+                    match (find(p), find("ours-gram")) {
+                        (Some(x), Some(g)) => {
+                            line += &format!(" {:.2}× |", x.median() / g.median())
+                        }
+                        _ => line += " – |",
+                    }
                 }
             }
             println!("{line}");

@@ -62,16 +62,33 @@ fn orth(quick: bool, reps: usize) -> Vec<Case> {
         return per_shape(
             "orth",
             &["64x64", "48x96"],
-            &["--precisions", "f32,bf16"],
+            &["--precisions", "f32,bf16", "--forms", "plain,gram"],
             reps,
             &["numpy", "torch"],
         );
     }
-    let shapes = ["768x768", "768x3072", "1024x1024", "2048x2048", "4096x4096"];
+    // GPT-2's rectangular MLP shapes (both orientations) and a 1024×4096
+    // next to the squares; ours in both Newton–Schulz forms.
+    let shapes = [
+        "768x768",
+        "768x3072",
+        "3072x768",
+        "1024x4096",
+        "1024x1024",
+        "2048x2048",
+        "4096x4096",
+    ];
     per_shape(
         "orth",
         &shapes,
-        &["--sets", "muon", "--precisions", "f32,bf16"],
+        &[
+            "--sets",
+            "muon",
+            "--precisions",
+            "f32,bf16",
+            "--forms",
+            "plain,gram",
+        ],
         reps,
         &["numpy", "torch"],
     )

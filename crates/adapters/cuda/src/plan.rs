@@ -10,7 +10,7 @@ use lmo_core::LmoError;
 
 use super::cmd::{Arg, Cmd, Launch, Sink, StridedGemm, elem_size, grid_batched, grid_tiles};
 use super::{CudaDevice, CudaError, CudaTensor, DType, Mem, drv};
-use orthogonalize::{Normalization, NsConfig};
+use orthogonalize::{Normalization, NsConfig, NsForm};
 
 /// How many (input, output) address pairs a plan keeps a graph for.
 const GRAPH_CACHE: usize = 4;
@@ -820,6 +820,12 @@ pub(crate) struct Shape {
 impl Shape {
     fn check(cfg: &NsConfig, batch: usize, m: usize, n: usize) -> Result<Self, CudaError> {
         cfg.validate().map_err(CudaError::Input)?;
+        if cfg.form != NsForm::Plain {
+            return Err(input(
+                "polar plan: the batched plan runs the plain Newton–Schulz form; \
+                 the Gram form runs through orthogonalize::NewtonSchulz on the CUDA Backend",
+            ));
+        }
         if m == 0 || n == 0 {
             return Err(input("polar plan: empty matrix shape"));
         }
