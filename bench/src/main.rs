@@ -287,6 +287,13 @@ fn step_suite(o: &Opts) -> Result<(), String> {
                 "ours-bf16",
                 presets::muon(0.02, 1e-3).with_bf16_polar(),
             ),
+            (
+                "muon",
+                "ours-gram-bf16",
+                presets::muon(0.02, 1e-3)
+                    .with_bf16_polar()
+                    .with_gram_polar(),
+            ),
             ("scion", "ours", presets::scion(2f64.powi(-12), false)),
             ("gluon", "ours", gluon.clone()),
             ("gluon", "ours-bf16", gluon.with_bf16_polar()),

@@ -475,6 +475,29 @@ impl Config {
         self
     }
 
+    /// Runs every Newton–Schulz polar factor in the Gram form
+    /// (`orthogonalize::NsForm::Gram` with `NsConfig::default_restarts`):
+    /// the same polynomial evaluated on `min(m,n)²` matrices, faster for
+    /// rectangular blocks (docs/orthogonalize.md, "Gram Newton–Schulz").
+    /// Blocks with `max(m,n) < 2·min(m,n)` (squares) run the plain form,
+    /// which needs fewer flops there. Combines with [`Config::with_bf16_polar`] in either order.
+    /// Exact orthogonalizers and non-spectral norms are left as they are;
+    /// the device step refuses the Gram form when it is built.
+    pub fn with_gram_polar(mut self) -> Self {
+        for g in self.groups.values_mut() {
+            if let GroupConfig::Lmo(l) = g {
+                match &mut l.norm {
+                    NormSpec::Spectral(Orth::NewtonSchulz(c) | Orth::NewtonSchulzBf16(c))
+                    | NormSpec::RmsToRms(Orth::NewtonSchulz(c) | Orth::NewtonSchulzBf16(c)) => {
+                        *c = c.clone().gram();
+                    }
+                    _ => {}
+                }
+            }
+        }
+        self
+    }
+
     /// Sets the schedule.
     pub fn schedule(mut self, s: Schedule) -> Self {
         self.schedule = s;

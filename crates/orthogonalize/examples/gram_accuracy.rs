@@ -177,6 +177,8 @@ fn main() {
     println!("|---|---:|---|---|---|---:|---:|---:|---:|---:|");
     let (mut worst, mut beyond, mut falls, mut rows, mut broken, mut over) =
         (0f64, 0, 0u64, 0, 0, 0);
+    // Per (set, steps, precision): worst ratio, rows beyond 1.1×, fallbacks.
+    let mut summary: Vec<(String, f64, usize, u64)> = Vec::new();
     for cfg in &configs {
         let g_cfg = gram(cfg);
         let restarts = match &g_cfg.form {
@@ -184,6 +186,16 @@ fn main() {
             _ => unreachable!(),
         };
         for prec in ["f64", "f32", "bf16"] {
+            let mut group = (
+                format!(
+                    "| {} | {} | {prec} | {restarts} |",
+                    cfg.coefficients.name(),
+                    cfg.steps
+                ),
+                0f64,
+                0usize,
+                0u64,
+            );
             for ((name, g), ex) in inputs.iter().zip(&exact) {
                 let go = |c: &NsConfig| match prec {
                     "f64" => run::<Nd64>(c, g, false),
@@ -207,15 +219,27 @@ fn main() {
                 }
                 if ratio > 1.1 {
                     beyond += 1;
+                    group.2 += 1;
                 }
                 worst = worst.max(ratio);
+                group.1 = group.1.max(ratio);
+                group.3 += fb;
                 println!(
                     "| {} | {} | {prec} | {restarts} | {name} | {ep:.2e} | {eq:.2e} | {ratio:.3} | {sp:.3} / {sq:.3} | {fb} |",
                     cfg.coefficients.name(),
                     cfg.steps
                 );
             }
+            summary.push(group);
         }
+    }
+    println!(
+        "\n| set | steps | precision | restarts | worst Gram/plain | rows > 1.1× (of {}) | fallbacks |",
+        inputs.len()
+    );
+    println!("|---|---:|---|---|---:|---:|---:|");
+    for (head, w, b, f) in &summary {
+        println!("{head} {w:.2} | {b} | {f} |");
     }
     println!(
         "\nrows {rows}, worst Gram/plain {worst:.3}, rows beyond 1.1× {beyond}, \

@@ -154,6 +154,8 @@ pub enum NsForm {
     /// at the end. Before each step index in `restarts` the iterate is
     /// re-formed (`X ← Q·X`, `R = X·Xᵀ`, `Q = I`), which removes the
     /// rounding drift of the tracked `R` (see `crate::NewtonSchulz`).
+    /// Matrices with `max(m,n) < 2·min(m,n)` run the plain form, which
+    /// needs fewer flops there.
     Gram {
         /// Step indices (strictly increasing, each in `1..steps`) before
         /// which the iterate is re-formed.

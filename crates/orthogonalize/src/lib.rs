@@ -7,7 +7,9 @@
 //!   of SPEC §2 ([`CoefficientSet`]: Muon quintic, classical cubic, Polar
 //!   Express, modded-nanogpt per-step, user coefficients), any number of
 //!   steps, Frobenius normalization with margin δ and guard ε, the
-//!   transpose for tall matrices. Written once against lmo-core's
+//!   transpose for tall matrices, in the plain form or the Gram form
+//!   ([`NsForm::Gram`]: the steps on `min(m,n)²` matrices with restarts and
+//!   a guard, faster for rectangular matrices). Written once against lmo-core's
 //!   [`lmo_core::Backend`]; on the ndarray backend its Gram products compute
 //!   one triangle and its products run through faer or, where the CPU has
 //!   AVX-512 (and `avx512_bf16` for bf16), `lmo_ndarray::native`.

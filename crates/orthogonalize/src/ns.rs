@@ -82,7 +82,10 @@ pub(crate) struct Buffers<T> {
 /// a failed check the matrix is recomputed with the plain form, and
 /// [`NewtonSchulz::gram_fallbacks`] counts it. The Gram form is
 /// selected per group through the configuration ([`NsConfig::gram`]); the
-/// default form stays plain. Reference: the Gram Newton–Schulz of Dao AI
+/// default form stays plain. Matrices with `l < 2k` run the plain form even
+/// then: with five steps and one restart the Gram form costs about
+/// `(6ρ + 23)·k³` flops against the plain form's `(15ρ + 5)·k³`
+/// (`ρ = l/k`, one-triangle syrk), so it only wins from `ρ > 2` on. Reference: the Gram Newton–Schulz of Dao AI
 /// Lab's `gram-newton-schulz` (used by dion), which restarts in the same
 /// way.
 ///
@@ -165,7 +168,9 @@ impl<B: Backend> NewtonSchulz<B> {
             }),
         };
         normalize::<B>(self.cfg.normalization, g, fro, !wide, &mut buf.x);
-        if let NsForm::Gram { restarts } = &self.cfg.form {
+        if let NsForm::Gram { restarts } = &self.cfg.form
+            && l >= 2 * k
+        {
             if gram::run::<B>(&self.cfg, restarts, &self.guard, buf, wide, out) {
                 return Ok(());
             }
