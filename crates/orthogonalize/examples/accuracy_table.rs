@@ -9,16 +9,14 @@
 //! Columns: the interval `[σ_min, σ_max]` of the output's singular values
 //! and the relative error `‖X − U·Vᵀ‖_F / ‖U·Vᵀ‖_F`.
 
-use lmo_core::{Backend, Scalar, Trans};
-use lmo_ndarray::{Nd32, Nd64, NdBf16, NdScalar, round_bf16};
-use ndarray::{ArrayD, IxDyn};
-use orthogonalize::{CoefficientSet, FaerPolar, NewtonSchulz, NsConfig};
-use rand::{SeedableRng, rngs::StdRng};
-use rand_distr::{Distribution, StandardNormal};
+mod common;
 
-fn gaussian(rng: &mut StdRng, m: usize, n: usize) -> ArrayD<f64> {
-    ArrayD::from_shape_fn(IxDyn(&[m, n]), |_| StandardNormal.sample(rng))
-}
+use common::{gaussian, run};
+use lmo_core::{Backend, Trans};
+use lmo_ndarray::{Nd32, Nd64, NdBf16};
+use ndarray::{ArrayD, IxDyn};
+use orthogonalize::{CoefficientSet, FaerPolar, NsConfig};
+use rand::{SeedableRng, rngs::StdRng};
 
 /// `Q·diag(σ)·P` with σ log-spaced from 1 down to `1/cond`.
 fn conditioned(rng: &mut StdRng, n: usize, cond: f64) -> ArrayD<f64> {
@@ -39,26 +37,6 @@ fn conditioned(rng: &mut StdRng, n: usize, cond: f64) -> ArrayD<f64> {
     let mut g = ArrayD::zeros(IxDyn(&[n, n]));
     Nd64::gemm(1.0, &qs, Trans::No, &p, Trans::No, 0.0, &mut g);
     g
-}
-
-fn run<B>(cfg: &NsConfig, g: &ArrayD<f64>, bf16: bool) -> ArrayD<f64>
-where
-    B: Backend<Tensor = ArrayD<<B as Backend>::Scalar>>,
-    B::Scalar: NdScalar,
-{
-    let mut x: ArrayD<B::Scalar> = g.mapv(B::Scalar::of);
-    if bf16 {
-        // NdBf16's scalar is f32: round the input as bf16 storage would.
-        let mut f: ArrayD<f32> = g.mapv(|v| v as f32);
-        round_bf16(&mut f);
-        x = f.mapv(|v| B::Scalar::of(v as f64));
-    }
-    let mut out = x.clone();
-    NewtonSchulz::<B>::new(cfg.clone())
-        .unwrap()
-        .run(&x, &mut out)
-        .unwrap();
-    out.mapv(|v| v.as_f64())
 }
 
 fn main() {
@@ -110,7 +88,7 @@ fn main() {
         for prec in ["f64", "f32", "bf16"] {
             print!("| {} | {} | {prec} |", cfg.coefficients.name(), cfg.steps);
             for ((_, g), ex) in inputs.iter().zip(&exact) {
-                let out = match prec {
+                let (out, _) = match prec {
                     "f64" => run::<Nd64>(cfg, g, false),
                     "f32" => run::<Nd32>(cfg, g, false),
                     _ => run::<NdBf16>(cfg, g, true),

@@ -22,16 +22,14 @@
 //! "σ_max" is the output's largest singular value (a diverged run shows
 //! there).
 
-use lmo_core::{Backend, Scalar, Trans};
-use lmo_ndarray::{Nd32, Nd64, NdBf16, NdScalar, round_bf16};
-use ndarray::{ArrayD, IxDyn};
-use orthogonalize::{CoefficientSet, FaerPolar, NewtonSchulz, Normalization, NsConfig};
-use rand::{SeedableRng, rngs::StdRng};
-use rand_distr::{Distribution, StandardNormal};
+mod common;
 
-fn gaussian(rng: &mut StdRng, m: usize, n: usize) -> ArrayD<f64> {
-    ArrayD::from_shape_fn(IxDyn(&[m, n]), |_| StandardNormal.sample(rng))
-}
+use common::{gaussian, run};
+use lmo_core::{Backend, Trans};
+use lmo_ndarray::{Nd32, Nd64, NdBf16};
+use ndarray::{ArrayD, IxDyn};
+use orthogonalize::{CoefficientSet, FaerPolar, Normalization, NsConfig};
+use rand::{SeedableRng, rngs::StdRng};
 
 /// An `m × r` matrix with orthonormal columns.
 fn orthonormal(rng: &mut StdRng, m: usize, r: usize) -> ArrayD<f64> {
@@ -66,24 +64,6 @@ fn conditioned(
     let mut g = ArrayD::zeros(IxDyn(&[m, n]));
     Nd64::gemm(1.0, &us, Trans::No, &v, Trans::Yes, 0.0, &mut g);
     g
-}
-
-/// The iteration's output in f64 and the Gram fallbacks it took.
-fn run<B>(cfg: &NsConfig, g: &ArrayD<f64>, bf16: bool) -> (ArrayD<f64>, u64)
-where
-    B: Backend<Tensor = ArrayD<<B as Backend>::Scalar>>,
-    B::Scalar: NdScalar,
-{
-    let mut x: ArrayD<B::Scalar> = g.mapv(B::Scalar::of);
-    if bf16 {
-        let mut f: ArrayD<f32> = g.mapv(|v| v as f32);
-        round_bf16(&mut f);
-        x = f.mapv(|v| B::Scalar::of(v as f64));
-    }
-    let mut out = x.clone();
-    let mut ns = NewtonSchulz::<B>::new(cfg.clone()).unwrap();
-    ns.run(&x, &mut out).unwrap();
-    (out.mapv(|v| v.as_f64()), ns.gram_fallbacks())
 }
 
 /// `‖X·V_r − U_r‖_F / √r`.

@@ -59,6 +59,7 @@ const POWER: usize = 4;
 /// The guard's bounds: `s[i]`, the largest `|p_i ∘ … ∘ p_1(σ)|` over
 /// `σ ∈ [0, 1]` (evaluated on a grid of 4097 points; `s[0] = 1`), the
 /// largest singular value a healthy iterate has after `i` steps.
+#[derive(Clone)]
 pub(crate) struct Guard {
     s: Vec<f64>,
 }
@@ -84,76 +85,72 @@ impl Guard {
     /// healthy iterate: finite, `‖R‖_F ≤ tr(R)·(1 + 10⁻²)` (a necessary
     /// condition for positive semi-definiteness), and its largest
     /// eigenvalue in magnitude, estimated by [`POWER`] power-iteration
-    /// steps (`O(k²)` each), at most `2·s[i]²` for the iterate after `i`
-    /// steps. An eigenvalue the polynomial is amplifying stands out from
-    /// the healthy ones (`≤ s[i]²`) by a growing factor each step, which is
-    /// what makes a few power steps enough.
+    /// steps (`O(k²)` each, continuing from the previous check's vector),
+    /// at most `2·s[i]²` for the iterate after `i` steps. An eigenvalue the
+    /// polynomial is amplifying stands out from the healthy ones
+    /// (`≤ s[i]²`) by a growing factor each step, which is what makes a few
+    /// power steps enough.
     fn gram_ok<B: Backend>(&self, g: &mut GramBuffers<B::Tensor>, i: usize) -> bool {
         let fro = B::norm2(&g.r).as_f64();
         let tr = B::dot(&g.r, &g.eye).as_f64();
         if !(fro.is_finite() && tr.is_finite() && fro <= tr * (1.0 + 1e-2)) {
             return false;
         }
-        let zero = B::Scalar::zero();
-        let mut est = 0.0;
-        for _ in 0..POWER {
-            let nv = B::norm2(&g.v).as_f64();
-            if !(nv.is_finite() && nv > 0.0) {
-                return false;
-            }
-            B::gemm(
-                B::Scalar::of(1.0 / nv),
-                &g.r,
-                Trans::No,
-                &g.v,
-                Trans::No,
-                zero,
-                &mut g.w,
-            );
-            est = B::norm2(&g.w).as_f64();
-            core::mem::swap(&mut g.v, &mut g.w);
-        }
-        est.is_finite() && est <= 2.0 * self.s[i] * self.s[i]
+        let r = &g.r;
+        let est = power::<B>(&mut g.v, &mut g.w, |s, v, w| {
+            B::gemm(s, r, Trans::No, v, Trans::No, B::Scalar::zero(), w)
+        });
+        est.is_some_and(|e| e <= 2.0 * self.s[i] * self.s[i])
     }
 
     /// The result is finite and its largest singular value, estimated by
-    /// [`POWER`] power-iteration steps on `out·outᵀ` (`4kl` flops each),
-    /// is at most `1.5·s[N]` after the `N` steps. Its `k × l` orientation is `X` (`wide`) or `Xᵀ`.
+    /// [`POWER`] power-iteration steps on `out·outᵀ` (`4kl` flops each,
+    /// from the fixed start vector), is at most `1.5·s[N]` after the `N`
+    /// steps. Its `k × l` orientation is `X` (`wide`) or `Xᵀ`.
     fn out_ok<B: Backend>(
         &self,
         out: &B::Tensor,
         wide: bool,
         g: &mut GramBuffers<B::Tensor>,
     ) -> bool {
-        let zero = B::Scalar::zero();
         let (tk, tl) = if wide {
             (Trans::No, Trans::Yes)
         } else {
             (Trans::Yes, Trans::No)
         };
         B::scale(B::Scalar::one(), &g.v0, &mut g.v);
-        let mut est = 0.0;
-        for _ in 0..POWER {
-            let nv = B::norm2(&g.v).as_f64();
-            if !(nv.is_finite() && nv > 0.0) {
-                return false;
-            }
-            // u = Xᵀ·v/‖v‖, v = X·u: ‖v‖ → σ_max² of X.
-            B::gemm(
-                B::Scalar::of(1.0 / nv),
-                out,
-                tl,
-                &g.v,
-                Trans::No,
-                zero,
-                &mut g.u,
-            );
-            B::gemm(B::Scalar::one(), out, tk, &g.u, Trans::No, zero, &mut g.w);
-            est = B::norm2(&g.w).as_f64();
-            core::mem::swap(&mut g.v, &mut g.w);
-        }
-        est.is_finite() && est.sqrt() <= 1.5 * self.s[self.s.len() - 1]
+        let u = &mut g.u;
+        // w = X·(Xᵀ·v)·s: ‖w‖ → σ_max² of X.
+        let est = power::<B>(&mut g.v, &mut g.w, |s, v, w| {
+            let zero = B::Scalar::zero();
+            B::gemm(s, out, tl, v, Trans::No, zero, u);
+            B::gemm(B::Scalar::one(), out, tk, u, Trans::No, zero, w);
+        });
+        est.is_some_and(|e| e.sqrt() <= 1.5 * self.s[self.s.len() - 1])
     }
+}
+
+/// [`POWER`] steps of the power iteration `v ← A·v/‖v‖` for the symmetric
+/// positive operator or symmetric matrix `A` that `apply(s, v, w)` writes
+/// as `w = s·A·v`; returns the last `‖A·v/‖v‖‖` (the estimate of the
+/// largest eigenvalue in magnitude), or `None` when a norm is not finite
+/// or the vector vanished.
+fn power<B: Backend>(
+    v: &mut B::Tensor,
+    w: &mut B::Tensor,
+    mut apply: impl FnMut(B::Scalar, &B::Tensor, &mut B::Tensor),
+) -> Option<f64> {
+    let mut est = 0.0;
+    for _ in 0..POWER {
+        let nv = B::norm2(v).as_f64();
+        if !(nv.is_finite() && nv > 0.0) {
+            return None;
+        }
+        apply(B::Scalar::of(1.0 / nv), v, w);
+        est = B::norm2(w).as_f64();
+        core::mem::swap(v, w);
+    }
+    est.is_finite().then_some(est)
 }
 
 /// Runs the Gram form on the normalized `buf.x` (`k × l`, `k ≤ l`; the
@@ -221,8 +218,8 @@ pub(crate) fn run<B: Backend>(
     if wide {
         B::gemm(one, &g.q, Trans::No, x, Trans::No, zero, out);
     } else {
-        B::gemm(one, &g.q, Trans::No, x, Trans::No, zero, y);
-        B::transpose_into(one, y, out);
+        // out = (Q·X)ᵀ = Xᵀ·Qᵀ in one product, no transpose pass.
+        B::gemm(one, x, Trans::Yes, &g.q, Trans::Yes, zero, out);
     }
     guard.out_ok::<B>(out, wide, g)
 }

@@ -67,7 +67,7 @@ pub(crate) struct Buffers<T> {
 /// Flops for `k ≤ l`: `k²l` (Gram) + `2k²l` (last product) + per restart
 /// `3k²l`, and per step at most `k³ + 2k³ + 4k³` on `k × k` matrices,
 /// against `3k²l + k³` per step of the plain form: for GPT-2's 768×3072
-/// (`l = 4k`) and 5 steps with one restart, `41k³ + 12k³` against `65k³`.
+/// (`l = 4k`) and 5 steps with one restart, `47k³` against `65k³`.
 /// In exact arithmetic both forms give the same matrix; in floating point
 /// the tracked `R` drifts from `X_i·X_iᵀ` (with bf16 storage its small
 /// eigenvalues can turn negative, and the polynomial then amplifies them by
@@ -102,7 +102,12 @@ pub struct NewtonSchulz<B: Backend> {
 impl<B: Backend> Clone for NewtonSchulz<B> {
     /// Clones the configuration; the clone allocates its own buffers.
     fn clone(&self) -> Self {
-        Self::from_valid(self.cfg.clone())
+        Self {
+            cfg: self.cfg.clone(),
+            buf: None,
+            guard: self.guard.clone(),
+            fallbacks: 0,
+        }
     }
 }
 
@@ -190,31 +195,29 @@ fn plain<B: Backend>(
     wide: bool,
     out: &mut B::Tensor,
 ) {
-    {
-        let (x, y) = (&mut buf.x, &mut buf.y);
-        let one = B::Scalar::one();
-        let zero = B::Scalar::zero();
-        let steps = cfg.steps;
-        for i in 0..steps {
-            let [a, b, c] = cfg.coefficients.step(i).map(B::Scalar::of);
-            B::syrk(one, x, zero, &mut buf.a);
-            B::scale(b, &buf.a, &mut buf.b);
-            if c != zero {
-                B::syrk(c, &buf.a, one, &mut buf.b);
-            }
-            if wide && i + 1 == steps {
-                // The last product goes straight to the caller's buffer.
-                B::gemm_from(one, &buf.b, Trans::No, x, Trans::No, a, x, out);
-                return;
-            }
-            B::gemm_from(one, &buf.b, Trans::No, x, Trans::No, a, x, y);
-            core::mem::swap(x, y);
+    let (x, y) = (&mut buf.x, &mut buf.y);
+    let one = B::Scalar::one();
+    let zero = B::Scalar::zero();
+    let steps = cfg.steps;
+    for i in 0..steps {
+        let [a, b, c] = cfg.coefficients.step(i).map(B::Scalar::of);
+        B::syrk(one, x, zero, &mut buf.a);
+        B::scale(b, &buf.a, &mut buf.b);
+        if c != zero {
+            B::syrk(c, &buf.a, one, &mut buf.b);
         }
-        if wide {
-            B::scale(one, x, out);
-        } else {
-            B::transpose_into(one, x, out);
+        if wide && i + 1 == steps {
+            // The last product goes straight to the caller's buffer.
+            B::gemm_from(one, &buf.b, Trans::No, x, Trans::No, a, x, out);
+            return;
         }
+        B::gemm_from(one, &buf.b, Trans::No, x, Trans::No, a, x, y);
+        core::mem::swap(x, y);
+    }
+    if wide {
+        B::scale(one, x, out);
+    } else {
+        B::transpose_into(one, x, out);
     }
 }
 
