@@ -153,6 +153,25 @@ pub trait Backend: 'static {
         Self::gemm(alpha, x, Trans::No, x, Trans::Yes, beta, c);
     }
 
+    /// `out = α·a·bᵀ + β·src` for `k × l` matrices `a`, `b` and a symmetric
+    /// `k × k` matrix `src` (not `out`), where the caller knows that
+    /// `a·bᵀ` is symmetric: two commuting symmetric matrices (then
+    /// `a·bᵀ = a·b`), as in the Gram form of Newton–Schulz, or `b = a`. The
+    /// result is written in full (both triangles). The default is
+    /// [`Backend::gemm_from`] (`2k²l` flops); a backend that computes one
+    /// triangle and mirrors it does `k²l`, and its result is exactly
+    /// symmetric.
+    fn gemm_sym_from(
+        alpha: Self::Scalar,
+        a: &Self::Tensor,
+        b: &Self::Tensor,
+        beta: Self::Scalar,
+        src: &Self::Tensor,
+        out: &mut Self::Tensor,
+    ) {
+        Self::gemm_from(alpha, a, Trans::No, b, Trans::Yes, beta, src, out);
+    }
+
     /// `out = a·xᵀ` for a matrix `x` (`out` has the transposed shape).
     fn transpose_into(a: Self::Scalar, x: &Self::Tensor, out: &mut Self::Tensor);
 

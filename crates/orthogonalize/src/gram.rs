@@ -18,12 +18,14 @@ pub(crate) struct GramBuffers<T> {
     v0: T,
     v: T,
     w: T,
-    /// `l × 1`: the other side of the output's power iteration.
+    /// `k × 1`: the middle vector of the result's power iteration.
     u: T,
+    /// The Gram matrix `X·Xᵀ` formed at the last (re-)formation of `X`.
+    rr: T,
 }
 
 impl<T> GramBuffers<T> {
-    fn new<B: Backend<Tensor = T>>(like: &T, k: usize, l: usize) -> Self {
+    fn new<B: Backend<Tensor = T>>(like: &T, k: usize) -> Self {
         let mut eye = B::zeros(like, Shape::matrix(k, k));
         for i in 0..k {
             B::set(&mut eye, i * k + i, B::Scalar::one());
@@ -43,7 +45,8 @@ impl<T> GramBuffers<T> {
             v: B::zeros(like, Shape::matrix(k, 1)),
             v0: v,
             w: B::zeros(like, Shape::matrix(k, 1)),
-            u: B::zeros(like, Shape::matrix(l, 1)),
+            u: B::zeros(like, Shape::matrix(k, 1)),
+            rr: B::zeros(like, Shape::matrix(k, k)),
             r: B::zeros(like, Shape::matrix(k, k)),
             z: B::zeros(like, Shape::matrix(k, k)),
             q: B::zeros(like, Shape::matrix(k, k)),
@@ -103,28 +106,22 @@ impl Guard {
         est.is_some_and(|e| e <= 2.0 * self.s[i] * self.s[i])
     }
 
-    /// The result is finite and its largest singular value, estimated by
-    /// [`POWER`] power-iteration steps on `out·outᵀ` (`4kl` flops each,
-    /// from the fixed start vector), is at most `1.5·s[N]` after the `N`
-    /// steps. Its `k × l` orientation is `X` (`wide`) or `Xᵀ`.
-    fn out_ok<B: Backend>(
-        &self,
-        out: &B::Tensor,
-        wide: bool,
-        g: &mut GramBuffers<B::Tensor>,
-    ) -> bool {
-        let (tk, tl) = if wide {
-            (Trans::No, Trans::Yes)
-        } else {
-            (Trans::Yes, Trans::No)
-        };
+    /// The result `Q·X` (with `X` and `R_r = X·Xᵀ` from the last
+    /// (re-)formation) has a largest singular value of at most `1.5·s[N]`
+    /// after the `N` steps: `σ_max(Q·X)² = λ_max(Q·R_r·Q)`, estimated by
+    /// [`POWER`] power-iteration steps on `k × k` matrices (three
+    /// matrix–vector products each, from the fixed start vector) rather
+    /// than on the `k × l` result.
+    fn out_ok<B: Backend>(&self, g: &mut GramBuffers<B::Tensor>) -> bool {
         B::scale(B::Scalar::one(), &g.v0, &mut g.v);
-        let u = &mut g.u;
-        // w = X·(Xᵀ·v)·s: ‖w‖ → σ_max² of X.
+        let (q, rr, u) = (&g.q, &g.rr, &mut g.u);
         let est = power::<B>(&mut g.v, &mut g.w, |s, v, w| {
             let zero = B::Scalar::zero();
-            B::gemm(s, out, tl, v, Trans::No, zero, u);
-            B::gemm(B::Scalar::one(), out, tk, u, Trans::No, zero, w);
+            let one = B::Scalar::one();
+            // w = s·Q·R_r·Q·v, through u.
+            B::gemm(s, q, Trans::No, v, Trans::No, zero, w);
+            B::gemm(one, rr, Trans::No, w, Trans::No, zero, u);
+            B::gemm(one, q, Trans::No, u, Trans::No, zero, w);
         });
         est.is_some_and(|e| e.sqrt() <= 1.5 * self.s[self.s.len() - 1])
     }
@@ -170,11 +167,12 @@ pub(crate) fn run<B: Backend>(
     let zero = B::Scalar::zero();
     let g = buf
         .gram
-        .get_or_insert_with(|| GramBuffers::new::<B>(&buf.x, k, buf.l));
+        .get_or_insert_with(|| GramBuffers::new::<B>(&buf.x, k));
     let (x, y) = (&mut buf.x, &mut buf.y);
     // Every matrix starts the guard's power iteration from the same vector.
     B::scale(one, &g.v0, &mut g.v);
     B::syrk(one, x, zero, &mut g.r);
+    B::scale(one, &g.r, &mut g.rr);
     if !guard.gram_ok::<B>(g, 0) {
         return false;
     }
@@ -186,6 +184,7 @@ pub(crate) fn run<B: Backend>(
             B::gemm(one, &g.q, Trans::No, x, Trans::No, zero, y);
             core::mem::swap(x, y);
             B::syrk(one, x, zero, &mut g.r);
+            B::scale(one, &g.r, &mut g.rr);
             q_is_eye = true;
             if !guard.gram_ok::<B>(g, i) {
                 return false;
@@ -203,17 +202,27 @@ pub(crate) fn run<B: Backend>(
             B::axpby(a, &g.eye, one, &mut g.q);
             q_is_eye = false;
         } else {
+            // A full product although Z·Q is symmetric in exact arithmetic:
+            // Z comes from the tracked R, which has drifted from R₀, so
+            // forcing symmetry here (one triangle, mirrored) measured worse
+            // in bf16 (docs/orthogonalize.md, "Gram Newton–Schulz").
             B::gemm_from(one, &g.z, Trans::No, &g.q, Trans::No, a, &g.q, &mut g.t);
             core::mem::swap(&mut g.q, &mut g.t);
         }
         // R ← P·R·P with P = a·I + Z, unless R is re-formed or unused next.
         if i + 1 < steps && !restarts.contains(&(i + 1)) {
-            B::gemm_from(one, &g.z, Trans::No, &g.r, Trans::No, a, &g.r, &mut g.t);
-            B::gemm_from(one, &g.t, Trans::No, &g.z, Trans::No, a, &g.t, &mut g.r);
+            // Z, R and T = P·R commute: both products are symmetric.
+            B::gemm_sym_from(one, &g.z, &g.r, a, &g.r, &mut g.t);
+            B::gemm_sym_from(one, &g.t, &g.z, a, &g.t, &mut g.r);
             if !guard.gram_ok::<B>(g, i + 1) {
                 return false;
             }
         }
+    }
+    // The result is checked before it is formed: a refused matrix costs
+    // no k × l product.
+    if !guard.out_ok::<B>(g) {
+        return false;
     }
     if wide {
         B::gemm(one, &g.q, Trans::No, x, Trans::No, zero, out);
@@ -221,5 +230,5 @@ pub(crate) fn run<B: Backend>(
         // out = (Q·X)ᵀ = Xᵀ·Qᵀ in one product, no transpose pass.
         B::gemm(one, x, Trans::Yes, &g.q, Trans::Yes, zero, out);
     }
-    guard.out_ok::<B>(out, wide, g)
+    true
 }

@@ -59,15 +59,20 @@ pub(crate) struct Buffers<T> {
 ///     (before a restart step: X ← Q·X, R ← X·Xᵀ, Q ← I)
 ///     Z ← b·R + c·R²                     (syrk)
 ///     Q ← a·Q + Z·Q                      (Q = a·I + Z on the first step)
-///     R ← P·R·P, P = a·I + Z             (two GEMMs: T = Z·R + a·R, R = T·Z + a·T;
-///                                         skipped before a restart and after the last step)
+///     R ← P·R·P, P = a·I + Z             (T = Z·R + a·R, R = T·Z + a·T; skipped
+///                                         before a restart and after the last step)
 /// out ← Q·X
 /// ```
 ///
-/// Flops for `k ≤ l`: `k²l` (Gram) + `2k²l` (last product) + per restart
-/// `3k²l`, and per step at most `k³ + 2k³ + 4k³` on `k × k` matrices,
-/// against `3k²l + k³` per step of the plain form: for GPT-2's 768×3072
-/// (`l = 4k`) and 5 steps with one restart, `47k³` against `65k³`.
+/// `Z`, `Q`, `R` and `T` are polynomials in `R₀` and commute, so `Z·Q`,
+/// `Z·R` and `T·Z` are symmetric: they run through
+/// [`Backend::gemm_sym_from`], one triangle where the backend can (the
+/// ndarray backend does). Flops for `k ≤ l`: `k²l` (Gram) + `2k²l` (last
+/// product) + per restart `3k²l`, and per step at most `k³ + k³ + 2k³` on
+/// `k × k` matrices with one-triangle products (`k³ + 2k³ + 4k³` with full
+/// GEMMs), against `3k²l + k³` per step of the plain form: for GPT-2's
+/// 768×3072 (`l = 4k`) and 5 steps with one restart, `38k³` (`47k³`)
+/// against `65k³`.
 /// In exact arithmetic both forms give the same matrix; in floating point
 /// the tracked `R` drifts from `X_i·X_iᵀ` (with bf16 storage its small
 /// eigenvalues can turn negative, and the polynomial then amplifies them by
@@ -76,16 +81,19 @@ pub(crate) struct Buffers<T> {
 /// `‖R‖_F > tr(R)·(1+10⁻²)` (impossible for a positive semi-definite `R`:
 /// a negative eigenvalue estimate), a largest eigenvalue of `R` (four
 /// power-iteration steps, `O(k²)` each) above `2·s_i²`, or a largest
-/// singular value of the result (four power steps on it, `O(kl)` each)
-/// above `1.5·s_N`, with `s_i` the largest value the scalar polynomial
+/// singular value of the result `Q·X` above `1.5·s_N`, checked before the
+/// result is formed (four power steps on `Q·R_r·Q`, with `R_r = X·Xᵀ` from
+/// the last re-formation, `O(k²)` each), with `s_i` the largest value the scalar polynomial
 /// chain reaches after `i` steps on `[0, 1]` (an exploding eigenvalue). On
 /// a failed check the matrix is recomputed with the plain form, and
 /// [`NewtonSchulz::gram_fallbacks`] counts it. The Gram form is
 /// selected per group through the configuration ([`NsConfig::gram`]); the
 /// default form stays plain. Matrices with `l < 2k` run the plain form even
 /// then: with five steps and one restart the Gram form costs about
-/// `(6ρ + 23)·k³` flops against the plain form's `(15ρ + 5)·k³`
-/// (`ρ = l/k`, one-triangle syrk), so it only wins from `ρ > 2` on. Reference: the Gram Newton–Schulz of Dao AI
+/// `(6ρ + 23)·k³` flops with full `k × k` GEMMs (`(6ρ + 14)·k³` with
+/// one-triangle products) against the plain form's `(15ρ + 5)·k³`
+/// (`ρ = l/k`, one-triangle syrk): `l ≥ 2k` is the break-even of a backend
+/// without one-triangle products. Reference: the Gram Newton–Schulz of Dao AI
 /// Lab's `gram-newton-schulz` (used by dion), which restarts in the same
 /// way.
 ///

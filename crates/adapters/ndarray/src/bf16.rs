@@ -5,7 +5,7 @@ use lmo_core::{AdamWStep, Backend, Shape, Trans};
 use ndarray::ArrayD;
 
 use crate::native::{self, Kind};
-use crate::{Nd32, native_syrk, op_view};
+use crate::{Nd32, native_lower, native_syrk, op_view};
 
 /// Which kernel [`NdBf16`]'s products run on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -239,6 +239,21 @@ impl Backend for NdBf16 {
         if bf16_kernel() != Bf16Kernel::Avx512Bf16 || !native_syrk(Kind::Bf16, alpha, x, beta, c) {
             Nd32::syrk(alpha, x, beta, c);
             round_bf16(c);
+        }
+    }
+    fn gemm_sym_from(
+        alpha: f32,
+        a: &ArrayD<f32>,
+        b: &ArrayD<f32>,
+        beta: f32,
+        src: &ArrayD<f32>,
+        out: &mut ArrayD<f32>,
+    ) {
+        if bf16_kernel() != Bf16Kernel::Avx512Bf16
+            || !native_lower(Kind::Bf16, alpha, a, b, beta, Some(src), out)
+        {
+            Nd32::gemm_sym_from(alpha, a, b, beta, src, out);
+            round_bf16(out);
         }
     }
     fn transpose_into(a: f32, x: &ArrayD<f32>, out: &mut ArrayD<f32>) {

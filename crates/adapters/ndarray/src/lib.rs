@@ -53,10 +53,33 @@ pub trait NdScalar: Scalar + LinalgScalar + faer::traits::RealField {
     fn native_syrk(_alpha: Self, _x: &ArrayD<Self>, _beta: Self, _c: &mut ArrayD<Self>) -> bool {
         false
     }
+    /// `c = α·a·bᵀ + β·src` (both triangles; the caller knows it is
+    /// symmetric) on a native kernel, as [`NdScalar::native_syrk`].
+    fn native_sym(
+        _alpha: Self,
+        _a: &ArrayD<Self>,
+        _b: &ArrayD<Self>,
+        _beta: Self,
+        _src: &ArrayD<Self>,
+        _c: &mut ArrayD<Self>,
+    ) -> bool {
+        false
+    }
 }
 impl NdScalar for f32 {
     fn native_syrk(alpha: f32, x: &ArrayD<f32>, beta: f32, c: &mut ArrayD<f32>) -> bool {
         native::available(native::Kind::F32) && native_syrk(native::Kind::F32, alpha, x, beta, c)
+    }
+    fn native_sym(
+        alpha: f32,
+        a: &ArrayD<f32>,
+        b: &ArrayD<f32>,
+        beta: f32,
+        src: &ArrayD<f32>,
+        c: &mut ArrayD<f32>,
+    ) -> bool {
+        native::available(native::Kind::F32)
+            && native_lower(native::Kind::F32, alpha, a, b, beta, Some(src), c)
     }
 }
 impl NdScalar for f64 {}
@@ -107,31 +130,39 @@ fn par(work: usize) -> Par {
 /// triangular product runs directly.
 const SYRK_LEAF: usize = 256;
 
-/// `lower(c) (+)= α·x·xᵀ`, recursing on row halves so that most of the work
-/// is full GEMM blocks `c21 = α·x2·x1ᵀ` (≈ half the flops of a full GEMM).
-fn syrk_lower<S: NdScalar>(c: MatMut<'_, S>, x: MatRef<'_, S>, alpha: S, acc: Accum) {
+/// `lower(c) (+)= α·a·bᵀ` (`a`, `b` both `k × l`), recursing on row
+/// halves so that most of the work is full GEMM blocks `c21 = α·a2·b1ᵀ`
+/// (≈ half the flops of a full GEMM). `b = a` is syrk's `x·xᵀ`.
+fn lower_product<S: NdScalar>(
+    c: MatMut<'_, S>,
+    a: MatRef<'_, S>,
+    b: MatRef<'_, S>,
+    alpha: S,
+    acc: Accum,
+) {
     let k = c.nrows();
     if k <= SYRK_LEAF {
         triangular::matmul(
             c,
             BlockStructure::TriangularLower,
             acc,
-            x,
+            a,
             BlockStructure::Rectangular,
-            x.transpose(),
+            b.transpose(),
             BlockStructure::Rectangular,
             alpha,
-            par(k * k * x.ncols() / 2),
+            par(k * k * a.ncols() / 2),
         );
         return;
     }
     let h = (k / 2).div_ceil(64) * 64;
-    let (x1, x2) = x.split_at_row(h);
+    let (a1, a2) = a.split_at_row(h);
+    let (b1, b2) = b.split_at_row(h);
     let (c11, _c12, c21, c22) = c.split_at_mut(h, h);
-    syrk_lower(c11, x1, alpha, acc);
-    let work = c21.nrows() * c21.ncols() * x.ncols();
-    faer::linalg::matmul::matmul(c21, acc, x2, x1.transpose(), alpha, par(work));
-    syrk_lower(c22, x2, alpha, acc);
+    lower_product(c11, a1, b1, alpha, acc);
+    let work = c21.nrows() * c21.ncols() * a.ncols();
+    faer::linalg::matmul::matmul(c21, acc, a2, b1.transpose(), alpha, par(work));
+    lower_product(c22, a2, b2, alpha, acc);
 }
 
 /// Copies the strict lower triangle onto the upper one. Contiguous fast
@@ -198,18 +229,42 @@ pub(crate) fn native_syrk(
     beta: f32,
     c: &mut ArrayD<f32>,
 ) -> bool {
-    let xv = mat(x);
-    let (m, k) = xv.dim();
-    if k == 0 || c.shape() != [m, m] || !c.is_standard_layout() {
+    native_lower(kind, alpha, x, x, beta, None, c)
+}
+
+/// `c = α·a·bᵀ + β·src` (`src = None`: `β·c`) for `m × k` matrices `a`,
+/// `b` whose product the caller knows to be symmetric (and `src`, or `c`,
+/// symmetric): the lower triangle on the native kernel of `kind` (which
+/// the caller has checked is available), mirrored onto the upper one;
+/// rounded to bf16 for [`native::Kind::Bf16`]. `false` (nothing done) when
+/// the operands are empty, their shapes disagree, or `c` (or `src`) is not
+/// a contiguous `m × m` array.
+pub(crate) fn native_lower(
+    kind: native::Kind,
+    alpha: f32,
+    a: &ArrayD<f32>,
+    b: &ArrayD<f32>,
+    beta: f32,
+    src: Option<&ArrayD<f32>>,
+    c: &mut ArrayD<f32>,
+) -> bool {
+    let (av, bv) = (mat(a), mat(b));
+    let (m, k) = av.dim();
+    let src_ok = src.is_none_or(|s| s.shape() == [m, m] && s.is_standard_layout());
+    if k == 0 || bv.dim() != (m, k) || c.shape() != [m, m] || !c.is_standard_layout() || !src_ok {
         return false;
     }
-    let o = native::Operand::of_view(&xv, false);
+    let (ao, bo) = (
+        native::Operand::of_view(&av, false),
+        native::Operand::of_view(&bv, false),
+    );
+    let sp = src.map(|s| (s.as_ptr(), m));
     let cp = c.as_mut_ptr();
     let round = kind == native::Kind::Bf16;
-    // SAFETY: the kernel is available (caller); `x` is m × k, `c` a
-    // contiguous m × m array distinct from `x` (one is borrowed shared, the
-    // other mutably).
-    unsafe { native::gemm(kind, m, m, k, alpha, o, o, beta, None, cp, m, true, round) };
+    // SAFETY: the kernel is available (caller); `a`, `b` are m × k, `src`
+    // and `c` contiguous m × m arrays, `c` distinct from the others (they
+    // are borrowed shared, `c` mutably).
+    unsafe { native::gemm(kind, m, m, k, alpha, ao, bo, beta, sp, cp, m, true, round) };
     mirror_lower(&mut mat_mut(c));
     true
 }
@@ -462,7 +517,33 @@ impl<S: NdScalar> Backend for NdBackend<S> {
             return;
         };
         let mut cv = mat_mut(c);
-        syrk_lower(fview_mut(cv.view_mut()), fview(xv), alpha, acc);
+        lower_product(fview_mut(cv.view_mut()), fview(xv), fview(xv), alpha, acc);
+        mirror_lower(&mut cv);
+    }
+
+    fn gemm_sym_from(
+        alpha: S,
+        a: &ArrayD<S>,
+        b: &ArrayD<S>,
+        beta: S,
+        src: &ArrayD<S>,
+        out: &mut ArrayD<S>,
+    ) {
+        let (av, bv) = (mat(a), mat(b));
+        let k = av.nrows();
+        assert!(
+            bv.dim() == av.dim() && src.shape() == [k, k] && out.shape() == [k, k],
+            "gemm_sym_from: shape mismatch"
+        );
+        if S::native_sym(alpha, a, b, beta, src, out) {
+            return;
+        }
+        Self::scale(beta, src, out);
+        let Some(acc) = prepare_accumulator(S::one(), av.ncols(), out) else {
+            return;
+        };
+        let mut cv = mat_mut(out);
+        lower_product(fview_mut(cv.view_mut()), fview(av), fview(bv), alpha, acc);
         mirror_lower(&mut cv);
     }
 
