@@ -64,15 +64,16 @@ pub(crate) struct Buffers<T> {
 /// out ← Q·X
 /// ```
 ///
-/// `Z`, `Q`, `R` and `T` are polynomials in `R₀` and commute, so `Z·Q`,
-/// `Z·R` and `T·Z` are symmetric: they run through
-/// [`Backend::gemm_sym_from`], one triangle where the backend can (the
-/// ndarray backend does). Flops for `k ≤ l`: `k²l` (Gram) + `2k²l` (last
-/// product) + per restart `3k²l`, and per step at most `k³ + k³ + 2k³` on
-/// `k × k` matrices with one-triangle products (`k³ + 2k³ + 4k³` with full
-/// GEMMs), against `3k²l + k³` per step of the plain form: for GPT-2's
-/// 768×3072 (`l = 4k`) and 5 steps with one restart, `38k³` (`47k³`)
-/// against `65k³`.
+/// `Z`, `R` and `T` commute, so the `R` update's products `Z·R` and `T·Z`
+/// are symmetric: they run through [`Backend::gemm_sym_from`], one
+/// triangle where the backend can (the ndarray backend does). `Z·Q` is a
+/// full GEMM: `Z` comes from the tracked (drifted) `R`, so it commutes
+/// with `Q` only approximately, and forcing symmetry there measured worse
+/// in bf16. Flops for `k ≤ l`: `k²l` (Gram) + `2k²l` (last product) + per
+/// restart `3k²l`, and per step at most `k³ + 2k³ + 2k³` on `k × k`
+/// matrices (`k³ + 2k³ + 4k³` with full GEMMs), against `3k²l + k³` per
+/// step of the plain form: for GPT-2's 768×3072 (`l = 4k`) and 5 steps
+/// with one restart, `41k³` (`47k³`) against `65k³`.
 /// In exact arithmetic both forms give the same matrix; in floating point
 /// the tracked `R` drifts from `X_i·X_iᵀ` (with bf16 storage its small
 /// eigenvalues can turn negative, and the polynomial then amplifies them by
@@ -90,8 +91,8 @@ pub(crate) struct Buffers<T> {
 /// selected per group through the configuration ([`NsConfig::gram`]); the
 /// default form stays plain. Matrices with `l < 2k` run the plain form even
 /// then: with five steps and one restart the Gram form costs about
-/// `(6ρ + 23)·k³` flops with full `k × k` GEMMs (`(6ρ + 14)·k³` with
-/// one-triangle products) against the plain form's `(15ρ + 5)·k³`
+/// `(6ρ + 23)·k³` flops with full `k × k` GEMMs (`(6ρ + 17)·k³` with
+/// one-triangle `R` updates) against the plain form's `(15ρ + 5)·k³`
 /// (`ρ = l/k`, one-triangle syrk): `l ≥ 2k` is the break-even of a backend
 /// without one-triangle products. Reference: the Gram Newton–Schulz of Dao AI
 /// Lab's `gram-newton-schulz` (used by dion), which restarts in the same
