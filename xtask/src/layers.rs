@@ -162,6 +162,10 @@ pub fn layers() -> Result<(), String> {
 /// (local crates resolve to each other's packages), each verified by a
 /// build from its packaged sources.
 pub fn package() -> Result<(), String> {
+    let stale = clear_stale_overlay_sources()? + clear_our_fingerprints()?;
+    if stale > 0 {
+        eprintln!("    removed {stale} stale unpacked source(s)/fingerprint(s) of our crates");
+    }
     let mut c: Command = cargo();
     c.arg("package");
     for p in PUBLISHED {
@@ -169,6 +173,88 @@ pub fn package() -> Result<(), String> {
     }
     with_libtorch(&mut c)?;
     step(&format!("cargo package ({})", PUBLISHED.join(", ")), c)
+}
+
+/// `cargo package` verifies each crate against its siblings' packages
+/// through a local registry overlay, and cargo unpacks those `.crate` files
+/// into `$CARGO_HOME/registry/src/<overlay hash>/<name>-<version>` only when
+/// that folder does not exist yet. A folder left by an earlier packaging of
+/// the same version (another commit, same path) is then reused as is, and
+/// the verification builds against stale sources. Remove our own crates'
+/// folders from every overlay (every folder under `registry/src` that is not
+/// a crates.io index, whose names start with `index.`) so each run unpacks
+/// what it just packaged. Returns how many folders were removed.
+fn clear_stale_overlay_sources() -> Result<usize, String> {
+    let home = match std::env::var_os("CARGO_HOME") {
+        Some(h) => std::path::PathBuf::from(h),
+        None => match std::env::var_os("HOME") {
+            Some(h) => Path::new(&h).join(".cargo"),
+            None => return Ok(0),
+        },
+    };
+    let src = home.join("registry").join("src");
+    let Ok(overlays) = std::fs::read_dir(&src) else {
+        return Ok(0);
+    };
+    let mut removed = 0;
+    for overlay in overlays.flatten() {
+        if overlay.file_name().to_string_lossy().starts_with("index.") {
+            continue;
+        }
+        let Ok(entries) = std::fs::read_dir(overlay.path()) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if PUBLISHED.iter().any(|p| is_version_of(&name, p)) {
+                std::fs::remove_dir_all(e.path())
+                    .map_err(|err| format!("removing {}: {err}", e.path().display()))?;
+                removed += 1;
+            }
+        }
+    }
+    Ok(removed)
+}
+
+/// The verification builds the overlay's copies of our crates into the
+/// workspace's `target/debug`, and cargo fingerprints registry crates by
+/// name and version only, so a copy built by an earlier run would be reused
+/// although its sources changed. Remove our crates' fingerprints (path and
+/// overlay copies alike: their names do not tell them apart) so they are
+/// rebuilt; third-party dependencies keep theirs. Returns how many folders
+/// were removed.
+fn clear_our_fingerprints() -> Result<usize, String> {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| root().join("target"));
+    let fp = target.join("debug").join(".fingerprint");
+    let Ok(entries) = std::fs::read_dir(&fp) else {
+        return Ok(0);
+    };
+    let mut removed = 0;
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        // Fingerprint folders are `<name>-<16 hex digits>`.
+        let ours = PUBLISHED.iter().any(|p| {
+            name.strip_prefix(p)
+                .and_then(|r| r.strip_prefix('-'))
+                .is_some_and(|h| h.len() == 16 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+        });
+        if ours {
+            std::fs::remove_dir_all(e.path())
+                .map_err(|err| format!("removing {}: {err}", e.path().display()))?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
+/// Whether the folder name `dir` is `<krate>-<version>` (version starting
+/// with a digit), so that `lmo-core` does not match `lmo-core-extra-1.0`.
+fn is_version_of(dir: &str, krate: &str) -> bool {
+    dir.strip_prefix(krate)
+        .and_then(|r| r.strip_prefix('-'))
+        .is_some_and(|v| v.starts_with(|c: char| c.is_ascii_digit()))
 }
 
 #[cfg(test)]
@@ -188,6 +274,15 @@ mod tests {
                 .push(serde_json::json!({"name": to, "kind": kind, "optional": optional}));
         }
         serde_json::json!({ "packages": pk })
+    }
+
+    #[test]
+    fn overlay_folders_match_name_and_version_only() {
+        assert!(is_version_of("lmo-core-0.1.0", "lmo-core"));
+        assert!(is_version_of("lmo-core-12.3.4-alpha", "lmo-core"));
+        assert!(!is_version_of("lmo-core-extra-1.0", "lmo-core"));
+        assert!(!is_version_of("lmo-comm-0.1.0", "lmo-core"));
+        assert!(!is_version_of("lmo-core", "lmo-core"));
     }
 
     #[test]
