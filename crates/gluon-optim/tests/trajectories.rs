@@ -11,10 +11,11 @@ use gluon_optim::Optimizer;
 use lmo_ndarray::Nd64;
 use lmo_problems::{LogisticRegression, Mlp, Problem, Quadratic};
 
-/// 4 significant digits; values below 1e-12 (zero up to rounding, whose
-/// noise depends on the CPU's kernels and summation order) print as `~0`.
+/// 4 significant digits; values below 1e-12, exact zero included (zero up
+/// to rounding: whether a sum cancels exactly depends on the CPU's kernels
+/// and the summation order), print as `~0`.
 fn sig(x: f64) -> String {
-    if x != 0.0 && x.abs() < 1e-12 {
+    if x.abs() < 1e-12 {
         return "~0".into();
     }
     format!("{x:.4e}")

@@ -12,6 +12,7 @@
 //! [`crate::Orthogonalizer`].
 
 use crate::{LmoError, Scalar, Shape};
+use num_traits::Float;
 
 /// Transposition flag of a [`Backend::gemm`] operand.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -66,6 +67,25 @@ pub trait Backend: 'static {
     /// `(k, x_k)` for the first entry of largest magnitude `|x_k| = max_j |x_j|`
     /// (flat row-major index and signed value); `(0, 0)` for an empty tensor.
     fn argmax_abs(x: &Self::Tensor) -> (usize, Self::Scalar);
+    /// `max_k |x_k|`, NaN when some entry is NaN, so the result is finite
+    /// exactly when every entry is (+∞ for an infinite entry); 0 for an
+    /// empty tensor. One pass where a backend fuses it (the finiteness
+    /// check and the magnitude bound of a gradient, or the zero test of an
+    /// LMO, in one read); the default makes two, [`Backend::all_finite`]
+    /// then [`Backend::argmax_abs`].
+    fn max_abs(x: &Self::Tensor) -> Self::Scalar {
+        if Self::all_finite(x) {
+            Self::argmax_abs(x).1.abs()
+        } else {
+            // Not finite: NaN if some entry is NaN, else +∞.
+            let s = Self::sum_abs(x);
+            if s.is_nan() {
+                s
+            } else {
+                Self::Scalar::infinity()
+            }
+        }
+    }
     /// `Σ_k |x_k|`.
     fn sum_abs(x: &Self::Tensor) -> Self::Scalar;
     /// Euclidean (Frobenius) norm `√(Σ_k x_k²)`, computed without overflow or

@@ -705,6 +705,12 @@ pub fn render_tables(r: &Report) -> String {
         }
         // The Gram form gets its own ratio column against each peer.
         let gram = ours.contains(&"ours-gram");
+        // A whole step next to its LMO phase: the rest is the overhead.
+        let overhead = ours.contains(&"ours-step") && ours.contains(&"ours-lmo");
+        if overhead {
+            head += " overhead (1 − lmo/step) |";
+            rule += "---:|";
+        }
         for p in &peers {
             head += &format!(" {p} | {p}/ours |");
             rule += "---:|---:|";
@@ -742,6 +748,14 @@ pub fn render_tables(r: &Report) -> String {
                         );
                     }
                     None => line += " – | – | – |",
+                }
+            }
+            if overhead {
+                match (find("ours-step"), find("ours-lmo")) {
+                    (Some(st), Some(l)) => {
+                        line += &format!(" {:.1}% |", 100.0 * (1.0 - l.median() / st.median()))
+                    }
+                    _ => line += " – |",
                 }
             }
             for p in &peers {
@@ -988,6 +1002,24 @@ mod tests {
         r.allow_slow_peer = true;
         let t = render_tables(&r);
         assert!(row(&t).contains("| 2.00× (slow peer) |"), "{t}");
+    }
+
+    #[test]
+    fn overhead_is_the_step_beyond_its_lmo_phase() {
+        // A 2 s step whose LMOs take 1.8 s: 10 % overhead.
+        let mut step = rec("ours-step", 2.0);
+        let mut lmo = rec("ours-lmo", 1.8);
+        for x in [&mut step, &mut lmo] {
+            x.suite = "step-overhead".into();
+            x.flops = 0.0;
+        }
+        let r = Report {
+            results: vec![step, lmo],
+            ..Default::default()
+        };
+        let t = render_tables(&r);
+        assert!(t.contains("overhead (1 − lmo/step)"), "{t}");
+        assert!(row(&t).ends_with("| 10.0% |"), "{t}");
     }
 
     #[test]

@@ -121,17 +121,19 @@ pub struct NdBf16;
 /// stays NaN, quieted), written as branch-free bit arithmetic so that the
 /// loop vectorizes.
 pub fn round_bf16(x: &mut ArrayD<f32>) {
-    #[inline(always)]
-    fn rne(v: f32) -> f32 {
-        let b = v.to_bits();
-        let rounded = b.wrapping_add(0x7fff + ((b >> 16) & 1)) & 0xffff_0000;
-        let nan = (b | 0x0040_0000) & 0xffff_0000;
-        f32::from_bits(if v.is_nan() { nan } else { rounded })
-    }
     match x.as_slice_memory_order_mut() {
-        Some(s) => s.iter_mut().for_each(|v| *v = rne(*v)),
+        Some(s) => crate::slices::map_mut(s, |v| *v = rne(*v)),
         None => x.map_inplace(|v| *v = rne(*v)),
     }
+}
+
+/// The nearest bf16 of `v` (ties to even) as an f32, in bit arithmetic.
+#[inline(always)]
+fn rne(v: f32) -> f32 {
+    let b = v.to_bits();
+    let rounded = b.wrapping_add(0x7fff + ((b >> 16) & 1)) & 0xffff_0000;
+    let nan = (b | 0x0040_0000) & 0xffff_0000;
+    f32::from_bits(if v.is_nan() { nan } else { rounded })
 }
 
 impl Backend for NdBf16 {
@@ -155,6 +157,9 @@ impl Backend for NdBf16 {
     }
     fn argmax_abs(x: &ArrayD<f32>) -> (usize, f32) {
         Nd32::argmax_abs(x)
+    }
+    fn max_abs(x: &ArrayD<f32>) -> f32 {
+        Nd32::max_abs(x)
     }
     fn sum_abs(x: &ArrayD<f32>) -> f32 {
         Nd32::sum_abs(x)
@@ -288,8 +293,15 @@ impl lmo_core::Bf16Storage for Nd32 {
     type Bf16 = NdBf16;
     const OFFERS_BF16: bool = true;
     fn to_bf16(src: &ArrayD<f32>, dst: &mut ArrayD<f32>) {
-        dst.assign(src);
-        round_bf16(dst)
+        // One pass (copy and round) where both are contiguous alike.
+        if src.shape() == dst.shape()
+            && let (Some(s), Some(d)) = (src.as_slice(), dst.as_slice_mut())
+        {
+            crate::slices::map2(d, s, |d, v| *d = rne(v));
+        } else {
+            dst.assign(src);
+            round_bf16(dst)
+        }
     }
 }
 

@@ -26,6 +26,7 @@ use core::marker::PhantomData;
 
 mod bf16;
 pub mod native;
+mod slices;
 pub use bf16::{Bf16Kernel, NdBf16, bf16_kernel, round_bf16};
 
 use faer::linalg::matmul::triangular::{self, BlockStructure};
@@ -65,8 +66,14 @@ pub trait NdScalar: Scalar + LinalgScalar + faer::traits::RealField {
     ) -> bool {
         false
     }
+    /// `√Σ x_i²` of a contiguous slice without overflow or underflow
+    /// (f32: one pass summed in f64; f64: BLAS `nrm2`'s two scaled passes).
+    fn nrm2_slice(x: &[Self]) -> Self;
 }
 impl NdScalar for f32 {
+    fn nrm2_slice(x: &[f32]) -> f32 {
+        slices::nrm2_f32(x)
+    }
     fn native_syrk(alpha: f32, x: &ArrayD<f32>, beta: f32, c: &mut ArrayD<f32>) -> bool {
         native::available(native::Kind::F32) && native_syrk(native::Kind::F32, alpha, x, beta, c)
     }
@@ -82,7 +89,11 @@ impl NdScalar for f32 {
             && native_lower(native::Kind::F32, alpha, a, b, beta, Some(src), c)
     }
 }
-impl NdScalar for f64 {}
+impl NdScalar for f64 {
+    fn nrm2_slice(x: &[f64]) -> f64 {
+        slices::nrm2_scaled(x)
+    }
+}
 
 /// Views a rank-2 tensor as a matrix; panics on other ranks (callers check
 /// ranks through [`Shape::as_matrix`] first).
@@ -312,8 +323,12 @@ fn prepare_accumulator<S: NdScalar>(beta: S, inner: usize, c: &mut ArrayD<S>) ->
 /// rank above 4 share one flat [`Shape`] per length ([`Backend::shape`]),
 /// so their dimensions may differ, and `Zip` would panic.
 #[inline]
-fn zip2<S: Copy>(o: &mut ArrayD<S>, x: &ArrayD<S>, f: impl Fn(&mut S, S)) {
-    if o.shape() == x.shape() {
+fn zip2<S: NdScalar>(o: &mut ArrayD<S>, x: &ArrayD<S>, f: impl Fn(&mut S, S) + Sync + Send) {
+    if o.shape() == x.shape()
+        && let (Some(x), Some(o)) = (x.as_slice(), o.as_slice_mut())
+    {
+        slices::map2(o, x, f);
+    } else if o.shape() == x.shape() {
         Zip::from(o).and(x).for_each(|o, &v| f(o, v));
     } else {
         o.iter_mut().zip(x.iter()).for_each(|(o, &v)| f(o, v));
@@ -361,11 +376,29 @@ impl<S: NdScalar> Backend for NdBackend<S> {
     }
 
     fn all_finite(t: &ArrayD<S>) -> bool {
-        t.iter().all(|x| x.is_finite())
+        match t.as_slice_memory_order() {
+            Some(s) => slices::all_finite(s),
+            None => t.iter().all(|x| x.is_finite()),
+        }
+    }
+
+    fn max_abs(t: &ArrayD<S>) -> S {
+        match t.as_slice_memory_order() {
+            Some(s) => slices::max_abs(s),
+            None => t.iter().fold(S::zero(), |m, &v| {
+                if m.is_nan() || v.is_nan() {
+                    S::nan()
+                } else {
+                    m.max(v.abs())
+                }
+            }),
+        }
     }
 
     fn dot(x: &ArrayD<S>, y: &ArrayD<S>) -> S {
-        if x.shape() == y.shape() {
+        if let (Some(a), Some(b)) = (x.as_slice(), y.as_slice()) {
+            slices::dot(a, b)
+        } else if x.shape() == y.shape() {
             Zip::from(x)
                 .and(y)
                 .fold(S::zero(), |acc, &a, &b| acc + a * b)
@@ -377,6 +410,16 @@ impl<S: NdScalar> Backend for NdBackend<S> {
     }
 
     fn argmax_abs(x: &ArrayD<S>) -> (usize, S) {
+        if let Some(s) = x.as_slice() {
+            // The largest magnitude (NaN ignored, as `>` below ignores it),
+            // then its first position: two vectorized passes.
+            let m = s.iter().fold(S::zero(), |m, &v| m.max(v.abs()));
+            if m == S::zero() {
+                return (0, S::zero());
+            }
+            let k = s.iter().position(|v| v.abs() == m).unwrap_or(0);
+            return (k, s[k]);
+        }
         let mut best = (0usize, S::zero());
         for (k, &v) in x.iter().enumerate() {
             if v.abs() > best.1.abs() {
@@ -387,11 +430,17 @@ impl<S: NdScalar> Backend for NdBackend<S> {
     }
 
     fn sum_abs(x: &ArrayD<S>) -> S {
-        x.iter().fold(S::zero(), |a, &v| a + v.abs())
+        match x.as_slice_memory_order() {
+            Some(s) => slices::sum_abs(s),
+            None => x.iter().fold(S::zero(), |a, &v| a + v.abs()),
+        }
     }
 
     fn norm2(x: &ArrayD<S>) -> S {
-        nrm2(x.iter())
+        match x.as_slice_memory_order() {
+            Some(s) => S::nrm2_slice(s),
+            None => nrm2(x.iter()),
+        }
     }
 
     fn col_norms(x: &ArrayD<S>, out: &mut [S]) {
@@ -436,7 +485,10 @@ impl<S: NdScalar> Backend for NdBackend<S> {
     }
 
     fn scale_mut(a: S, x: &mut ArrayD<S>) {
-        x.map_inplace(|v| *v = a * *v);
+        match x.as_slice_memory_order_mut() {
+            Some(s) => slices::map_mut(s, |v| *v = a * *v),
+            None => x.map_inplace(|v| *v = a * *v),
+        }
     }
 
     fn axpby(a: S, x: &ArrayD<S>, b: S, y: &mut ArrayD<S>) {
@@ -579,7 +631,17 @@ impl<S: NdScalar> Backend for NdBackend<S> {
             *p = decay * *p - h.lr * (*m * c1) / ((*v * c2).sqrt() + h.eps);
         };
         let dims = p.shape();
-        if g.shape() == dims && m.shape() == dims && v.shape() == dims {
+        let same = g.shape() == dims && m.shape() == dims && v.shape() == dims;
+        if same
+            && let (Some(p), Some(g), Some(m), Some(v)) = (
+                p.as_slice_mut(),
+                g.as_slice(),
+                m.as_slice_mut(),
+                v.as_slice_mut(),
+            )
+        {
+            slices::map4(p, g, m, v, step);
+        } else if same {
             Zip::from(p)
                 .and(g)
                 .and(m)
