@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use std::collections::BTreeMap;
 
-use gluon_optim::{Config, GroupConfig, Label, LipschitzEstimator, Optimizer, Radius, presets};
+use gluon_optim::{Config, Label, LipschitzEstimator, Optimizer, presets};
 use lmo_ndarray::Nd64;
 use lmo_problems::{Problem, Role};
 use ndarray::ArrayD;
@@ -92,15 +92,16 @@ pub struct Probe<'a> {
     pub csv: &'a Path,
 }
 
-/// Fits (L0, L1) per label along a probe run (SPEC §3): `probe.steps`
-/// steps of `probe.optimizer` while a [`LipschitzEstimator`] records points
-/// in the norms of `probe.norms`; each label gets the largest constants
-/// among its blocks' τ-quantile fits. `grad(params, grads)` computes the
-/// gradients of the current iterate. Prints one line per block.
+/// Fits (L0, L1) per label along a probe run (SPEC §3) with
+/// [`gluon_optim::probe`]: `probe.steps` steps of `probe.optimizer` while a
+/// [`LipschitzEstimator`] records one point per step in the norms of
+/// `probe.norms`; each label gets the largest constants among its blocks'
+/// τ-quantile fits. `grad(params, grads)` computes the gradients of the
+/// current iterate. Prints one line per block and the fits' warnings.
 pub fn probe_fits(
     labels: &[Label],
     mut params: Vec<ArrayD<f64>>,
-    mut grad: impl FnMut(&[ArrayD<f64>], &mut [ArrayD<f64>]),
+    grad: impl FnMut(&[ArrayD<f64>], &mut [ArrayD<f64>]),
     probe: Probe<'_>,
 ) -> Result<BTreeMap<Label, (f64, f64)>, String> {
     let Probe {
@@ -110,48 +111,35 @@ pub fn probe_fits(
         tau,
         csv,
     } = probe;
-    let mut grads = params.clone();
     let mut opt =
         Optimizer::<Nd64>::new(probe_cfg, labels.to_vec(), &params).map_err(|e| e.to_string())?;
     let mut est =
         LipschitzEstimator::<Nd64>::new(norms_cfg, labels, &params).map_err(|e| e.to_string())?;
-    for _ in 0..steps {
-        grad(&params, &mut grads);
-        est.observe(&params, &grads).map_err(|e| e.to_string())?;
-        opt.step(&mut params, &grads).map_err(|e| e.to_string())?;
+    let report = gluon_optim::probe(&mut opt, &mut est, &mut params, steps, tau, grad)
+        .map_err(|e| e.to_string())?;
+    for (i, (l, f)) in labels.iter().zip(&report.fits).enumerate() {
+        let f = f.ok_or("probe recorded no points")?;
+        println!("  block {i} ({l:?}): {f}");
     }
-    let mut fits: BTreeMap<Label, (f64, f64)> = BTreeMap::new();
-    for (i, l) in labels.iter().enumerate() {
-        let f = est.fit_quantile(i, tau).ok_or("probe recorded no points")?;
-        println!(
-            "  block {i} ({l:?}): L0 = {:.3}, L1 = {:.3} ({} points, {:.0}% above)",
-            f.l0,
-            f.l1,
-            f.n,
-            100.0 * f.above
-        );
-        let e = fits.entry(l.clone()).or_insert((0.0, 0.0));
-        *e = (e.0.max(f.l0), e.1.max(f.l1));
+    for (i, w) in &report.warnings {
+        println!("  warning, block {i}: {w}");
     }
     if let Some(d) = csv.parent() {
         std::fs::create_dir_all(d).map_err(|e| e.to_string())?;
     }
     std::fs::write(csv, est.to_csv()).map_err(|e| e.to_string())?;
-    Ok(fits)
+    Ok(report.by_label)
 }
 
-/// The Gluon preset with per-label adaptive radii from [`probe_fits`].
-pub fn gluon_with(fits: &BTreeMap<Label, (f64, f64)>, beta: f64) -> Config {
-    let mut c = presets::gluon((0.0, 1.0), (0.0, 1.0), beta);
-    for (label, g) in c.groups.iter_mut() {
-        if let (GroupConfig::Lmo(l), Some(&(l0, l1))) = (g, fits.get(label)) {
-            l.radius = Radius::Adaptive {
-                l0,
-                l1: l1.max(1e-6),
-            };
-        }
-    }
-    c
+/// The Gluon preset with per-label adaptive radii from [`probe_fits`]
+/// ([`presets::gluon_fitted`]); a fitted L1 of 0 is lifted to 1e-6 so that
+/// `L0 + L1 > 0` holds for blocks whose probe saw no curvature.
+pub fn gluon_with(fits: &BTreeMap<Label, (f64, f64)>, beta: f64) -> Result<Config, String> {
+    let lifted: BTreeMap<Label, (f64, f64)> = fits
+        .iter()
+        .map(|(l, &(l0, l1))| (l.clone(), (l0, l1.max(1e-6))))
+        .collect();
+    presets::gluon_fitted(&lifted, beta).map_err(|e| e.to_string())
 }
 
 const FONTS: &[&str] = &[

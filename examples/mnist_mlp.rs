@@ -305,7 +305,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             csv: Path::new("target/mnist/probe_points.csv"),
         },
     )?;
-    let t = train(gluon_with(&fits, 0.9), &train_all, &order)?;
+    let t = train(gluon_with(&fits, 0.9)?, &train_all, &order)?;
     let acc = accuracy(&t.params, &train_all, val);
     println!();
     report("Gluon (probe fit)", "none", acc, &t, &test, &mut curves);

@@ -116,7 +116,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         )
     })?;
     bar.set_message("Gluon (theory radii)");
-    let gluon = train(&p, gluon_with(&fits, 0.9), steps, |_, _| bar.inc(1))?;
+    let gluon = train(&p, gluon_with(&fits, 0.9)?, steps, |_, _| bar.inc(1))?;
     bar.finish_and_clear();
     println!();
 

@@ -117,7 +117,12 @@ pub enum Radius {
     /// (`M = ∇f`) exactly the theorem's deterministic radius; with momentum
     /// the practical variant (the dual norm of the momentum). `‖M‖_*` is the
     /// value the LMO attains (`−<M, lmo(M)>`), exact unless an inexact
-    /// orthogonalizer is used.
+    /// orthogonalizer is used. A Newton–Schulz normalization with an
+    /// absolute ε (Muon's `M/(‖M‖_F + 1e-7)`) attains a shrinking fraction
+    /// of `‖M‖_*` once `‖M‖_F` nears ε, and with L0 = 0 the radius then
+    /// stays near `1/L1` while the step stalls: use a relative
+    /// normalization (`presets::gluon_ns`, which `presets::gluon` uses).
+    /// Fit the constants with [`crate::probe`].
     Adaptive {
         /// `L0 ≥ 0`.
         l0: f64,
@@ -491,6 +496,25 @@ impl Config {
                     | NormSpec::RmsToRms(Orth::NewtonSchulz(c) | Orth::NewtonSchulzBf16(c)) => {
                         *c = c.clone().gram();
                     }
+                    _ => {}
+                }
+            }
+        }
+        self
+    }
+
+    /// Runs every spectral LMO on the exact polar factor ([`Orth::Exact`],
+    /// a Jacobi SVD): what an (L0, L1) probe should step with
+    /// ([`crate::probe`]), since a Newton–Schulz step is not exactly the LMO
+    /// direction and lowers the fitted L1 by about its alignment
+    /// ([`crate::FitWarning::InexactSteps`]). Slow on large matrices:
+    /// meant for short probes and tests. Non-spectral norms are left as
+    /// they are.
+    pub fn with_exact_polar(mut self) -> Self {
+        for g in self.groups.values_mut() {
+            if let GroupConfig::Lmo(l) = g {
+                match &mut l.norm {
+                    NormSpec::Spectral(o) | NormSpec::RmsToRms(o) => *o = Orth::Exact,
                     _ => {}
                 }
             }

@@ -7,7 +7,8 @@ use crate::config::{Config, DynNorm, GroupConfig, Label, NormSpec};
 use crate::optimizer::OptError;
 
 /// One recorded point of block i: `g = ‖∇_i f(X^k)‖_*` and
-/// `lhat = ‖∇_i f(X^{k+1}) − ∇_i f(X^k)‖_* / ‖X_i^{k+1} − X_i^k‖`.
+/// `lhat = ‖∇_i f(X^{k+1}) − ∇_i f(X^k)‖_* / ‖X_i^{k+1} − X_i^k‖`, with the
+/// step that produced it.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Point {
     /// Step index k.
@@ -16,9 +17,77 @@ pub struct Point {
     pub g: f64,
     /// The local smoothness estimate `L̂_k`.
     pub lhat: f64,
+    /// The step length `s_k = ‖X_i^{k+1} − X_i^k‖` in the block's norm.
+    #[serde(default)]
+    pub step: f64,
+    /// The step's alignment with the gradient,
+    /// `a_k = −<∇_i f(X^k), X_i^{k+1} − X_i^k> / (‖∇_i f(X^k)‖_*·s_k)`, in
+    /// `[−1, 1]` by duality: 1 for an exact LMO step on the gradient itself
+    /// (no momentum), lower for an inexact LMO (Newton–Schulz) or a step on
+    /// a momentum buffer.
+    #[serde(default)]
+    pub align: f64,
 }
 
-/// The fitted envelope `L̂ ≤ L0 + L1·g` of one block.
+/// Above this `u = L1·s` (the fitted L1 times the median probe step), a
+/// [`Fit`] warns of [`FitWarning::LongSteps`]: the fit is low by the factor
+/// `(1 − e^{−u})/u`, below 0.906 here.
+pub const LONG_STEP_U: f64 = 0.2;
+
+/// Below this median alignment a [`Fit`] warns of
+/// [`FitWarning::InexactSteps`].
+pub const MIN_ALIGN: f64 = 0.95;
+
+/// What makes a fit of (L0, L1) doubtful, from the probe's own points.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub enum FitWarning {
+    /// The probe's steps were long for the fitted L1: `L̂` is a difference
+    /// quotient over the step, and where the gradient's dual norm changes
+    /// like `e^{L1·s}` (the extreme case of (L0, L1)-smoothness,
+    /// `f(X) = exp(<A, X>)` with `L1 = ‖A‖_*`) a descent step of length `s`
+    /// measures `L̂ = g·L1·(1 − e^{−u})/u` with `u = L1·s`, so the fitted
+    /// L1 is low by that factor. Keep probe steps at `s ≪ 1/L1` (u ≤ 0.2
+    /// loses at most 9.4 %).
+    LongSteps {
+        /// `u = L1·s` at the median step.
+        u: f64,
+        /// `(1 − e^{−u})/u`, the factor by which L1 may be low.
+        bias: f64,
+    },
+    /// The probe's steps were not the exact LMO direction of the gradient
+    /// (median alignment below [`MIN_ALIGN`]): a Newton–Schulz polar factor
+    /// or momentum. On the exponential example a step of alignment `a`
+    /// measures about `a·L1`. Probe with exact LMOs
+    /// ([`Config::with_exact_polar`]) and without momentum (β = 0).
+    InexactSteps {
+        /// The median alignment.
+        align: f64,
+    },
+}
+
+impl core::fmt::Display for FitWarning {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            FitWarning::LongSteps { u, bias } => write!(
+                f,
+                "probe steps are long for the fitted L1 (L1·step = {u:.2}): L1 may be low \
+                 by the factor (1 − e^(−u))/u = {bias:.2}; probe with shorter steps"
+            ),
+            FitWarning::InexactSteps { align } => write!(
+                f,
+                "probe steps are not exact LMO steps on the gradient (median alignment \
+                 {align:.2}): L1 may be low by about that factor; probe with exact LMOs \
+                 (Config::with_exact_polar) and β = 0"
+            ),
+        }
+    }
+}
+
+/// A fitted line `L̂ ≈ L0 + L1·g` of one block, with what the points
+/// behind it covered. A quantile fit ([`fit_quantile`], τ < 1) is **not**
+/// an upper envelope: about a fraction `1 − τ` of the points lies above it
+/// by design (`above` says how many did); [`fit_envelope`] is the exact
+/// envelope.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Fit {
     /// L0 ≥ 0.
@@ -30,21 +99,50 @@ pub struct Fit {
     pub above: f64,
     /// Number of points.
     pub n: usize,
+    /// The range `[min, max]` of `‖∇f‖_*` the points covered: the line is
+    /// measured there and extrapolated elsewhere.
+    pub g_range: (f64, f64),
+    /// The median step length `s` of the points.
+    pub step: f64,
+    /// The median alignment of the points' steps ([`Point::align`]).
+    pub align: f64,
+}
+
+/// The median of `v` (sorted in place); NaN for an empty slice.
+fn median(v: &mut [f64]) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    let h = v.len() / 2;
+    if v.len() % 2 == 1 {
+        v[h]
+    } else {
+        0.5 * (v[h - 1] + v[h])
+    }
 }
 
 impl Fit {
-    /// The fit `(l0, l1)` with its share of `points` strictly above the
-    /// line (relative margin 1e-9 for rounding).
-    fn of(points: &[(f64, f64)], l0: f64, l1: f64) -> Fit {
+    /// The fit `(l0, l1)` of the finite `points`, with its share of them
+    /// strictly above the line (relative margin 1e-9 for rounding).
+    fn of(points: &[Point], l0: f64, l1: f64) -> Fit {
         let above = points
             .iter()
-            .filter(|&&(g, l)| l > (l0 + l1 * g) * (1.0 + 1e-9))
+            .filter(|p| p.lhat > (l0 + l1 * p.g) * (1.0 + 1e-9))
             .count();
+        let gs = points.iter().map(|p| p.g);
+        let g_range = (
+            gs.clone().fold(f64::INFINITY, f64::min),
+            gs.fold(f64::NEG_INFINITY, f64::max),
+        );
         Fit {
             l0,
             l1,
             above: above as f64 / points.len() as f64,
             n: points.len(),
+            g_range,
+            step: median(&mut points.iter().map(|p| p.step).collect::<Vec<_>>()),
+            align: median(&mut points.iter().map(|p| p.align).collect::<Vec<_>>()),
         }
     }
 
@@ -57,14 +155,66 @@ impl Fit {
             g / (self.l0 + self.l1 * g)
         }
     }
+
+    /// `(1 − e^{−u})/u` at `u = L1·s` (the median step): the factor by
+    /// which long probe steps lower the fitted L1 on the exponential
+    /// example ([`FitWarning::LongSteps`]); 1 for `u → 0`.
+    pub fn step_bias(&self) -> f64 {
+        let u = self.l1 * self.step;
+        if u.is_finite() && u > 1e-8 {
+            -(-u).exp_m1() / u
+        } else {
+            1.0
+        }
+    }
+
+    /// What makes this fit doubtful: probe steps long for the fitted L1
+    /// (`L1·s >` [`LONG_STEP_U`]), or steps that were not exact LMO steps
+    /// on the gradient (median alignment below [`MIN_ALIGN`]).
+    pub fn warnings(&self) -> Vec<FitWarning> {
+        let mut w = vec![];
+        let u = self.l1 * self.step;
+        if u > LONG_STEP_U {
+            w.push(FitWarning::LongSteps {
+                u,
+                bias: self.step_bias(),
+            });
+        }
+        if self.align < MIN_ALIGN {
+            w.push(FitWarning::InexactSteps { align: self.align });
+        }
+        w
+    }
 }
 
-/// The finite `(g, L̂)` pairs; `None` if there are none.
-fn finite_points(points: &[Point]) -> Option<Vec<(f64, f64)>> {
-    let v: Vec<(f64, f64)> = points
+impl core::fmt::Display for Fit {
+    /// `L0 = …, L1 = … (n points, ‖∇f‖_* in [a, b], median step s, x %
+    /// above the line)`; the last part says plainly when the line is not
+    /// an upper envelope.
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(
+            f,
+            "L0 = {:.4e}, L1 = {:.4e} ({} points, ‖∇f‖_* in [{:.3e}, {:.3e}], median step {:.3e}, ",
+            self.l0, self.l1, self.n, self.g_range.0, self.g_range.1, self.step
+        )?;
+        if self.above > 0.0 {
+            write!(
+                f,
+                "{:.0}% of the points above the line: not an upper envelope)",
+                100.0 * self.above
+            )
+        } else {
+            write!(f, "an upper envelope of the points)")
+        }
+    }
+}
+
+/// The finite points; `None` if there are none.
+fn finite_points(points: &[Point]) -> Option<Vec<Point>> {
+    let v: Vec<Point> = points
         .iter()
         .filter(|p| p.g.is_finite() && p.lhat.is_finite())
-        .map(|p| (p.g, p.lhat))
+        .copied()
         .collect();
     (!v.is_empty()).then_some(v)
 }
@@ -78,7 +228,8 @@ fn finite_points(points: &[Point]) -> Option<Vec<(f64, f64)>> {
 /// (The Gluon paper fits a line with a penalty on points above it; this is
 /// its exact-envelope limit, which has no free penalty weight.)
 pub fn fit_envelope(points: &[Point]) -> Option<Fit> {
-    let pts = finite_points(points)?;
+    let all = finite_points(points)?;
+    let pts: Vec<(f64, f64)> = all.iter().map(|p| (p.g, p.lhat)).collect();
     let n = pts.len() as f64;
     let gbar = pts.iter().map(|p| p.0).sum::<f64>() / n;
     // Candidate lines: every pair on the hull is among all pairs; the
@@ -132,7 +283,7 @@ pub fn fit_envelope(points: &[Point]) -> Option<Fit> {
         consider(0.0, ratio);
     }
     let (l0, l1, _) = best?;
-    Some(Fit::of(&pts, l0, l1))
+    Some(Fit::of(&all, l0, l1))
 }
 
 /// The penalized fit of the Gluon paper: minimize over `L0, L1 ≥ 0`
@@ -152,7 +303,7 @@ pub fn fit_quantile(points: &[Point], tau: f64) -> Option<Fit> {
     }
     let all = finite_points(points)?;
     let stride = all.len().div_ceil(400);
-    let pts: Vec<(f64, f64)> = all.iter().step_by(stride).copied().collect();
+    let pts: Vec<(f64, f64)> = all.iter().step_by(stride).map(|p| (p.g, p.lhat)).collect();
     let lambda = 1.0 / (1.0 - tau);
     let cost = |l0: f64, l1: f64| {
         pts.iter()
@@ -191,7 +342,8 @@ pub fn fit_quantile(points: &[Point], tau: f64) -> Option<Fit> {
 /// [`LipschitzEstimator::observe`] with the parameters and gradients of
 /// every iterate, then [`LipschitzEstimator::fit`]. Each block uses its
 /// group's norm (AdamW groups: Frobenius), scale included. Spectral dual
-/// norms are exact (Jacobi SVD): meant for short probes.
+/// norms are exact (Jacobi SVD): meant for short probes. [`crate::probe`]
+/// runs the whole probe loop.
 pub struct LipschitzEstimator<B: Backend> {
     labels: Vec<Label>,
     norms: Vec<DynNorm<B>>,
@@ -209,7 +361,8 @@ where
     B::Tensor: Send,
 {
     /// An estimator for the blocks of an optimizer built from `config`,
-    /// `labels` and `params`.
+    /// `labels` and `params` (only the groups' norms are used; their radii
+    /// are ignored).
     pub fn new(config: &Config, labels: &[Label], params: &[B::Tensor]) -> Result<Self, OptError> {
         Self::with_norms(config, labels, params, &crate::NormRegistry::new())
     }
@@ -241,6 +394,30 @@ where
             .map_err(|error| OptError::Lmo { block: i, error })?;
             norms.push(norm);
         }
+        Self::from_norms(labels, norms, params)
+    }
+
+    /// An estimator with one norm per block, given directly (no
+    /// configuration): block `i` measures its points in `norms[i]`, e.g.
+    /// `NormSpec::Spectral(Orth::Exact).build(1.0)`. Errors on a count
+    /// mismatch or a norm that refuses its block's shape.
+    pub fn from_norms(
+        labels: &[Label],
+        norms: Vec<DynNorm<B>>,
+        params: &[B::Tensor],
+    ) -> Result<Self, OptError> {
+        for found in [labels.len(), norms.len()] {
+            if found != params.len() {
+                return Err(OptError::CountMismatch {
+                    expected: params.len(),
+                    found,
+                });
+            }
+        }
+        for (i, (n, p)) in norms.iter().zip(params).enumerate() {
+            n.check_shape(&B::shape(p))
+                .map_err(|error| OptError::Lmo { block: i, error })?;
+        }
         let z = |v: &[B::Tensor]| v.iter().map(B::zeros_like).collect::<Vec<_>>();
         Ok(LipschitzEstimator {
             labels: labels.to_vec(),
@@ -255,10 +432,19 @@ where
         })
     }
 
-    /// Records the iterate `(params, grads)`; from the second call on, adds
-    /// one point per block (blocks that did not move are skipped). Errors
-    /// (count, shape, NaN/Inf, a norm's refusal) leave the estimator as it
-    /// was: every block is computed before any is recorded.
+    /// Forgets the previous iterate, keeping the recorded points: the next
+    /// [`LipschitzEstimator::observe`] starts a new trajectory and pairs
+    /// with nothing (use it after anything that is not one step of the
+    /// trajectory: a restart, a reloaded checkpoint, a skipped step).
+    pub fn reset(&mut self) {
+        self.has_prev = false;
+    }
+
+    /// Records the iterate `(params, grads)`; from the second call on (since
+    /// construction or [`LipschitzEstimator::reset`]), adds one point per
+    /// block (blocks that did not move are skipped). Errors (count, shape,
+    /// NaN/Inf, a norm's refusal) leave the estimator as it was: every
+    /// block is computed before any is recorded.
     pub fn observe(&mut self, params: &[B::Tensor], grads: &[B::Tensor]) -> Result<(), OptError> {
         let n = self.norms.len();
         if params.len() != n || grads.len() != n {
@@ -289,10 +475,14 @@ where
                 B::axpby(-one, &self.prev_x[i], one, &mut self.diff[i]);
                 let den = self.norms[i].norm(&self.diff[i]).map_err(e)?.as_f64();
                 if den > 0.0 {
+                    let g = self.prev_dual[i];
+                    let ip = B::dot(&self.prev_g[i], &self.diff[i]).as_f64();
                     point = Some(Point {
                         k: self.k - 1,
-                        g: self.prev_dual[i],
+                        g,
                         lhat: num / den,
+                        step: den,
+                        align: if g > 0.0 { -ip / (g * den) } else { 0.0 },
                     });
                 }
             }
@@ -331,12 +521,15 @@ where
         &self.labels
     }
 
-    /// All points as CSV: `block,label,k,g,lhat`.
+    /// All points as CSV: `block,label,k,g,lhat,step,align`.
     pub fn to_csv(&self) -> String {
-        let mut s = String::from("block,label,k,g,lhat\n");
+        let mut s = String::from("block,label,k,g,lhat,step,align\n");
         for (i, pts) in self.points.iter().enumerate() {
             for p in pts {
-                s += &format!("{i},{:?},{},{:e},{:e}\n", self.labels[i], p.k, p.g, p.lhat);
+                s += &format!(
+                    "{i},{:?},{},{:e},{:e},{:e},{:e}\n",
+                    self.labels[i], p.k, p.g, p.lhat, p.step, p.align
+                );
             }
         }
         s

@@ -39,6 +39,7 @@ mod estimator;
 mod optimizer;
 pub mod phases;
 pub mod presets;
+mod probe;
 mod sharded;
 mod validate;
 
@@ -47,9 +48,12 @@ pub use config::{
     Orth, Radius, Schedule, ShapeScale,
 };
 pub use custom::{NormBuilder, NormRegistry};
-pub use estimator::{Fit, LipschitzEstimator, Point, fit_envelope, fit_quantile};
+pub use estimator::{
+    Fit, FitWarning, LONG_STEP_U, LipschitzEstimator, MIN_ALIGN, Point, fit_envelope, fit_quantile,
+};
 /// Re-export of lmo-core's [`lmo_core::View`], the per-group tensor view ([`LmoGroup::view`]).
 pub use lmo_core::View;
 pub use optimizer::{BlockReport, BlockState, OptError, OptState, Optimizer, StepReport};
 pub use phases::{RadiusRule, momentum, radius};
+pub use probe::{ProbeReport, probe};
 pub use sharded::{ShardError, ShardedOptimizer, StepTimes, assign_owners};

@@ -1,9 +1,12 @@
 //! Presets: thin configurations of the one step of SPEC §3.
 
-use orthogonalize::NsConfig;
+use std::collections::BTreeMap;
+
+use orthogonalize::{Normalization, NsConfig};
 
 use lmo_core::View;
 
+use crate::OptError;
 use crate::config::{
     AdamWGroup, Config, GroupConfig, Label, LmoGroup, Mode, NormSpec, Orth, Radius, ShapeScale,
 };
@@ -137,41 +140,70 @@ pub fn scion_with(lr: f64, constrained: bool, r: ScionRadii) -> Config {
 /// radius `t_i = ‖M_i‖_*/(L0_i + L1_i·‖M_i‖_*)`, momentum `beta`.
 /// `hidden` = (L0, L1) of the hidden blocks, `other` = of embeddings, head
 /// and vectors (second-hand NanoGPT-124M values: L0 ≈ 0, hidden L1 ≈ 70,
-/// embedding/head L1 ≈ 1.3; fit your own with [`crate::LipschitzEstimator`]).
-/// Norm scales are 1 (the radius carries the step length). Hidden tensors of
-/// rank ≥ 3 are flattened to `(d0, rest)` ([`View::Flatten`]).
+/// embedding/head L1 ≈ 1.3). Fit your own with [`crate::probe`] and pass
+/// them per label with [`gluon_fitted`]. Norm scales are 1 (the radius
+/// carries the step length). Hidden tensors of rank ≥ 3 are flattened to
+/// `(d0, rest)` ([`View::Flatten`]).
+///
+/// The hidden blocks' Newton–Schulz normalization is relative,
+/// `X₀ = M/(‖M‖_F·(1 + δ))` (ε = 0, [`gluon_ns`]), not Muon's
+/// `M/(‖M‖_F + 1e-7)`: with an absolute ε, once `‖M‖_F` falls to about ε
+/// the iteration starts from singular values far below 1, five steps do
+/// not lift them to 1, and the LMO attains a small fraction of the dual
+/// norm (1.3 % in one measured case); with L0 = 0 the adaptive radius then
+/// stays near 1/L1 while the step stalls (tested in
+/// `tests/lipschitz_workflow.rs`).
 pub fn gluon(hidden: (f64, f64), other: (f64, f64), beta: f64) -> Config {
-    let ad = |(l0, l1): (f64, f64)| Radius::Adaptive { l0, l1 };
-    let ns = Orth::NewtonSchulz(NsConfig::muon());
-    Config::new()
-        .group(
-            Label::Hidden,
-            GroupConfig::Lmo(
-                LmoGroup::new(NormSpec::RmsToRms(ns), ad(hidden))
-                    .beta(beta)
-                    .view(View::Flatten),
-            ),
-        )
-        .group(
-            Label::Embedding,
-            GroupConfig::Lmo(
-                LmoGroup::new(NormSpec::Sign, ad(other))
-                    .shape_scale(ShapeScale::InvFanIn)
-                    .beta(beta),
-            ),
-        )
-        .group(
-            Label::Head,
-            GroupConfig::Lmo(
-                LmoGroup::new(NormSpec::Sign, ad(other))
-                    .shape_scale(ShapeScale::InvFanIn)
-                    .beta(beta),
-            ),
-        )
-        .group(
-            Label::Vector,
-            GroupConfig::Lmo(LmoGroup::new(NormSpec::VectorRms, ad(other)).beta(beta)),
-        )
+    let mut fits = BTreeMap::new();
+    fits.insert(Label::Hidden, hidden);
+    for l in [Label::Embedding, Label::Head, Label::Vector] {
+        fits.insert(l, other);
+    }
+    gluon_groups(&fits, beta)
+}
+
+/// The Newton–Schulz configuration of Gluon's hidden blocks: Muon's NS5
+/// with a relative normalization (δ = 0, ε = 0: `polar(c·M) = polar(M)`
+/// for every `c > 0`, however small).
+pub fn gluon_ns() -> NsConfig {
+    NsConfig::muon().with_normalization(Normalization::Frobenius {
+        delta: 0.0,
+        eps: 0.0,
+    })
+}
+
+/// [`gluon`] with one `(L0, L1)` per label, as a fit reports them
+/// ([`crate::ProbeReport::by_label`]): groups for exactly the labels in
+/// `fits` (a model without embeddings needs none). Errors with
+/// [`OptError::NoGroup`] for a label Gluon has no norm for
+/// (`Label::Other`); invalid constants are refused when the optimizer is
+/// built, as for every radius.
+pub fn gluon_fitted(fits: &BTreeMap<Label, (f64, f64)>, beta: f64) -> Result<Config, OptError> {
+    if let Some(l) = fits.keys().find(|l| !STANDARD.contains(l)) {
+        return Err(OptError::NoGroup(l.clone()));
+    }
+    Ok(gluon_groups(fits, beta))
+}
+
+/// Gluon's group of each label in `fits` (the four standard labels only).
+fn gluon_groups(fits: &BTreeMap<Label, (f64, f64)>, beta: f64) -> Config {
+    let ad = |&(l0, l1): &(f64, f64)| Radius::Adaptive { l0, l1 };
+    let mut c = Config::new();
+    for (label, lc) in fits {
+        let group = match label {
+            Label::Hidden => {
+                LmoGroup::new(NormSpec::RmsToRms(Orth::NewtonSchulz(gluon_ns())), ad(lc))
+                    .view(View::Flatten)
+            }
+            Label::Embedding | Label::Head => {
+                LmoGroup::new(NormSpec::Sign, ad(lc)).shape_scale(ShapeScale::InvFanIn)
+            }
+            Label::Vector => LmoGroup::new(NormSpec::VectorRms, ad(lc)),
+            Label::Other(_) => continue,
+        };
+        c = c.group(label.clone(), GroupConfig::Lmo(group.beta(beta)));
+    }
+    c
 }
 
 /// Normalized SGD with momentum (Cutkosky & Mehta 2020): Frobenius LMO

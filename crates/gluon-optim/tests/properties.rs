@@ -227,6 +227,8 @@ fn quantile_fit_leaves_about_one_minus_tau_above() {
                 k: k as u64,
                 g,
                 lhat: 1.0 + 2.0 * g + u,
+                step: 1e-3,
+                align: 1.0,
             }
         })
         .collect();
@@ -257,6 +259,8 @@ fn envelope_fit_recovers_a_known_line() {
                 k,
                 g,
                 lhat: 2.0 + 3.0 * g - below,
+                step: 1e-3,
+                align: 1.0,
             }
         })
         .collect();

@@ -486,7 +486,7 @@ fn optimizer_config(
                 .map(|(l, (a, b))| format!("{l:?} ({a:.2}, {b:.2})"))
                 .collect::<Vec<_>>()
                 .join(", ");
-            (gluon_with(&map, 0.9), format!("(L0, L1): {hyper}"))
+            (gluon_with(&map, 0.9)?, format!("(L0, L1): {hyper}"))
         }
     };
     let mut cfg = cfg.schedule(schedule);
@@ -671,7 +671,9 @@ fn probe_local(s: &Setup) -> Result<Fits, String> {
     let norms = presets::gluon((0.0, 1.0), (0.0, 1.0), 0.9);
     let mut est = LipschitzEstimator::<Tch32>::new(&norms, opt.labels(), opt.params())
         .map_err(|e| e.to_string())?;
-    for k in 0..s.args.probe_steps {
+    // Observed before every step and after the last one: one point per
+    // step and block (as `gluon_optim::probe` does for in-memory params).
+    for k in 0..=s.args.probe_steps {
         let (x, y) = batch(
             &s.data.train,
             0..s.batch,
@@ -685,7 +687,9 @@ fn probe_local(s: &Setup) -> Result<Fits, String> {
         loss.backward();
         let grads = opt.gradients().map_err(|e| e.to_string())?;
         tch::no_grad(|| est.observe(opt.params(), &grads)).map_err(|e| e.to_string())?;
-        opt.step().map_err(|e| e.to_string())?;
+        if k < s.args.probe_steps {
+            opt.step().map_err(|e| e.to_string())?;
+        }
     }
     let mut fits: BTreeMap<Label, (f64, f64)> = BTreeMap::new();
     let mut panels: BTreeMap<Label, Vec<Series>> = BTreeMap::new();
@@ -693,6 +697,9 @@ fn probe_local(s: &Setup) -> Result<Fits, String> {
         let f = est
             .fit_quantile(i, TAU)
             .ok_or_else(|| format!("probe recorded no points for {name}"))?;
+        for w in f.warnings() {
+            println!("  warning, {name}: {w}");
+        }
         let e = fits.entry(l.clone()).or_insert((0.0, 0.0));
         *e = (e.0.max(f.l0), e.1.max(f.l1));
         panels.entry(l.clone()).or_default().push(Series {
