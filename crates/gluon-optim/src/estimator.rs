@@ -17,16 +17,23 @@ pub struct Point {
     pub g: f64,
     /// The local smoothness estimate `L̂_k`.
     pub lhat: f64,
-    /// The step length `s_k = ‖X_i^{k+1} − X_i^k‖` in the block's norm.
-    #[serde(default)]
+    /// The step length `s_k = ‖X_i^{k+1} − X_i^k‖` in the block's norm
+    /// (NaN when loaded from a point saved without it).
+    #[serde(default = "unknown")]
     pub step: f64,
     /// The step's alignment with the gradient,
     /// `a_k = −<∇_i f(X^k), X_i^{k+1} − X_i^k> / (‖∇_i f(X^k)‖_*·s_k)`, in
     /// `[−1, 1]` by duality: 1 for an exact LMO step on the gradient itself
     /// (no momentum), lower for an inexact LMO (Newton–Schulz) or a step on
-    /// a momentum buffer.
-    #[serde(default)]
+    /// a momentum buffer. NaN when loaded from a point saved without it
+    /// (no warning is raised on unknown values).
+    #[serde(default = "unknown")]
     pub align: f64,
+}
+
+/// The value of a figure a saved point or fit did not record.
+fn unknown() -> f64 {
+    f64::NAN
 }
 
 /// Above this `u = L1·s` (the fitted L1 times the median probe step), a
@@ -101,11 +108,20 @@ pub struct Fit {
     pub n: usize,
     /// The range `[min, max]` of `‖∇f‖_*` the points covered: the line is
     /// measured there and extrapolated elsewhere.
+    #[serde(default = "unknown_range")]
     pub g_range: (f64, f64),
-    /// The median step length `s` of the points.
+    /// The median step length `s` of the points (NaN if unknown).
+    #[serde(default = "unknown")]
     pub step: f64,
-    /// The median alignment of the points' steps ([`Point::align`]).
+    /// The median alignment of the points' steps ([`Point::align`]; NaN
+    /// if unknown).
+    #[serde(default = "unknown")]
     pub align: f64,
+}
+
+/// An unknown `g` range (a fit saved without it).
+fn unknown_range() -> (f64, f64) {
+    (f64::NAN, f64::NAN)
 }
 
 /// The median of `v` (sorted in place); NaN for an empty slice.

@@ -24,8 +24,11 @@ pub struct ProbeReport {
 
 /// Runs `steps` steps of `optimizer` from `params` while `estimator`
 /// observes every iterate, before the first step and after the last one,
-/// so each block that moves records `steps` points; then fits each block at
-/// quantile level `tau` ([`fit_quantile`]; `tau = 1` is the exact envelope).
+/// so each block that moves records `steps` points (the estimator is
+/// [reset](LipschitzEstimator::reset) first: the probe's first iterate
+/// pairs with nothing seen before); then fits each block at quantile level
+/// `tau` ([`fit_quantile`]; `tau = 1` is the exact envelope) over all the
+/// estimator's points, those of earlier probes included.
 /// `grad(params, grads)` writes the gradients of the current iterate.
 ///
 /// The fit is trustworthy when the probe's steps are exact LMO steps on
@@ -79,6 +82,8 @@ where
         });
     }
     let mut grads: Vec<B::Tensor> = params.iter().map(B::zeros_like).collect();
+    // The probe's first iterate pairs with nothing the estimator saw before.
+    estimator.reset();
     for k in 0..=steps {
         grad(params, &mut grads);
         estimator.observe(params, &grads)?;

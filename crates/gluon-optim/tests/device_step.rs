@@ -703,3 +703,57 @@ fn optimizer_step_matches_cpu() {
         }
     }
 }
+
+/// Gluon's relative Newton–Schulz normalization (ε = 0) on a gradient of
+/// subnormal f32 entries (‖G‖_F < 1/f32::MAX): the device plan's scale
+/// `1/‖G‖_F` would be +∞ in f32 and the polar factor NaN; it is clamped
+/// to f32::MAX, and the step stays finite (host twins and emulator).
+fn tiny_gradients_stay_finite<E: gluon_optim::cuda::Exec>(
+    exec: E,
+    make: impl Fn(&[f32], &[usize]) -> E::Tensor,
+    values: impl Fn(&E::Tensor) -> Vec<f32>,
+) {
+    use gluon_optim::cuda::DeviceOptimizer;
+    let mut rng = StdRng::seed_from_u64(5);
+    let spec = small_model();
+    let labels: Vec<Label> = spec.iter().map(|s| s.0.clone()).collect();
+    let cfg = presets::gluon((0.0, 2.0), (0.0, 1.0), 0.9);
+    let mut p: Vec<E::Tensor> = spec
+        .iter()
+        .map(|s| make(&randn(&mut rng, s.1.iter().product()), &s.1))
+        .collect();
+    let mut opt = DeviceOptimizer::with_exec(exec, cfg, &labels, &p).unwrap();
+    let g: Vec<E::Tensor> = spec
+        .iter()
+        .map(|s| make(&vec![1e-41; s.1.iter().product()], &s.1))
+        .collect();
+    for _ in 0..2 {
+        assert!(opt.step(&mut p, &g).unwrap());
+    }
+    for (i, t) in p.iter().enumerate() {
+        assert!(values(t).iter().all(|v| v.is_finite()), "block {i}");
+    }
+}
+
+#[test]
+fn host_exec_tiny_gradients_stay_finite() {
+    use gluon_optim::cuda::{HostExec, HostTensor};
+    tiny_gradients_stay_finite(
+        HostExec,
+        |v, d| HostTensor::f32(v.to_vec(), d),
+        |t| t.data.clone(),
+    );
+}
+
+#[cfg(feature = "cuda-emu")]
+#[test]
+fn emulated_tiny_gradients_stay_finite() {
+    use gluon_optim::cuda::CudaExec;
+    use lmo_cuda::{CudaDevice, DType};
+    let dev = CudaDevice::emulated();
+    tiny_gradients_stay_finite(
+        CudaExec(dev.clone()),
+        |v, d| dev.tensor(v, d, DType::F32).unwrap(),
+        |t| t.to_host(),
+    );
+}

@@ -195,7 +195,8 @@ fn long_probe_steps_lower_l1_by_the_documented_factor_and_warn() {
 
 #[test]
 fn newton_schulz_probe_steps_are_flagged_as_inexact() {
-    // Singular values of A spread over 1..10: Muon's NS5 maps them into
+    // A = M₁·diag(1, 2.5, …, 8.5)·M₂ (M₁, M₂ random): singular values
+    // spread over about an order of magnitude, which Muon's NS5 maps into
     // about [0.7, 1.2], so its step is not the exact LMO direction.
     use ndarray::Ix2;
     let two = |m: ArrayD<f64>| m.into_dimensionality::<Ix2>().unwrap();
@@ -367,7 +368,11 @@ fn estimator_constructor_from_norms_reset_and_errors() {
     let mut p = vec![blocks[0].clone()];
     let mut opt = Optimizer::<Nd64>::new(cfg.clone(), vec![Label::Hidden], &p).unwrap();
     let mut est = LipschitzEstimator::<Nd64>::new(&cfg, &[Label::Hidden], &p).unwrap();
-    let e = probe(&mut opt, &mut est, &mut p, 3, 1.5, |_, _| {}).unwrap_err();
+    // A gradient that would move `p` (g = X ≠ 0) if a step ran.
+    let e = probe(&mut opt, &mut est, &mut p, 3, 1.5, |x, g| {
+        g[0].assign(&x[0])
+    })
+    .unwrap_err();
     assert!(matches!(
         e,
         OptError::Lmo {
@@ -376,6 +381,25 @@ fn estimator_constructor_from_norms_reset_and_errors() {
         }
     ));
     assert_eq!(p[0], blocks[0]);
+    assert!(est.points(0).is_empty());
+    assert_eq!(opt.steps(), 0);
+    // … and a valid quantile does move it and records one point per step.
+    let r = probe(&mut opt, &mut est, &mut p, 3, 1.0, |x, g| {
+        g[0].assign(&x[0])
+    })
+    .unwrap();
+    assert_ne!(p[0], blocks[0]);
+    assert_eq!(r.fits[0].unwrap().n, 3);
+    // Points and fits saved before `step`, `align` and `g_range` existed
+    // load with those unknown (NaN) and raise no warning.
+    let old: gluon_optim::Point =
+        serde_json::from_str(r#"{"k": 3, "g": 2.0, "lhat": 1.5}"#).unwrap();
+    assert!(old.step.is_nan() && old.align.is_nan());
+    let f = gluon_optim::fit_envelope(&[old]).unwrap();
+    assert!(f.warnings().is_empty(), "{f:?}");
+    let old: gluon_optim::Fit =
+        serde_json::from_str(r#"{"l0": 1.0, "l1": 2.0, "above": 0.0, "n": 4}"#).unwrap();
+    assert!(old.g_range.0.is_nan() && old.warnings().is_empty());
 }
 
 #[test]

@@ -89,7 +89,10 @@ pub trait Backend: 'static {
     /// `Σ_k |x_k|`.
     fn sum_abs(x: &Self::Tensor) -> Self::Scalar;
     /// Euclidean (Frobenius) norm `√(Σ_k x_k²)`, computed without overflow or
-    /// underflow for any finite input (scaled as in BLAS `nrm2`).
+    /// underflow for any finite input (scaled as in BLAS `nrm2`). A NaN
+    /// entry must give NaN and an infinite one a non-finite result (a
+    /// `max`-based scaling must not skip NaN): Newton–Schulz checks its
+    /// input for NaN/Inf only when this norm is not finite.
     fn norm2(x: &Self::Tensor) -> Self::Scalar;
     /// Euclidean norms of the columns of a matrix into `out` (`out.len() == n`).
     fn col_norms(x: &Self::Tensor, out: &mut [Self::Scalar]);

@@ -1,6 +1,6 @@
 //! Many same-config polar factors at once, in parallel.
 
-use std::sync::Mutex;
+use std::sync::{Mutex, TryLockError};
 
 use lmo_core::{Backend, LmoError};
 use rayon::prelude::*;
@@ -14,8 +14,18 @@ use crate::{NewtonSchulz, NsConfig};
 /// per working shape it last saw); after the first call with a given list of
 /// shapes nothing is allocated when matrices of one shape are grouped
 /// together. Results are identical to running the matrices one by one.
+///
+/// A worker is locked only with `try_lock`: while one matrix's iteration
+/// waits inside a nested parallel operation (the backend's GEMM or
+/// elementwise kernels on the same pool), rayon may run another matrix of
+/// the batch on the same thread; that matrix finds its thread's worker
+/// busy and takes another free one, or, if none is free, a fresh clone of
+/// the configuration (allocating its buffers once). No lock is ever
+/// waited on, so the batch cannot deadlock on itself, and a worker
+/// poisoned by an earlier panic is reused (its buffers are overwritten).
 pub struct BatchPolar<B: Backend> {
     workers: Vec<Mutex<NewtonSchulz<B>>>,
+    proto: NewtonSchulz<B>,
 }
 
 impl<B: Backend> BatchPolar<B>
@@ -28,7 +38,7 @@ where
         let workers = (0..rayon::current_num_threads())
             .map(|_| Mutex::new(ns.clone()))
             .collect();
-        Ok(Self { workers })
+        Ok(Self { workers, proto: ns })
     }
 
     /// Writes the polar factor of `gs[i]` into `outs[i]` for every `i`.
@@ -49,11 +59,16 @@ where
         gs.par_iter()
             .zip(outs.par_iter_mut())
             .try_for_each(|(g, o)| {
-                let w = rayon::current_thread_index().unwrap_or(0) % self.workers.len();
-                let mut ns = self.workers[w]
-                    .lock()
-                    .expect("worker poisoned by an earlier panic");
-                ns.run(g, o)
+                let n = self.workers.len();
+                let w = rayon::current_thread_index().unwrap_or(0);
+                for j in 0..n {
+                    match self.workers[(w + j) % n].try_lock() {
+                        Ok(mut ns) => return ns.run(g, o),
+                        Err(TryLockError::Poisoned(p)) => return p.into_inner().run(g, o),
+                        Err(TryLockError::WouldBlock) => {}
+                    }
+                }
+                self.proto.clone().run(g, o)
             })
     }
 }

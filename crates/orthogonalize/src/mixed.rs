@@ -71,7 +71,9 @@ impl<B: Bf16Storage> NewtonSchulzBf16<B> {
             slot => slot.insert(B::zeros(g, shape)),
         };
         B::to_bf16(g, x);
-        // `x` is finite and shaped like `out`: the run cannot fail half-way.
+        // `x` is shaped like `out`; the run checks it (NaN/±Inf, kept by
+        // the rounding) before it writes `out`, so an error leaves `out`
+        // untouched.
         self.ns.run(x, out)
     }
 }

@@ -22,10 +22,12 @@ __device__ __forceinline__ void st(bf16_t* p, long long i, float v) {
     p[i] = (bf16_t)(u >> 16);
 }
 
-// 1/(f·(1+δ)+ε) for f = √ss (the Frobenius normalization of SPEC §2), 0 for a zero matrix.
+// 1/(f·(1+δ)+ε) for f = √ss (the Frobenius normalization of SPEC §2), 0 for a zero matrix;
+// at most FLT_MAX (with ε = 0 and f < 1/FLT_MAX the float would be +Inf and 0·Inf = NaN:
+// the clamped scale leaves every entry ≤ 1, finite, merely not normalized to 1).
 __device__ __forceinline__ float inv_scale(double ss, float delta, float eps) {
     double f = sqrt(ss);
-    return f == 0.0 ? 0.0f : (float)(1.0 / (f * (1.0 + (double)delta) + (double)eps));
+    return f == 0.0 ? 0.0f : (float)fmin(1.0 / (f * (1.0 + (double)delta) + (double)eps), 3.4028234663852886e38);
 }
 
 __device__ __forceinline__ long long gid() {

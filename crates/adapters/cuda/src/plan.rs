@@ -635,13 +635,15 @@ pub(crate) fn gemm_host(
     }
 }
 
-/// The kernels' `inv_scale`: `1/(√ss·(1+δ)+ε)`, 0 for a zero matrix.
+/// The kernels' `inv_scale`: `1/(√ss·(1+δ)+ε)`, 0 for a zero matrix, at
+/// most `f32::MAX` (with ε = 0 and `√ss < 1/f32::MAX` the f32 would be +∞
+/// and `0·∞ = NaN`; clamped, every scaled entry stays ≤ 1).
 fn inv_scale(ss: f64, delta: f32, eps: f32) -> f32 {
     let f = ss.sqrt();
     if f == 0.0 {
         0.0
     } else {
-        (1.0 / (f * (1.0 + delta as f64) + eps as f64)) as f32
+        (1.0 / (f * (1.0 + delta as f64) + eps as f64)).min(f32::MAX as f64) as f32
     }
 }
 

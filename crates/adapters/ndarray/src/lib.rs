@@ -337,8 +337,16 @@ fn zip2<S: NdScalar>(o: &mut ArrayD<S>, x: &ArrayD<S>, f: impl Fn(&mut S, S) + S
 
 /// Overflow- and underflow-safe Euclidean norm of a sequence (two passes,
 /// scaled by the largest magnitude as BLAS `nrm2` does).
+/// NaN for any NaN entry (`max` alone would skip it), +∞ for an infinite
+/// one.
 fn nrm2<'a, S: NdScalar>(it: impl Iterator<Item = &'a S> + Clone) -> S {
-    let amax = it.clone().fold(S::zero(), |a, &x| a.max(x.abs()));
+    let amax = it.clone().fold(S::zero(), |a, &x| {
+        if a.is_nan() || x.is_nan() {
+            S::nan()
+        } else {
+            a.max(x.abs())
+        }
+    });
     if amax == S::zero() || !amax.is_finite() {
         return amax;
     }
@@ -396,7 +404,9 @@ impl<S: NdScalar> Backend for NdBackend<S> {
     }
 
     fn dot(x: &ArrayD<S>, y: &ArrayD<S>) -> S {
-        if let (Some(a), Some(b)) = (x.as_slice(), y.as_slice()) {
+        if x.shape() == y.shape()
+            && let (Some(a), Some(b)) = (x.as_slice(), y.as_slice())
+        {
             slices::dot(a, b)
         } else if x.shape() == y.shape() {
             Zip::from(x)

@@ -253,3 +253,43 @@ fn gemm_sym_from_matches_naive() {
         }
     }
 }
+
+/// The reductions on strided (non-contiguous) arrays, whose path differs
+/// from the slice kernels: a NaN entry makes the norm, the max magnitude
+/// and the sum NaN (a `max`-based scaling must not skip it: Newton–Schulz
+/// checks its input only when `norm2` is not finite), and finite entries
+/// give the values of the contiguous copy.
+fn strided_reductions<S: NdScalar>() {
+    use ndarray::s;
+    let mut a = t::<S>(6, 8, &pseudo(6, 8, 21));
+    a.slice_collapse(s![.., ..;2]);
+    assert!(a.as_slice_memory_order().is_none(), "strided");
+    let c = a.to_owned().as_standard_layout().to_owned();
+    type B<S> = NdBackend<S>;
+    let (na, nc) = (B::<S>::norm2(&a).as_f64(), B::<S>::norm2(&c).as_f64());
+    assert!((na - nc).abs() <= 1e-6 * nc, "{na} vs {nc}");
+    assert_eq!(B::<S>::max_abs(&a), B::<S>::max_abs(&c));
+    for bad in [S::nan(), S::infinity()] {
+        for at in [[0, 0], [5, 3], [2, 1]] {
+            let mut x = a.clone();
+            x[IxDyn(&at)] = bad;
+            let (n, m) = (B::<S>::norm2(&x), B::<S>::max_abs(&x));
+            assert!(!n.is_finite() && !m.is_finite(), "{at:?}: {n:?} {m:?}");
+            if bad.is_nan() {
+                assert!(n.is_nan() && m.is_nan(), "{at:?}: {n:?} {m:?}");
+            }
+            // NaN next to zeros: still NaN (a fold with `max` gives 0).
+            let mut z = x.clone();
+            z.fill(S::zero());
+            z[IxDyn(&at)] = bad;
+            assert!(!B::<S>::norm2(&z).is_finite(), "{at:?}");
+            assert!(!B::<S>::all_finite(&z));
+        }
+    }
+}
+
+#[test]
+fn strided_reductions_propagate_nan() {
+    strided_reductions::<f32>();
+    strided_reductions::<f64>();
+}

@@ -190,7 +190,13 @@ impl Exec for HostExec {
         let ss: f64 = u.data.iter().map(|&v| v as f64 * v as f64).sum();
         scratch[0] = ss;
         let f = ss.sqrt();
-        let c = if f == 0.0 { 0.0 } else { (1.0 / f) as f32 };
+        // As the kernels' `inv_scale`: at most f32::MAX (for f < 1/f32::MAX
+        // the f32 would be +∞, and 0·∞ = NaN).
+        let c = if f == 0.0 {
+            0.0
+        } else {
+            (1.0 / f).min(f32::MAX as f64) as f32
+        };
         for k in 0..out.data.len() {
             out.data[k] = out.store(c * u.data[k]);
         }
