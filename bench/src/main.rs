@@ -266,6 +266,18 @@ fn step_suite(o: &Opts) -> Result<(), String> {
     use gluon_optim::{AdamWGroup, Optimizer, presets};
     for &(layers, d) in &o.shapes {
         let (labels, params, grads) = gpt2_params(layers, d);
+        // The algorithmic flops of a step with polar factors: Muon's NS5
+        // (the coefficients of every LMO preset here) on every hidden
+        // matrix, in the plain-GEMM formulation as in the orth suite (the
+        // Gram form does fewer: docs/orthogonalize.md). The elementwise
+        // work (momentum, update, AdamW, the sign/RMS LMOs) is not
+        // counted: it is memory-bound.
+        let polar_flops: f64 = labels
+            .iter()
+            .zip(&params)
+            .filter(|(l, p)| **l == gluon_optim::Label::Hidden && p.ndim() == 2)
+            .map(|(_, p)| ns_flops(&NsConfig::muon(), p.shape()[0], p.shape()[1]))
+            .sum();
         let gluon = presets::gluon((0.0, 70.0), (0.0, 1.3), 0.95);
         // "ours-bf16": the same step with the polar factor in bf16 storage
         // (f32 parameters), as torch.optim.Muon.
@@ -305,7 +317,8 @@ fn step_suite(o: &Opts) -> Result<(), String> {
             let s = time_reps(o.reps, || {
                 opt.step(&mut p, &grads).expect("finite gradients");
             });
-            emit("step", &format!("{name}/gpt2-{layers}x{d}"), imp, 0.0, &s);
+            let flops = if name == "adamw" { 0.0 } else { polar_flops };
+            emit("step", &format!("{name}/gpt2-{layers}x{d}"), imp, flops, &s);
             // The optimizer's own work beyond the LMOs (checks, momentum,
             // radius, update): each rep runs the step through the phased
             // API and times the whole and its LMO phase, so the renderer's
@@ -327,8 +340,8 @@ fn step_suite(o: &Opts) -> Result<(), String> {
                 lmo.push((t2 - t1).as_secs_f64());
             }
             let case = format!("{name}-{imp}/gpt2-{layers}x{d}");
-            emit("step-overhead", &case, "ours-step", 0.0, &whole);
-            emit("step-overhead", &case, "ours-lmo", 0.0, &lmo);
+            emit("step-overhead", &case, "ours-step", polar_flops, &whole);
+            emit("step-overhead", &case, "ours-lmo", polar_flops, &lmo);
         }
     }
     Ok(())

@@ -404,8 +404,10 @@ impl<S: NdScalar> Backend for NdBackend<S> {
     }
 
     fn dot(x: &ArrayD<S>, y: &ArrayD<S>) -> S {
-        if x.shape() == y.shape()
-            && let (Some(a), Some(b)) = (x.as_slice(), y.as_slice())
+        // Standard layout: the slices are the logical row-major order, so
+        // equal lengths suffice (tensors of rank > 4 with other dimensions).
+        if let (Some(a), Some(b)) = (x.as_slice(), y.as_slice())
+            && a.len() == b.len()
         {
             slices::dot(a, b)
         } else if x.shape() == y.shape() {
