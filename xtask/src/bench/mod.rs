@@ -47,14 +47,7 @@ pub struct Record {
 
 impl Record {
     pub fn median(&self) -> f64 {
-        let mut v = self.samples_s.clone();
-        v.sort_by(f64::total_cmp);
-        let n = v.len();
-        if n % 2 == 1 {
-            v[n / 2]
-        } else {
-            0.5 * (v[n / 2 - 1] + v[n / 2])
-        }
+        median_of(self.samples_s.clone())
     }
     /// (max − min) / median.
     pub fn spread(&self) -> f64 {
@@ -816,13 +809,17 @@ fn overhead_share(step: &Record, lmo: &Record) -> f64 {
     if s.len() != l.len() || s.is_empty() {
         return 1.0 - lmo.median() / step.median();
     }
-    let mut r: Vec<f64> = s.iter().zip(l).map(|(s, l)| 1.0 - l / s).collect();
-    r.sort_by(f64::total_cmp);
-    let n = r.len();
+    median_of(s.iter().zip(l).map(|(s, l)| 1.0 - l / s).collect())
+}
+
+/// The median of `v` (the mean of the middle two for an even count).
+fn median_of(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
     if n % 2 == 1 {
-        r[n / 2]
+        v[n / 2]
     } else {
-        0.5 * (r[n / 2 - 1] + r[n / 2])
+        0.5 * (v[n / 2 - 1] + v[n / 2])
     }
 }
 
